@@ -1,0 +1,339 @@
+"""The shared inference core: device, model cache, per-model locks, micro-batched predict, result cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from xai_core.imaging import Radiograph
+from xai_core.models import CropBox, ModelHandle, load_model, preprocess
+
+DEFAULT_CACHE_BYTES = 512 * 2**20
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """cuda > mps > cpu, unless `requested` (or $XAI_DEVICE) names one."""
+    requested = requested or os.environ.get("XAI_DEVICE") or "auto"
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, dict):
+        return 64 + sum(_nbytes(k) + _nbytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 64 + sum(_nbytes(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return 64 + sum(_nbytes(getattr(value, name)) for name in value.__dataclass_fields__)
+    if isinstance(value, (str, bytes)):
+        return 49 + len(value)
+    return 32
+
+
+class ResultCache:
+    """Thread-safe LRU cache bounded by the estimated bytes of its values."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        size = _nbytes(value)
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            if size > self.max_bytes:
+                return
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, old_size) = self._items.popitem(last=False)
+                self._bytes -= old_size
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+def cache_key(sha256: str, model: str, op: str, params: dict[str, Any] | None = None) -> tuple[str, str, str, str]:
+    """(image sha256, model, op, canonical params) — the result-cache key."""
+    return sha256, model, op, json.dumps(params or {}, sort_keys=True, default=str)
+
+
+class _PredictBatcher:
+    """Collects concurrent single-image forwards into one batch (bounded wait) on a worker thread."""
+
+    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], max_batch: int, max_wait_s: float):
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._queue: queue.Queue[tuple[torch.Tensor, Future]] = queue.Queue()
+        self._arriving = 0
+        self._arriving_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="xai-predict-batcher", daemon=True)
+        self._thread.start()
+
+    def announce(self) -> None:
+        """A caller is preparing an input: the batcher may wait for it (up to the bound)."""
+        with self._arriving_lock:
+            self._arriving += 1
+
+    def submit(self, x: torch.Tensor) -> Future:
+        """Queue one input [C, H, W] (after `announce`); the future gives its output row."""
+        future: Future = Future()
+        self._queue.put((x, future))
+        with self._arriving_lock:
+            self._arriving -= 1
+        return future
+
+    def withdraw(self) -> None:
+        """An announced caller failed before submitting."""
+        with self._arriving_lock:
+            self._arriving -= 1
+
+    def _collect(self) -> list[tuple[torch.Tensor, Future]]:
+        items = [self._queue.get()]
+        deadline = time.monotonic() + self._max_wait_s
+        while len(items) < self._max_batch:
+            try:
+                items.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._arriving == 0:
+                break
+            try:
+                items.append(self._queue.get(timeout=min(remaining, 5e-4)))
+            except queue.Empty:
+                continue
+        return items
+
+    def _loop(self) -> None:
+        while True:
+            items = self._collect()
+            try:
+                outputs = self._run_batch(torch.stack([x for x, _ in items]))
+            except BaseException as exc:  # delivered to every waiting caller
+                for _, future in items:
+                    future.set_exception(exc)
+                continue
+            for (_, future), row in zip(items, outputs, strict=True):
+                future.set_result(row)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-label probabilities of one image, with the model's operating points."""
+
+    model: str
+    sha256: str
+    labels: list[str]
+    logits: np.ndarray
+    probabilities: np.ndarray
+    thresholds: np.ndarray
+    random_weights: bool = False
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.probabilities >= self.thresholds
+
+    def ranked(self) -> list[dict[str, Any]]:
+        """Findings sorted by probability, highest first."""
+        order = np.argsort(-self.probabilities, kind="stable")
+        return [self.finding(int(i)) for i in order]
+
+    def finding(self, index: int) -> dict[str, Any]:
+        return {
+            "label": self.labels[index],
+            "probability": float(self.probabilities[index]),
+            "threshold": float(self.thresholds[index]),
+            "positive": bool(self.positive[index]),
+            "logit": float(self.logits[index]),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable JSON shape used by the CLI and the dashboard."""
+        return {
+            "model": self.model,
+            "sha256": self.sha256,
+            "random_weights": self.random_weights,
+            "findings": [self.finding(i) for i in range(len(self.labels))],
+        }
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests and benchmarks."""
+
+    predict_requests: int = 0
+    forwards: dict[str, int] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Owns the device, the loaded models, their locks, the predict batchers and the result cache."""
+
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        allow_random_weights: bool = False,
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+    ) -> None:
+        self.device = pick_device(str(device) if device is not None else None)
+        self.allow_random_weights = allow_random_weights
+        self.cache = ResultCache(cache_bytes)
+        self.stats = EngineStats()
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._models: dict[str, ModelHandle] = {}
+        self._model_locks: dict[str, threading.RLock] = {}
+        self._batchers: dict[str, _PredictBatcher] = {}
+        self._registry_lock = threading.Lock()
+        self._loading_locks: dict[str, threading.Lock] = {}
+
+    def model(self, name: str) -> ModelHandle:
+        """The loaded model (loaded once per process, thread-safe)."""
+        handle = self._models.get(name)
+        if handle is not None:
+            return handle
+        with self._registry_lock:
+            loading_lock = self._loading_locks.setdefault(name, threading.Lock())
+        with loading_lock:
+            if name not in self._models:
+                handle = load_model(name, self.device, allow_random_weights=self.allow_random_weights)
+                self._model_locks[name] = threading.RLock()
+                self._models[name] = handle
+        return self._models[name]
+
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    def lock(self, name: str) -> threading.RLock:
+        """The lock that serialises work on one model (forwards and hook-mutating explainers)."""
+        self.model(name)
+        return self._model_locks[name]
+
+    def prepare(self, radiograph: Radiograph, model: str) -> tuple[torch.Tensor, CropBox]:
+        """The network input [C, S, S] of a radiograph for a model (cached), and the crop it came from."""
+        handle = self.model(model)
+        key = cache_key(radiograph.sha256 + _window_tag(radiograph), model, "input")
+        return self.cache.get_or_compute(key, lambda: preprocess(radiograph, handle.card.input))
+
+    def forward(self, model: str, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch [B, C, S, S] (moved to the model's device), under the model lock."""
+        handle = self.model(model)
+        with self.lock(model), torch.inference_mode():
+            self.stats.forwards[model] = self.stats.forwards.get(model, 0) + 1
+            self.stats.batch_sizes.append(int(x.shape[0]))
+            return handle.module(x.to(handle.device)).float().cpu()
+
+    def _batcher(self, model: str) -> _PredictBatcher:
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            with self._registry_lock:
+                batcher = self._batchers.get(model)
+                if batcher is None:
+                    batcher = _PredictBatcher(lambda x: self.forward(model, x), self._max_batch, self._max_wait_s)
+                    self._batchers[model] = batcher
+        return batcher
+
+    def predict(self, radiograph: Radiograph, model: str) -> Prediction:
+        """Per-label probabilities (sigmoid of the logits) and operating points; micro-batched and cached."""
+        self.stats.predict_requests += 1
+        key = cache_key(radiograph.sha256 + _window_tag(radiograph), model, "predict")
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        handle = self.model(model)
+        batcher = self._batcher(model)
+        batcher.announce()
+        try:
+            x, _ = self.prepare(radiograph, model)
+        except BaseException:
+            batcher.withdraw()
+            raise
+        logits = batcher.submit(x).result().numpy().astype(np.float32)
+        card = handle.card
+        prediction = Prediction(
+            model=model,
+            sha256=radiograph.sha256,
+            labels=list(card.labels),
+            logits=logits,
+            probabilities=(1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32),
+            thresholds=np.array([card.thresholds.get(label, 0.5) for label in card.labels], dtype=np.float32),
+            random_weights=handle.random_weights,
+        )
+        self.cache.put(key, prediction)
+        return prediction
+
+
+def _window_tag(radiograph: Radiograph) -> str:
+    """Distinguishes re-windowed versions of the same file in cache keys."""
+    window = radiograph.meta.get("window")
+    return "" if window is None else f"@{window[0]:.6g},{window[1]:.6g}"
+
+
+_ENGINE: Engine | None = None
+_ENGINE_LOCK = threading.Lock()
+
+
+def get_engine(**kwargs: Any) -> Engine:
+    """The process-wide engine (created on first use with `kwargs`)."""
+    global _ENGINE
+    with _ENGINE_LOCK:
+        if _ENGINE is None:
+            _ENGINE = Engine(**kwargs)
+        return _ENGINE

@@ -1,0 +1,148 @@
+"""torchxrayvision classifiers behind our `ModelCard` contract (logits out, no op_norm, no in-place ReLU)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xai_core.models.base import (
+    InputSpec,
+    MissingWeightsError,
+    ModelCard,
+    ModelHandle,
+    find_weights,
+    register_model,
+    weights_dirs,
+)
+
+INTENDED_USE = (
+    "Research and education. torchxrayvision classifier (Cohen et al.); not a medical device. "
+    "Probabilities are uncalibrated sigmoid outputs; operating points from torchxrayvision."
+)
+
+# registry name -> torchxrayvision weights key
+XRV_CLASSIFIERS = {
+    "xrv-densenet121-all": "densenet121-res224-all",
+    "xrv-densenet121-nih": "densenet121-res224-nih",
+    "xrv-densenet121-pc": "densenet121-res224-pc",
+    "xrv-densenet121-chex": "densenet121-res224-chex",
+    "xrv-densenet121-rsna": "densenet121-res224-rsna",
+    "xrv-densenet121-mimic_nb": "densenet121-res224-mimic_nb",
+    "xrv-densenet121-mimic_ch": "densenet121-res224-mimic_ch",
+    "xrv-resnet50-all": "resnet50-res512-all",
+}
+
+
+class DenseNetLogits(nn.Module):
+    """`features` -> ReLU -> global average pool -> `classifier`, returning the selected logits.
+
+    Unlike torchvision's and torchxrayvision's forward, the ReLU after `features` is not in place, so hooks on
+    `features.norm5` see the true activations.
+    """
+
+    def __init__(self, features: nn.Module, classifier: nn.Linear, outputs: list[int] | None = None) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+        index = torch.tensor(outputs if outputs is not None else range(classifier.out_features), dtype=torch.long)
+        self.register_buffer("outputs", index, persistent=False)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled features [B, C] (the classifier's input)."""
+        return F.adaptive_avg_pool2d(F.relu(self.features(x)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pooled(x)).index_select(1, self.outputs)
+
+
+class ResNetLogits(nn.Module):
+    """A torchvision ResNet returning the selected logits."""
+
+    def __init__(self, net: nn.Module, outputs: list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("outputs", torch.tensor(outputs, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).index_select(1, self.outputs)
+
+
+def _xrv_card(name: str, key: str) -> ModelCard:
+    import torchxrayvision as xrv
+
+    info = xrv.models.model_urls[key]
+    trained = [(i, label) for i, label in enumerate(info["labels"]) if label]
+    thresholds = {}
+    for i, label in trained:
+        value = float(info["op_threshs"][i]) if "op_threshs" in info else math.nan
+        thresholds[label] = 0.5 if math.isnan(value) else value
+    is_resnet = key.startswith("resnet")
+    return ModelCard(
+        name=name,
+        labels=[label for _, label in trained],
+        input=InputSpec(channels=1, size=int(info.get("input_resolution", 224)), value_range=(-1024.0, 1024.0)),
+        cam_layer="net.layer4" if is_resnet else "features.norm5",
+        feature_layer="net.layer4" if is_resnet else "features.norm5",
+        thresholds=thresholds,
+        provenance={
+            "source": "torchxrayvision",
+            "weights_key": key,
+            "weights_url": info["weights_url"],
+            "output_indices": [i for i, _ in trained],
+            "description": info.get("description", ""),
+        },
+        intended_use=INTENDED_USE,
+        weights_file=os.path.basename(info["weights_url"]),
+    )
+
+
+def _weights_path(card: ModelCard) -> Path | None:
+    path = find_weights(card.weights_file)
+    if path is None and os.environ.get("XAI_DOWNLOAD_WEIGHTS") == "1":
+        import torchxrayvision as xrv
+
+        path = Path(xrv.models.get_weights(card.provenance["weights_key"], str(weights_dirs()[0])))
+    return path
+
+
+def _missing(card: ModelCard) -> MissingWeightsError:
+    places = " or ".join(str(d) for d in weights_dirs())
+    return MissingWeightsError(
+        f"Weights for '{card.name}' are not on this machine: put '{card.weights_file}' (from "
+        f"{card.provenance['weights_url']}) in {places}, set XAI_WEIGHTS_DIR to the folder holding it, or set "
+        "XAI_DOWNLOAD_WEIGHTS=1 to download it where the network allows."
+    )
+
+
+def _load_xrv(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
+    import torchvision
+    import torchxrayvision as xrv
+
+    outputs = card.provenance["output_indices"]
+    path = _weights_path(card)
+    if path is None and not allow_random_weights:
+        raise _missing(card)
+    if card.provenance["weights_key"].startswith("resnet"):
+        net = torchvision.models.resnet50(num_classes=18, weights=None)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if path is not None:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        module: nn.Module = ResNetLogits(net, outputs)
+    else:
+        net = xrv.models.DenseNet(weights=None, num_classes=18)
+        if path is not None:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            state = saved.state_dict() if isinstance(saved, nn.Module) else saved
+            state = {k: v for k, v in state.items() if k != "op_threshs"}
+            net.load_state_dict(state)
+        module = DenseNetLogits(net.features, net.classifier, outputs)
+    return ModelHandle(card=card, module=module.to(device), device=device, random_weights=path is None)
+
+
+for _name, _key in XRV_CLASSIFIERS.items():
+    register_model(_xrv_card(_name, _key), _load_xrv)
