@@ -114,7 +114,8 @@ def read_dicom(data: bytes, *, sha256: str, source_name: str, max_pixels: int) -
         item = ds.VOILUTSequence[0]
         descriptor = item.LUTDescriptor
         bits = int(descriptor[2])
-        lut_out = np.asarray(apply_voi_lut(raw, ds, index=0, prefer_lut=True), dtype=np.float32)
+        lut_input = np.rint(raw).astype(np.int64)
+        lut_out = np.asarray(apply_voi_lut(lut_input, ds, index=0, prefer_lut=True), dtype=np.float32)
         pixels = np.clip(lut_out / float(2**bits - 1), 0.0, 1.0)
         voi_function = "LUT"
     else:
