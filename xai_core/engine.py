@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from xai_core.imaging import Radiograph
 from xai_core.models import CropBox, ModelHandle, load_model, preprocess
@@ -312,7 +313,7 @@ class Engine:
             sha256=radiograph.sha256,
             labels=list(card.labels),
             logits=logits,
-            probabilities=(1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32),
+            probabilities=expit(logits).astype(np.float32),
             thresholds=np.array([card.thresholds.get(label, 0.5) for label in card.labels], dtype=np.float32),
             random_weights=handle.random_weights,
         )

@@ -157,7 +157,9 @@ def get_card(name: str) -> ModelCard:
 def load_model(name: str, device: torch.device | str = "cpu", *, allow_random_weights: bool = False) -> ModelHandle:
     """Build a registered model on a device, frozen and in eval mode."""
     card = get_card(name)
-    handle = _REGISTRY[name].loader(card, torch.device(device), allow_random_weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights (tests, benchmarks) are the same in every process
+        handle = _REGISTRY[name].loader(card, torch.device(device), allow_random_weights)
     handle.module.eval()
     for parameter in handle.module.parameters():
         parameter.requires_grad_(False)

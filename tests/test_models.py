@@ -1,0 +1,115 @@
+"""Model registry, torchxrayvision loading (weights present/missing), logits contract, preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchxrayvision as xrv
+
+from xai_core.imaging import Radiograph
+from xai_core.models import (
+    InputSpec,
+    MissingWeightsError,
+    center_square,
+    get_card,
+    list_models,
+    load_model,
+    preprocess,
+)
+from xai_core.models.xrv import XRV_CLASSIFIERS
+
+
+def test_registry_lists_every_torchxrayvision_classifier():
+    names = list_models()
+    for name in XRV_CLASSIFIERS:
+        assert name in names
+    card = get_card("xrv-densenet121-all")
+    assert len(card.labels) == 18 and "Cardiomegaly" in card.labels
+    assert card.input == InputSpec(1, 224, (-1024.0, 1024.0))
+    assert card.cam_layer == "features.norm5"
+    assert all(0 < t < 1 for t in card.thresholds.values())
+    nih = get_card("xrv-densenet121-nih")
+    assert len(nih.labels) == 14 and "" not in nih.labels, "untrained outputs are not labels"
+    assert get_card("xrv-resnet50-all").input.size == 512
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(KeyError, match="xrv-densenet121-all"):
+        get_card("no-such-model")
+
+
+def test_missing_weights_error_names_file_and_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("XAI_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("XRV_DATA_DIR", str(tmp_path / "xrv"))
+    monkeypatch.delenv("XAI_DOWNLOAD_WEIGHTS", raising=False)
+    with pytest.raises(MissingWeightsError) as info:
+        load_model("xrv-densenet121-all")
+    message = str(info.value)
+    assert get_card("xrv-densenet121-all").weights_file in message
+    assert str(tmp_path) in message and "XAI_WEIGHTS_DIR" in message
+
+
+def test_weights_load_from_weights_dir_and_give_logits(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    reference = xrv.models.DenseNet(weights=None, num_classes=18).eval()
+    card = get_card("xrv-densenet121-nih")
+    torch.save(reference, tmp_path / card.weights_file)  # torchxrayvision ships whole pickled modules
+    monkeypatch.setenv("XAI_WEIGHTS_DIR", str(tmp_path))
+    handle = load_model("xrv-densenet121-nih")
+    assert handle.random_weights is False
+    assert not any(p.requires_grad for p in handle.module.parameters())
+    x = torch.randn(2, 1, 224, 224) * 300
+    with torch.no_grad():
+        expected = reference.classifier(reference.features2(x.clone()))[:, card.provenance["output_indices"]]
+        ours = handle.module(x)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    # torchxrayvision's own forward with operating points returns op_norm(sigmoid), which we must not explain
+    reference.op_threshs = torch.tensor(xrv.models.model_urls["nih"]["op_threshs"], dtype=torch.float32)
+    with torch.no_grad():
+        normed = reference(x.clone())[:, card.provenance["output_indices"]]
+    assert not torch.allclose(normed, ours, atol=1e-3)
+
+
+def test_random_weights_when_allowed_and_labels_line_up():
+    handle = load_model("xrv-densenet121-chex", allow_random_weights=True)
+    assert handle.random_weights
+    with torch.no_grad():
+        out = handle.module(torch.zeros(3, 1, 224, 224))
+    assert out.shape == (3, len(handle.card.labels))
+    assert handle.label_index("cardiomegaly") == handle.card.labels.index("Cardiomegaly")
+    with pytest.raises(KeyError, match="not a label"):
+        handle.label_index("Hernia")
+
+
+def test_resnet50_random_weights_forward():
+    handle = load_model("xrv-resnet50-all", allow_random_weights=True)
+    with torch.no_grad():
+        out = handle.module(torch.zeros(1, 1, 512, 512))
+    assert out.shape == (1, 18)
+    assert isinstance(handle.layer(handle.card.cam_layer), torch.nn.Module)
+
+
+def test_cam_layer_activations_survive_the_forward():
+    """The CAM layer output must not be clamped by an in-place ReLU after the hook has seen it."""
+    handle = load_model("xrv-densenet121-all", allow_random_weights=True)
+    captured = {}
+    hook = handle.layer("features.norm5").register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        with torch.no_grad():
+            handle.module(torch.randn(1, 1, 224, 224) * 500)
+    finally:
+        hook.remove()
+    assert (captured["a"] < 0).any(), "norm5 output still has its negative values"
+
+
+def test_preprocess_crops_centre_square_and_scales():
+    pixels = np.zeros((300, 200), dtype=np.float32)
+    pixels[50:250, :] = 1.0  # exactly the centre square is white
+    radiograph = Radiograph(pixels=pixels, raw=pixels, meta={}, sha256="x", source_name="t")
+    x, box = preprocess(radiograph, InputSpec(1, 224, (-1024.0, 1024.0)))
+    assert box == center_square(300, 200) and (box.top, box.left, box.size) == (50, 0, 200)
+    assert x.shape == (1, 224, 224) and x.dtype == torch.float32
+    assert torch.allclose(x, torch.full_like(x, 1024.0))
+    x3, _ = preprocess(radiograph, InputSpec(3, 64, (0.0, 1.0)))
+    assert x3.shape == (3, 64, 64) and float(x3.max()) == 1.0
