@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai_core.engine import Engine  # noqa: E402
-from xai_core.imaging import Radiograph  # noqa: E402
+from xai_core.engine import Engine
+from xai_core.imaging import Radiograph
 
 
 def rss_mb() -> float:
@@ -98,7 +98,8 @@ def main() -> None:
     result = run(args.model, args.images, args.callers)
     print(f"model {result['model']}, {result['images']} images, {result['callers']} concurrent callers (CPU)")
     print(f"  serial      {result['serial_images_per_s']:7.2f} images/s  ({result['serial_forwards']} forwards)")
-    print(f"  concurrent  {result['concurrent_images_per_s']:7.2f} images/s  ({result['concurrent_forwards']} forwards)")
+    print(f"  concurrent  {result['concurrent_images_per_s']:7.2f} images/s  "
+          f"({result['concurrent_forwards']} forwards)")
     print(f"  ratio concurrent/serial: {result['concurrent_over_serial']:.2f}x")
     print(f"  RSS after load {result['rss_mb_after_load']:.0f} MB, after run {result['rss_mb_after_run']:.0f} MB, "
           f"peak {result['peak_rss_mb']:.0f} MB (bar: < 1500 MB)")
