@@ -1,0 +1,112 @@
+"""Case page: load a radiograph (upload or sample), window it, read its metadata and the model's findings."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import state
+from xai_core.imaging import DEFAULT_MAX_BYTES, RadiographError, load_radiograph, rewindow, to_png_bytes
+from xai_core.models import ModelError
+from xai_core.samples import all_samples
+
+NO_SAMPLE = "— choose a sample —"
+
+st.title("Case")
+
+
+def _load_upload() -> None:
+    uploaded = st.session_state.get("upload")
+    if uploaded is None:
+        return
+    try:
+        radiograph = load_radiograph(uploaded.getvalue(), name=uploaded.name)
+    except RadiographError as exc:
+        st.session_state["load_error"] = str(exc)
+        return
+    st.session_state.pop("load_error", None)
+    state.set_case(radiograph, "upload")
+
+
+def _load_sample() -> None:
+    choice = st.session_state.get("sample")
+    samples = {s.title: s for s in all_samples()}
+    if choice not in samples:
+        return
+    try:
+        radiograph = load_radiograph(samples[choice].path)
+    except RadiographError as exc:
+        st.session_state["load_error"] = str(exc)
+        return
+    st.session_state.pop("load_error", None)
+    state.set_case(radiograph, "sample")
+    st.session_state["case_labels"] = samples[choice].labels
+
+
+left, right = st.columns(2)
+with left:
+    st.file_uploader(
+        f"Upload a radiograph (PNG, JPEG, TIFF or DICOM; up to {DEFAULT_MAX_BYTES // 2**20} MB)",
+        key="upload", on_change=_load_upload,
+        help="Any file name is accepted (DICOM files often have no extension); the content is checked.",
+    )
+with right:
+    st.selectbox("…or pick a sample case", [NO_SAMPLE, *(s.title for s in all_samples())], key="sample",
+                 on_change=_load_sample)
+
+if "load_error" in st.session_state:
+    st.error(st.session_state["load_error"], icon=":material/error:")
+
+case = state.current_case()
+if case is None:
+    st.info("Load a radiograph to begin: upload a file or pick a sample case.")
+    st.stop()
+
+model = state.current_model()
+image_col, findings_col = st.columns([1, 1])
+with image_col:
+    shown = case
+    window = case.meta.get("window")
+    if window is not None and case.meta.get("format") == "DICOM":
+        lo, hi = float(case.raw.min()), float(case.raw.max())
+        span = max(hi - lo, 1.0)
+        center = st.slider("Window centre", lo, hi, float(window[0]), key=f"wc-{case.sha256}")
+        width = st.slider("Window width", 1.0, 2 * span, float(min(max(window[1], 1.0), 2 * span)),
+                          key=f"ww-{case.sha256}")
+        if (center, width) != tuple(window):
+            shown = rewindow(case, center, width)
+            state.set_case(shown, st.session_state.get("case_origin", "upload"))
+    st.image(to_png_bytes(shown.pixels), caption=case.source_name, width="stretch")
+    with st.expander("Image metadata (de-identified)"):
+        st.table({k: [str(v)] for k, v in shown.meta.items()})
+
+with findings_col:
+    problem = state.model_problem(model)
+    if problem:
+        st.error(problem, icon=":material/error:")
+        st.stop()
+    try:
+        prediction = state.engine().predict(shown, model)
+    except (ModelError, RuntimeError) as exc:
+        st.error(f"The model could not run on this image: {exc}")
+        st.stop()
+    st.session_state["prediction"] = prediction
+    if prediction.random_weights:
+        st.warning("This model has random weights (testing mode): its findings mean nothing.")
+    rows = prediction.ranked()[::-1]
+    figure = go.Figure(go.Bar(
+        x=[r["probability"] for r in rows], y=[r["label"] for r in rows], orientation="h",
+        marker_color=["#d62728" if r["positive"] else "#7f7f7f" for r in rows], name="probability",
+    ))
+    figure.add_trace(go.Scatter(
+        x=[r["threshold"] for r in rows], y=[r["label"] for r in rows], mode="markers",
+        marker={"symbol": "line-ns-open", "size": 16, "color": "black"}, name="operating point",
+    ))
+    figure.update_layout(xaxis={"range": [0, 1], "title": "probability"}, height=40 + 26 * len(rows),
+                         margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend={"orientation": "h"})
+    st.plotly_chart(figure, width="stretch")
+    positives = [r["label"] for r in prediction.ranked() if r["positive"]]
+    st.metric("Findings above their operating point", ", ".join(positives) if positives else "none")
+    known = st.session_state.get("case_labels") if st.session_state.get("case_origin") == "sample" else None
+    if known is not None:
+        st.caption(f"Ground truth for this sample: {', '.join(known) if known else 'No Finding'}")

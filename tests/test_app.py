@@ -1,0 +1,79 @@
+"""Dashboard pages through Streamlit's AppTest (no browser)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT
+
+MODEL = "xrv-densenet121-nih"
+
+
+@pytest.fixture
+def app(monkeypatch) -> AppTest:
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception
+    at.sidebar.selectbox(key="model").set_value(MODEL).run()
+    return at
+
+
+def findings(at: AppTest) -> str:
+    return at.metric[0].value
+
+
+def test_case_page_renders_and_invites_a_case(app):
+    assert not app.exception
+    assert any("Load a radiograph" in i.value for i in app.info)
+
+
+def test_sample_pick_and_upload_change_predictions(app, real_cxr):
+    samples = app.selectbox(key="sample").options
+    assert any("NIH" in s for s in samples)
+    app.selectbox(key="sample").set_value(next(s for s in samples if "00000001_000" in s)).run()
+    assert not app.exception and not app.error
+    first = app.session_state["prediction"]
+    mono1 = (real_cxr / "dicom" / "cr_chest_monochrome1.dcm").read_bytes()
+    app.file_uploader(key="upload").upload("case.dcm", mono1, "application/dicom").run()
+    assert not app.exception and not app.error
+    assert [s.label for s in app.slider] == ["Window centre", "Window width"], "DICOM window sliders are shown"
+    second = app.session_state["prediction"]
+    assert app.session_state["case"].source_name == "case.dcm"
+    assert second.sha256 != first.sha256
+    assert (second.probabilities != first.probabilities).any()
+
+
+@pytest.mark.parametrize(
+    "name,data",
+    [("notes.txt", b"hello"), ("empty.png", b""), ("cut.dcm", b"\x00" * 128 + b"DICM" + b"\x02\x00")],
+)
+def test_bad_upload_shows_message_and_session_keeps_working(app, real_cxr, name, data):
+    app.file_uploader(key="upload").upload(name, data, "application/octet-stream").run()
+    assert not app.exception
+    assert app.error and ("Expected" in app.error[0].value or "DICOM" in app.error[0].value)
+    good = (real_cxr / "nih" / "00000002_000.png").read_bytes()
+    app.file_uploader(key="upload").upload("good.png", good, "image/png").run()
+    assert not app.exception and not app.error
+    assert app.metric, "predictions are shown again"
+
+
+def test_missing_weights_are_reported_not_raised(monkeypatch, tmp_path, real_cxr):
+    monkeypatch.delenv("XAI_ALLOW_RANDOM_WEIGHTS", raising=False)
+    monkeypatch.setenv("XAI_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("XRV_DATA_DIR", str(tmp_path))
+    import xai_core.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_ENGINE", None)
+    import streamlit as st
+
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.sidebar.selectbox(key="model").set_value("xrv-densenet121-all").run()
+    at.file_uploader(key="upload").upload("a.png", (real_cxr / "nih" / "00000002_000.png").read_bytes(),
+                                          "image/png").run()
+    assert not at.exception
+    assert any("XAI_WEIGHTS_DIR" in e.value for e in at.error)
+    st.cache_resource.clear()

@@ -1,0 +1,64 @@
+"""Per-session state and the process-wide engine, as the pages see them."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from xai_core.engine import Engine, get_engine
+from xai_core.imaging import Radiograph
+from xai_core.models import ModelError, get_card, list_models
+
+PREFERRED_MODEL = "demo"
+DEPENDENT_KEYS = ("prediction", "target", "explanations")
+
+
+@st.cache_resource(show_spinner=False)
+def engine() -> Engine:
+    """The shared inference core (one per server process)."""
+    return get_engine(allow_random_weights=os.environ.get("XAI_ALLOW_RANDOM_WEIGHTS") == "1")
+
+
+def available_models() -> list[str]:
+    names = list_models()
+    return sorted(names, key=lambda n: (n != PREFERRED_MODEL, n))
+
+
+def current_model() -> str:
+    if "model" not in st.session_state:
+        st.session_state["model"] = available_models()[0]
+    return st.session_state["model"]
+
+
+def reset_dependent_state() -> None:
+    """Forget what was computed for the previous case or model."""
+    for key in DEPENDENT_KEYS:
+        st.session_state.pop(key, None)
+
+
+def current_case() -> Radiograph | None:
+    return st.session_state.get("case")
+
+
+def set_case(radiograph: Radiograph, origin: str) -> None:
+    """Make a radiograph the current case (resets predictions and explanations if it changed)."""
+    previous = current_case()
+    if previous is None or previous.sha256 != radiograph.sha256 or previous.meta != radiograph.meta:
+        reset_dependent_state()
+    st.session_state["case"] = radiograph
+    st.session_state["case_origin"] = origin
+
+
+def model_problem(name: str) -> str | None:
+    """Why a model cannot be used here (e.g. missing weights), or None."""
+    try:
+        engine().model(name)
+    except (ModelError, KeyError) as exc:
+        return str(exc.args[0] if isinstance(exc, KeyError) else exc)
+    return None
+
+
+def card_summary(name: str) -> dict:
+    card = get_card(name)
+    return {"labels": len(card.labels), "input": f"{card.input.channels} x {card.input.size}", **card.provenance}
