@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages import case_page
 from ui import state
 from xai_core.imaging import to_png_bytes
 
 st.set_page_config(page_title="Chest X-ray XAI", page_icon=":material/radiology:", layout="wide")
 
 pages = [
-    st.Page("pages/case.py", title="Case", icon=":material/radiology:", default=True),
+    st.Page(case_page.render, title="Case", icon=":material/radiology:", url_path="case", default=True),
 ]
 
 with st.sidebar:
     st.header("Chest X-ray XAI")
     models = state.available_models()
-    st.selectbox("Model", models, key="model", on_change=state.reset_dependent_state,
-                 index=models.index(state.current_model()))
+    st.selectbox("Model", models, key="model", on_change=state.reset_dependent_state)
     card = state.card_summary(state.current_model())
     with st.expander("Model card"):
         st.json(card, expanded=False)
     st.caption(f"Device: {state.engine().device}")
-    case = state.current_case()
-    if case is not None:
-        st.image(to_png_bytes(case.pixels), caption=case.source_name, width=160)
+    current = state.current_case()
+    if current is not None:
+        st.image(to_png_bytes(current.pixels), caption=current.source_name, width=160)
 
+# Page modules are named *_page.py: a pages/<name>.py file whose name equals a url_path confuses Streamlit's
+# legacy pages/ discovery (AppTest then renders nothing after a widget change).
 st.navigation(pages).run()

@@ -26,9 +26,8 @@ def available_models() -> list[str]:
 
 
 def current_model() -> str:
-    if "model" not in st.session_state:
-        st.session_state["model"] = available_models()[0]
-    return st.session_state["model"]
+    """The model chosen in the sidebar (the preferred model until one is chosen)."""
+    return st.session_state.get("model") or available_models()[0]
 
 
 def reset_dependent_state() -> None:

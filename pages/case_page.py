@@ -6,13 +6,19 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ui import state
-from xai_core.imaging import DEFAULT_MAX_BYTES, RadiographError, load_radiograph, rewindow, to_png_bytes
+from xai_core.engine import Prediction
+from xai_core.imaging import (
+    DEFAULT_MAX_BYTES,
+    Radiograph,
+    RadiographError,
+    load_radiograph,
+    rewindow,
+    to_png_bytes,
+)
 from xai_core.models import ModelError
 from xai_core.samples import all_samples
 
 NO_SAMPLE = "— choose a sample —"
-
-st.title("Case")
 
 
 def _load_upload() -> None:
@@ -43,28 +49,23 @@ def _load_sample() -> None:
     st.session_state["case_labels"] = samples[choice].labels
 
 
-left, right = st.columns(2)
-with left:
-    st.file_uploader(
-        f"Upload a radiograph (PNG, JPEG, TIFF or DICOM; up to {DEFAULT_MAX_BYTES // 2**20} MB)",
-        key="upload", on_change=_load_upload,
-        help="Any file name is accepted (DICOM files often have no extension); the content is checked.",
-    )
-with right:
-    st.selectbox("…or pick a sample case", [NO_SAMPLE, *(s.title for s in all_samples())], key="sample",
-                 on_change=_load_sample)
+def _loaders() -> None:
+    left, right = st.columns(2)
+    with left:
+        st.file_uploader(
+            f"Upload a radiograph (PNG, JPEG, TIFF or DICOM; up to {DEFAULT_MAX_BYTES // 2**20} MB)",
+            key="upload", on_change=_load_upload,
+            help="Any file name is accepted (DICOM files often have no extension); the content is checked.",
+        )
+    with right:
+        st.selectbox("…or pick a sample case", [NO_SAMPLE, *(s.title for s in all_samples())], key="sample",
+                     on_change=_load_sample)
+    if "load_error" in st.session_state:
+        st.error(st.session_state["load_error"], icon=":material/error:")
 
-if "load_error" in st.session_state:
-    st.error(st.session_state["load_error"], icon=":material/error:")
 
-case = state.current_case()
-if case is None:
-    st.info("Load a radiograph to begin: upload a file or pick a sample case.")
-    st.stop()
-
-model = state.current_model()
-image_col, findings_col = st.columns([1, 1])
-with image_col:
+def _image_panel(case: Radiograph) -> Radiograph:
+    """Shows the image with window controls (DICOM); returns the radiograph as windowed."""
     shown = case
     window = case.meta.get("window")
     if window is not None and case.meta.get("format") == "DICOM":
@@ -79,20 +80,10 @@ with image_col:
     st.image(to_png_bytes(shown.pixels), caption=case.source_name, width="stretch")
     with st.expander("Image metadata (de-identified)"):
         st.table({k: [str(v)] for k, v in shown.meta.items()})
+    return shown
 
-with findings_col:
-    problem = state.model_problem(model)
-    if problem:
-        st.error(problem, icon=":material/error:")
-        st.stop()
-    try:
-        prediction = state.engine().predict(shown, model)
-    except (ModelError, RuntimeError) as exc:
-        st.error(f"The model could not run on this image: {exc}")
-        st.stop()
-    st.session_state["prediction"] = prediction
-    if prediction.random_weights:
-        st.warning("This model has random weights (testing mode): its findings mean nothing.")
+
+def _findings_chart(prediction: Prediction) -> go.Figure:
     rows = prediction.ranked()[::-1]
     figure = go.Figure(go.Bar(
         x=[r["probability"] for r in rows], y=[r["label"] for r in rows], orientation="h",
@@ -104,9 +95,40 @@ with findings_col:
     ))
     figure.update_layout(xaxis={"range": [0, 1], "title": "probability"}, height=40 + 26 * len(rows),
                          margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend={"orientation": "h"})
-    st.plotly_chart(figure, width="stretch")
+    return figure
+
+
+def _findings_panel(shown: Radiograph, model: str) -> None:
+    problem = state.model_problem(model)
+    if problem:
+        st.error(problem, icon=":material/error:")
+        return
+    try:
+        prediction = state.engine().predict(shown, model)
+    except (ModelError, RuntimeError) as exc:
+        st.error(f"The model could not run on this image: {exc}")
+        return
+    st.session_state["prediction"] = prediction
+    if prediction.random_weights:
+        st.warning("This model has random weights (testing mode): its findings mean nothing.")
+    st.plotly_chart(_findings_chart(prediction), width="stretch")
     positives = [r["label"] for r in prediction.ranked() if r["positive"]]
     st.metric("Findings above their operating point", ", ".join(positives) if positives else "none")
-    known = st.session_state.get("case_labels") if st.session_state.get("case_origin") == "sample" else None
-    if known is not None:
+    if st.session_state.get("case_origin") == "sample":
+        known = st.session_state.get("case_labels") or []
         st.caption(f"Ground truth for this sample: {', '.join(known) if known else 'No Finding'}")
+
+
+def render() -> None:
+    """The Case page."""
+    st.title("Case")
+    _loaders()
+    case = state.current_case()
+    if case is None:
+        st.info("Load a radiograph to begin: upload a file or pick a sample case.")
+        return
+    image_col, findings_col = st.columns(2)
+    with image_col:
+        shown = _image_panel(case)
+    with findings_col:
+        _findings_panel(shown, state.current_model())
