@@ -1,0 +1,12 @@
+"""The synthetic radiograph world: a deterministic generator with ground truth, and its writers."""
+
+from xai_core.phantom.generator import (
+    ANATOMY,
+    FINDINGS,
+    SHORTCUT_LABEL,
+    PhantomCase,
+    case_rng,
+    generate_case,
+)
+
+__all__ = ["ANATOMY", "FINDINGS", "SHORTCUT_LABEL", "PhantomCase", "case_rng", "generate_case"]

@@ -1,0 +1,136 @@
+"""Templated radiology reports and simulated radiologist gaze for phantom cases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+POSITIVE = {
+    "Cardiomegaly": ["The heart is enlarged.", "Cardiomegaly.", "Enlarged cardiac silhouette.",
+                     "The cardiac silhouette is enlarged, in keeping with cardiomegaly."],
+    "Effusion": ["{Severity} {side} pleural effusion with blunting of the costophrenic angle.",
+                 "There is a {severity} {side} pleural effusion.",
+                 "Blunting of the {side} costophrenic angle with a meniscus, consistent with pleural effusion."],
+    "Nodule": ["A small nodule in the {zone} zone of the {side} lung.", "{Side} {zone} zone pulmonary nodule.",
+               "There is a {mm} mm nodule in the {side} {zone} lung."],
+    "Mass": ["A lobulated mass in the {side} {zone} zone.", "{Side} {zone} zone lung mass.",
+             "There is a large {side} lung mass measuring {mm} mm."],
+    "Pneumothorax": ["{Side} pneumothorax with a visible pleural line.", "There is a {severity} {side} pneumothorax.",
+                     "{Side} apical and lateral pneumothorax without lung markings peripherally."],
+    "Consolidation": ["Consolidation in the {side} {zone} zone with air bronchograms.",
+                      "Patchy {side} {zone} zone airspace consolidation.", "{Side} {zone} zone consolidation."],
+    "Atelectasis": ["Band-like atelectasis in the {side} {zone} zone with elevation of the {side} hemidiaphragm.",
+                    "{Side} {zone} zone atelectasis with volume loss.",
+                    "Linear atelectasis at the {side} lung base."],
+}
+NEGATIVE = {
+    "Cardiomegaly": ["Heart size is normal.", "The cardiac silhouette is within normal limits."],
+    "Effusion": ["No pleural effusion.", "The costophrenic angles are sharp."],
+    "Nodule": ["No pulmonary nodule."],
+    "Mass": ["No lung mass."],
+    "Pneumothorax": ["No pneumothorax.", "There is no pneumothorax."],
+    "Consolidation": ["No focal consolidation.", "No airspace consolidation."],
+    "Atelectasis": ["No atelectasis."],
+}
+IMPRESSION = {
+    "Cardiomegaly": "Cardiomegaly.", "Effusion": "{Side} pleural effusion.", "Nodule": "{Side} lung nodule.",
+    "Mass": "{Side} lung mass.", "Pneumothorax": "{Side} pneumothorax.", "Consolidation": "{Side} consolidation.",
+    "Atelectasis": "{Side} atelectasis.",
+}
+NORMAL = ["The lungs are clear.", "Clear lungs bilaterally."]
+
+REFLACX_COLUMNS = (
+    "timestamp_start_fixation", "timestamp_end_fixation", "x_position", "y_position", "pupil_area_normalized",
+    "angular_resolution_x_pixels_per_degree", "angular_resolution_y_pixels_per_degree", "window_level",
+    "window_width", "xmin_shown_from_image", "ymin_shown_from_image", "xmax_shown_from_image",
+    "ymax_shown_from_image",
+)
+
+
+def _fill(template: str, attrs: dict[str, Any]) -> str:
+    side = str(attrs.get("side", ""))
+    values = {
+        "side": side, "Side": side.capitalize(), "zone": attrs.get("zone", ""),
+        "severity": attrs.get("severity", ""), "Severity": str(attrs.get("severity", "")).capitalize(),
+        "mm": round(float(attrs.get("size", 0.0)) * 350),  # 256 px ~ 35 cm of chest
+    }
+    return template.format(**values)
+
+
+def report_for(rng: np.random.Generator, labels: list[str], attributes: dict[str, dict[str, Any]]) -> str:
+    """A short report: findings sentences (positives, some negations) and an impression."""
+    sentences = [_fill(str(rng.choice(POSITIVE[name])), attributes[name]) for name in labels]
+    absent = [name for name in NEGATIVE if name not in labels]
+    for name in absent:
+        if rng.random() < 0.45:
+            sentences.append(str(rng.choice(NEGATIVE[name])))
+    if not labels:
+        sentences.insert(0, str(rng.choice(NORMAL)))
+    order = rng.permutation(len(sentences))
+    findings = " ".join(sentences[i] for i in order)
+    if labels:
+        impression = " ".join(_fill(IMPRESSION[name], attributes[name]) for name in labels)
+    else:
+        impression = "No acute cardiopulmonary abnormality."
+    return f"FINDINGS: {findings} IMPRESSION: {impression}"
+
+
+class _Sampler:
+    """Random pixels of a mask by rejection sampling inside its bounding box."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        self.box = (rows[0], rows[-1], cols[0], cols[-1]) if len(rows) else None
+
+    def pick(self, rng: np.random.Generator, jitter: float, rows: tuple[float, float] = (0.0, 1.0)):
+        """A random pixel (with jitter), optionally from a horizontal band of the mask's extent."""
+        if self.box is None:
+            return None
+        top, bottom, left, right = self.box
+        lo = top + (bottom - top) * rows[0]
+        hi = top + (bottom - top) * rows[1]
+        for _ in range(8):
+            ys = rng.integers(int(lo), int(hi) + 1, 64)
+            xs = rng.integers(left, right + 1, 64)
+            hits = np.flatnonzero(self.mask[ys, xs])
+            if len(hits):
+                i = hits[0]
+                dx, dy = rng.normal(0, jitter, 2)
+                return float(xs[i] + dx), float(ys[i] + dy)
+        return None
+
+
+def fixations_for(rng: np.random.Generator, anatomy: dict[str, np.ndarray], lesions: dict[str, np.ndarray],
+                  size: int) -> np.ndarray:
+    """A scan path over both lungs and the heart with extra dwell on lesions: [N, 4] (start ms, end ms, x, y)."""
+    stops: list[tuple[float, float, float]] = []
+    jitter = 0.01 * size
+    lungs = {name: _Sampler(anatomy[name]) for name in ("right_lung", "left_lung")}
+    for sampler in lungs.values():
+        for band in range(3):
+            point = sampler.pick(rng, jitter, (band / 3, (band + 1) / 3))
+            if point:
+                stops.append((*point, rng.uniform(160, 340)))
+    heart = _Sampler(anatomy["heart"]).pick(rng, jitter)
+    if heart:
+        stops.append((*heart, rng.uniform(200, 400)))
+    for _ in range(int(rng.integers(3, 7))):
+        point = lungs[("right_lung", "left_lung")[int(rng.integers(2))]].pick(rng, jitter)
+        if point:
+            stops.append((*point, rng.uniform(120, 300)))
+    for mask in lesions.values():
+        sampler = _Sampler(mask)
+        for _ in range(int(rng.integers(3, 7))):
+            point = sampler.pick(rng, 0.004 * size)
+            if point:
+                stops.append((*point, rng.uniform(350, 900)))
+    order = rng.permutation(len(stops))
+    out = np.zeros((len(stops), 4), np.float64)
+    t = float(rng.uniform(200, 600))
+    for row, i in enumerate(order):
+        x, y, duration = stops[i]
+        out[row] = (t, t + duration, np.clip(x, 0, size - 1), np.clip(y, 0, size - 1))
+        t += duration + rng.uniform(20, 60)
+    return out
