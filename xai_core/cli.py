@@ -41,6 +41,44 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from xai_core.phantom import generate_case
+    from xai_core.phantom.writers import contact_sheet, write_split
+
+    if args.contact_sheet:
+        cases = [generate_case(args.split, i, seed=args.seed, size=args.size, shortcut=args.shortcut)
+                 for i in range(args.n)]
+        Image.fromarray(contact_sheet(cases)).save(args.contact_sheet)
+        print(args.contact_sheet)
+        return 0
+    if not args.out:
+        raise SystemExit("error: --out DIR is required (or --contact-sheet FILE)")
+    out = write_split(args.out, args.split, args.n, seed=args.seed, size=args.size, shortcut=args.shortcut,
+                      png_bits=args.png_bits, workers=args.workers)
+    print(out)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    if args.what == "classifier":
+        from xai_core.training.classifier import ClassifierRecipe, train_classifier
+
+        recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
+                                  steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
+                                  seed=args.seed, data_seed=args.data_seed, shortcut=args.shortcut,
+                                  val_n=args.val_n, test_n=args.test_n)
+        record = train_classifier(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
+    else:
+        raise SystemExit(f"error: training '{args.what}' is not available yet")
+    print(json.dumps({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")}, indent=2))
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from xai_core.models import get_card, list_models
 
@@ -64,6 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON")
     _add_common(predict)
     predict.set_defaults(run=_cmd_predict)
+
+    phantom = sub.add_parser("phantom", help="write a split of synthetic radiographs with ground truth")
+    phantom.add_argument("--split", choices=["train", "val", "test"], default="train")
+    phantom.add_argument("--n", type=int, required=True, help="number of cases")
+    phantom.add_argument("--seed", type=int, default=0, help="seed (cases also differ by split and index)")
+    phantom.add_argument("--size", type=int, default=256, help="image size in pixels (square)")
+    phantom.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH",
+                         help="burn in a corner tag correlated with Pneumothorax at this strength (0..1)")
+    phantom.add_argument("--out", default=None, help="output folder")
+    phantom.add_argument("--png-bits", type=int, choices=[8, 16], default=8)
+    phantom.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    phantom.add_argument("--contact-sheet", default=None, metavar="FILE", help="write a PNG grid of N cases instead")
+    phantom.set_defaults(run=_cmd_phantom)
+
+    train = sub.add_parser("train", help="train a bundled demo model on phantom data")
+    train.add_argument("what", choices=["classifier"])
+    train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut)")
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--batch", type=int, default=32)
+    train.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    train.add_argument("--data-seed", type=int, default=0, help="phantom data seed")
+    train.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH")
+    train.add_argument("--val-n", type=int, default=1000)
+    train.add_argument("--test-n", type=int, default=1000)
+    train.add_argument("--device", default=None)
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    train.add_argument("--checkpoint-dir", default="runs", help="where resumable checkpoints go")
+    train.set_defaults(run=_cmd_train)
 
     models = sub.add_parser("models", help="list the registered models")
     models.add_argument("--json", action="store_true", help="print the model cards as JSON")

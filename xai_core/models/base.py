@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,6 +167,15 @@ def load_model(name: str, device: torch.device | str = "cpu", *, allow_random_we
     return handle
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def weights_dirs() -> list[Path]:
     """Folders searched for weight files, in order: $XAI_WEIGHTS_DIR, then torchxrayvision's cache."""
     dirs = []
@@ -191,4 +201,4 @@ def _ensure_builtin() -> None:
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
-        from xai_core.models import xrv  # noqa: F401  (registers on import)
+        from xai_core.models import demo, xrv  # noqa: F401  (register on import; demo first)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xai_core.models.base import (
@@ -19,6 +18,7 @@ from xai_core.models.base import (
     register_model,
     weights_dirs,
 )
+from xai_core.models.densenet import DenseNetLogits
 
 INTENDED_USE = (
     "Research and education. torchxrayvision classifier (Cohen et al.); not a medical device. "
@@ -36,28 +36,6 @@ XRV_CLASSIFIERS = {
     "xrv-densenet121-mimic_ch": "densenet121-res224-mimic_ch",
     "xrv-resnet50-all": "resnet50-res512-all",
 }
-
-
-class DenseNetLogits(nn.Module):
-    """`features` -> ReLU -> global average pool -> `classifier`, returning the selected logits.
-
-    Unlike torchvision's and torchxrayvision's forward, the ReLU after `features` is not in place, so hooks on
-    `features.norm5` see the true activations.
-    """
-
-    def __init__(self, features: nn.Module, classifier: nn.Linear, outputs: list[int] | None = None) -> None:
-        super().__init__()
-        self.features = features
-        self.classifier = classifier
-        index = torch.tensor(outputs if outputs is not None else range(classifier.out_features), dtype=torch.long)
-        self.register_buffer("outputs", index, persistent=False)
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """Global-average-pooled features [B, C] (the classifier's input)."""
-        return F.adaptive_avg_pool2d(F.relu(self.features(x)), 1).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooled(x)).index_select(1, self.outputs)
 
 
 class ResNetLogits(nn.Module):

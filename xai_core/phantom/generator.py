@@ -19,6 +19,7 @@ PREVALENCE = {"Atelectasis": 0.18, "Cardiomegaly": 0.2, "Consolidation": 0.18, "
               "Nodule": 0.18, "Pneumothorax": 0.15}
 SPLIT_CODES = {"train": 11, "val": 23, "test": 37, "samples": 41}
 SHORTCUT_LABEL = "Pneumothorax"
+TAG_BOX = (4, 4, 9, 12)  # shortcut tag rows/cols in percent of the image: top, left, bottom, right
 SEVERITIES = ("mild", "moderate", "severe")
 # lesion bits start above the anatomy bits in the packed mask image
 _LESION_BIT0 = len(ANATOMY)
@@ -397,8 +398,6 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     matrix[:, 2] += shift
     density = cv2.warpAffine(density, matrix, (S, S), flags=cv2.INTER_LINEAR, borderValue=0.0)
     packed = cv2.warpAffine(packed, matrix, (S, S), flags=cv2.INTER_NEAREST, borderValue=0)
-    if has_tag:  # the marker is burned in by the detector, after positioning
-        density[int(0.04 * S):int(0.09 * S), int(0.04 * S):int(0.12 * S)] = 1.2
 
     density = canvas.blur(density, rng.uniform(0.7, 1.3))
     gamma = rng.uniform(0.85, 1.2)
@@ -406,6 +405,8 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     image = image ** gamma * rng.uniform(0.9, 1.05) + rng.uniform(-0.03, 0.05)
     image += _film_noise(rng, S) * rng.uniform(0.01, 0.025)
     image = np.clip(image, 0, 1).astype(np.float32)
+    if has_tag:  # burned in by the detector: after positioning and exposure
+        image[TAG_BOX[0] * S // 100:TAG_BOX[2] * S // 100, TAG_BOX[1] * S // 100:TAG_BOX[3] * S // 100] = 0.98
 
     anatomy = {name: ((packed >> bit) & 1).astype(bool) for bit, name in enumerate(ANATOMY)}
     lesion_masks = {name: ((packed >> (_LESION_BIT0 + FINDINGS.index(name))) & 1).astype(bool) for name in lesions}
@@ -419,4 +420,5 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     fixations = fixations_for(rng, anatomy, lesion_masks, S)
     return PhantomCase(case_id=case_id, image=image, anatomy=anatomy, labels=labels, lesions=lesion_masks,
                        attributes={k: attributes[k] for k in labels}, report=report, fixations=fixations,
-                       shortcut=has_tag, meta={"ctr": round(float(ctr), 3), "rotation_deg": round(float(angle), 2)})
+                       shortcut=has_tag, meta={"ctr": round(float(ctr), 3), "rotation_deg": round(float(angle), 2),
+                                                 "tag_box_percent": TAG_BOX if has_tag else None})

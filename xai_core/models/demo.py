@@ -1,0 +1,90 @@
+"""The bundled demo models (trained by xai_core/training on phantom data), registered from the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xai_core.models.base import (
+    InputSpec,
+    MissingWeightsError,
+    ModelCard,
+    ModelError,
+    ModelHandle,
+    register_model,
+    sha256_file,
+)
+from xai_core.models.densenet import build_demo_densenet
+from xai_core.phantom import FINDINGS
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
+MANIFEST = MODELS_DIR / "manifest.json"
+INTENDED_USE = (
+    "Demonstration only: trained on synthetic phantom radiographs (xai_core/phantom), not on patients. "
+    "Not for clinical use."
+)
+DEFAULT_ARCHITECTURE = {"kind": "densenet", "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32}
+
+
+def _manifest_entries() -> dict[str, dict[str, Any]]:
+    if not MANIFEST.is_file():
+        return {}
+    return json.loads(MANIFEST.read_text()).get("models", {})
+
+
+def _card(name: str, entry: dict[str, Any]) -> ModelCard:
+    labels = entry.get("labels", list(FINDINGS))
+    spec = entry.get("input", {"channels": 1, "size": 224, "value_range": [-1024.0, 1024.0]})
+    provenance = {
+        "source": "trained by xai_core/training on synthetic phantom data",
+        "weights_sha256": entry.get("sha256"),
+        "command": entry.get("command"),
+        "seeds": entry.get("seeds"),
+        "data": entry.get("data"),
+        "metrics": entry.get("metrics"),
+        "architecture": entry.get("architecture", DEFAULT_ARCHITECTURE),
+    }
+    return ModelCard(
+        name=name,
+        labels=list(labels),
+        input=InputSpec(spec["channels"], spec["size"], tuple(spec["value_range"])),
+        cam_layer="features.norm5",
+        feature_layer="features.norm5",
+        thresholds=dict(entry.get("thresholds", dict.fromkeys(labels, 0.5))),
+        provenance=provenance,
+        intended_use=INTENDED_USE,
+        weights_file=entry.get("file", f"{name}.pt"),
+    )
+
+
+def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
+    architecture = {k: v for k, v in card.provenance["architecture"].items()
+                    if k in ("growth_rate", "block_config", "num_init_features")}
+    module = build_demo_densenet(len(card.labels), **architecture)
+    path = MODELS_DIR / card.weights_file
+    if not path.is_file():
+        if not allow_random_weights:
+            raise MissingWeightsError(
+                f"Weights for '{card.name}' are missing: expected {path}. They are committed with the project; "
+                f"to rebuild them run `python -m xai_core train classifier`."
+            )
+        return ModelHandle(card=card, module=module.to(device), device=device, random_weights=True)
+    expected = card.provenance.get("weights_sha256")
+    if expected and sha256_file(path) != expected:
+        raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or was replaced.")
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return ModelHandle(card=card, module=module.to(device), device=device)
+
+
+def register_demo_models() -> None:
+    """Register `demo` (always, so errors can say how to get it) and every classifier in the manifest."""
+    entries = {name: e for name, e in _manifest_entries().items() if e.get("family") == "classifier"}
+    entries.setdefault("demo", {})
+    for name, entry in entries.items():
+        register_model(_card(name, entry), _load_demo)
+
+
+register_demo_models()
