@@ -45,8 +45,8 @@ def _load_sample() -> None:
         st.session_state["load_error"] = str(exc)
         return
     st.session_state.pop("load_error", None)
-    state.set_case(radiograph, "sample")
-    st.session_state["case_labels"] = samples[choice].labels
+    sample = samples[choice]
+    state.set_case(radiograph, "sample", labels=sample.labels, source=sample.source)
 
 
 def _loaders() -> None:
@@ -76,7 +76,7 @@ def _image_panel(case: Radiograph) -> Radiograph:
                           key=f"ww-{case.sha256}")
         if (center, width) != tuple(window):
             shown = rewindow(case, center, width)
-            state.set_case(shown, st.session_state.get("case_origin", "upload"))
+            state.set_case(shown, st.session_state.get("case_origin", "upload"))  # same file: origin kept
     st.image(to_png_bytes(shown.pixels), caption=case.source_name, width="stretch")
     with st.expander("Image metadata (de-identified)"):
         st.table({k: [str(v)] for k, v in shown.meta.items()})
@@ -109,13 +109,23 @@ def _findings_panel(shown: Radiograph, model: str) -> None:
         st.error(f"The model could not run on this image: {exc}")
         return
     st.session_state["prediction"] = prediction
+    if state.is_demo_model(model):
+        st.info("Demonstration model: trained on synthetic radiographs, not for clinical use.",
+                icon=":material/science:")
+        origin, source = st.session_state.get("case_origin"), st.session_state.get("case_source")
+        if origin == "sample" and source != "phantom":
+            st.warning("This real radiograph is outside the demo model's training data (synthetic phantoms): its "
+                       "findings carry no meaning.", icon=":material/warning:")
+        elif origin == "upload":
+            st.caption("If this is a real radiograph, it is outside the demo model's training data and its findings "
+                       "carry no meaning.")
     if prediction.random_weights:
         st.warning("This model has random weights (testing mode): its findings mean nothing.")
     st.plotly_chart(_findings_chart(prediction), width="stretch")
     positives = [r["label"] for r in prediction.ranked() if r["positive"]]
     st.metric("Findings above their operating point", ", ".join(positives) if positives else "none")
-    if st.session_state.get("case_origin") == "sample":
-        known = st.session_state.get("case_labels") or []
+    if st.session_state.get("case_origin") == "sample" and st.session_state.get("case_labels") is not None:
+        known = st.session_state["case_labels"]
         st.caption(f"Ground truth for this sample: {', '.join(known) if known else 'No Finding'}")
 
 

@@ -30,7 +30,7 @@ def test_same_seed_same_bytes_and_different_cases():
 def test_any_size_and_value_range(size):
     case = generate_case("val", 1, size=size)
     assert case.image.shape == (size, size) and case.image.dtype == np.float32
-    assert 0.0 <= case.image.min() and case.image.max() <= 1.0
+    assert case.image.min() >= 0.0 and case.image.max() <= 1.0
     for mask in [*case.anatomy.values(), *case.lesions.values()]:
         assert mask.shape == (size, size) and mask.dtype == bool
 

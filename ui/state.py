@@ -40,13 +40,18 @@ def current_case() -> Radiograph | None:
     return st.session_state.get("case")
 
 
-def set_case(radiograph: Radiograph, origin: str) -> None:
-    """Make a radiograph the current case (resets predictions and explanations if it changed)."""
+def set_case(radiograph: Radiograph, origin: str, *, labels: list[str] | None = None,
+             source: str | None = None) -> None:
+    """Make a radiograph the current case (resets predictions and explanations if it changed).
+
+    `origin` is 'upload' or 'sample'; samples carry their known `labels` and `source` ('phantom', ...).
+    """
     previous = current_case()
     if previous is None or previous.sha256 != radiograph.sha256 or previous.meta != radiograph.meta:
         reset_dependent_state()
     st.session_state["case"] = radiograph
-    st.session_state["case_origin"] = origin
+    if previous is None or previous.sha256 != radiograph.sha256:
+        st.session_state.update(case_origin=origin, case_labels=labels, case_source=source)
 
 
 def model_problem(name: str) -> str | None:
@@ -56,6 +61,11 @@ def model_problem(name: str) -> str | None:
     except (ModelError, KeyError) as exc:
         return str(exc.args[0] if isinstance(exc, KeyError) else exc)
     return None
+
+
+def is_demo_model(name: str) -> bool:
+    """Models trained on the synthetic phantom world (bundled)."""
+    return "phantom" in str(get_card(name).provenance.get("source", ""))
 
 
 def card_summary(name: str) -> dict:

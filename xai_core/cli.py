@@ -47,6 +47,11 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     from xai_core.phantom import generate_case
     from xai_core.phantom.writers import contact_sheet, write_split
 
+    if args.samples:
+        from xai_core.phantom.samples import write_samples
+
+        print(write_samples(args.out or "assets/samples"))
+        return 0
     if args.contact_sheet:
         cases = [generate_case(args.split, i, seed=args.seed, size=args.size, shortcut=args.shortcut)
                  for i in range(args.n)]
@@ -61,20 +66,36 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(args: argparse.Namespace, *names: str) -> dict[str, int]:
+    """The evaluation sizes given on the command line (the recipe's defaults otherwise)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.what == "classifier":
         from xai_core.training.classifier import ClassifierRecipe, train_classifier
 
         recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
                                   steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
                                   seed=args.seed, data_seed=args.data_seed, shortcut=args.shortcut,
-                                  val_n=args.val_n, test_n=args.test_n)
+                                  **_sizes(args, "val_n", "test_n"))
         record = train_classifier(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
+    elif args.what == "segmenter":
+        from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
+
+        recipe = SegmenterRecipe(steps=args.steps or SegmenterRecipe.steps, seed=args.seed, data_seed=args.data_seed,
+                                 **_sizes(args, "test_n"))
+        record = train_segmenter(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
-        raise SystemExit(f"error: training '{args.what}' is not available yet")
+        from xai_core.training.clip import ClipRecipe, train_clip
+
+        recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, data_seed=args.data_seed,
+                            **_sizes(args, "test_n"))
+        record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     print(json.dumps({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")}, indent=2))
     return 0
 
@@ -105,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     phantom = sub.add_parser("phantom", help="write a split of synthetic radiographs with ground truth")
     phantom.add_argument("--split", choices=["train", "val", "test"], default="train")
-    phantom.add_argument("--n", type=int, required=True, help="number of cases")
+    phantom.add_argument("--n", type=int, default=16, help="number of cases (default: 16)")
     phantom.add_argument("--seed", type=int, default=0, help="seed (cases also differ by split and index)")
     phantom.add_argument("--size", type=int, default=256, help="image size in pixels (square)")
     phantom.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH",
@@ -114,18 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--png-bits", type=int, choices=[8, 16], default=8)
     phantom.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     phantom.add_argument("--contact-sheet", default=None, metavar="FILE", help="write a PNG grid of N cases instead")
+    phantom.add_argument("--samples", action="store_true",
+                         help="write the bundled sample cases (every finding, combinations, normals) to --out")
     phantom.set_defaults(run=_cmd_phantom)
 
     train = sub.add_parser("train", help="train a bundled demo model on phantom data")
-    train.add_argument("what", choices=["classifier"])
+    train.add_argument("what", choices=["classifier", "segmenter", "clip"])
     train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut)")
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")
     train.add_argument("--data-seed", type=int, default=0, help="phantom data seed")
     train.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH")
-    train.add_argument("--val-n", type=int, default=1000)
-    train.add_argument("--test-n", type=int, default=1000)
+    train.add_argument("--val-n", type=int, default=None, help="validation cases (default: the recipe's)")
+    train.add_argument("--test-n", type=int, default=None, help="test cases (default: the recipe's)")
     train.add_argument("--device", default=None)
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     train.add_argument("--checkpoint-dir", default="runs", help="where resumable checkpoints go")

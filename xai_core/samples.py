@@ -19,13 +19,14 @@ class Sample:
     name: str
     path: Path
     source: str
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] | None = None  # None: unknown; []: No Finding
     masks: dict[str, Path] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
-        findings = ", ".join(self.labels) if self.labels else "labels unknown"
-        return f"{self.name} ({self.source}: {findings})"
+        if self.labels is None:
+            return f"{self.name} ({self.source}: labels unknown)"
+        return f"{self.name} ({self.source}: {', '.join(self.labels) or 'No Finding'})"
 
 
 def real_samples_dir() -> Path | None:
@@ -67,7 +68,7 @@ def real_samples() -> list[Sample]:
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() not in IMAGE_SUFFIXES or "_mask" in path.stem:
             continue
-        labels = nih_labels.get(path.name, [])
+        labels = nih_labels.get(path.name)
         source = "NIH ChestX-ray14" if path.name in nih_labels else f"real ({path.parent.name})"
         samples.append(Sample(path.stem, path, source, labels))
     return samples

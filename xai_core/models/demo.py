@@ -60,31 +60,48 @@ def _card(name: str, entry: dict[str, Any]) -> ModelCard:
     )
 
 
-def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
-    architecture = {k: v for k, v in card.provenance["architecture"].items()
-                    if k in ("growth_rate", "block_config", "num_init_features")}
-    module = build_demo_densenet(len(card.labels), **architecture)
+def bundled_handle(card: ModelCard, module: torch.nn.Module, device: torch.device, allow_random_weights: bool,
+                   rebuild: str) -> ModelHandle:
+    """Load a bundled weights file into `module` after checking its sha256 against the manifest."""
     path = MODELS_DIR / card.weights_file
     if not path.is_file():
         if not allow_random_weights:
             raise MissingWeightsError(
                 f"Weights for '{card.name}' are missing: expected {path}. They are committed with the project; "
-                f"to rebuild them run `python -m xai_core train classifier`."
+                f"to rebuild them run `{rebuild}`."
             )
         return ModelHandle(card=card, module=module.to(device), device=device, random_weights=True)
     expected = card.provenance.get("weights_sha256")
     if expected and sha256_file(path) != expected:
         raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or was replaced.")
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return ModelHandle(card=card, module=module.to(device), device=device)
 
 
+def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
+    architecture = {k: v for k, v in card.provenance["architecture"].items()
+                    if k in ("growth_rate", "block_config", "num_init_features")}
+    module = build_demo_densenet(len(card.labels), **architecture)
+    return bundled_handle(card, module, device, allow_random_weights, "python -m xai_core train classifier")
+
+
 def register_demo_models() -> None:
-    """Register `demo` (always, so errors can say how to get it) and every classifier in the manifest."""
-    entries = {name: e for name, e in _manifest_entries().items() if e.get("family") == "classifier"}
-    entries.setdefault("demo", {})
+    """Register every bundled model in the manifest, plus the default names so errors can say how to get them."""
+    from xai_core.models.segmenters import load_unet, segmenter_card
+    from xai_core.models.vlm import clip_card, load_demo_clip
+
+    entries = _manifest_entries()
+    for name, family in (("demo", "classifier"), ("demo-anatomy", "segmenter"), ("demo-clip", "vlm")):
+        entries.setdefault(name, {"family": family})
     for name, entry in entries.items():
-        register_model(_card(name, entry), _load_demo)
+        family = entry.get("family")
+        if family == "classifier":
+            register_model(_card(name, entry), _load_demo)
+        elif family == "segmenter":
+            register_model(segmenter_card(name, entry), load_unet)
+        elif family == "vlm":
+            register_model(clip_card(name, entry), load_demo_clip)
 
 
 register_demo_models()

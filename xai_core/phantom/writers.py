@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import json
 import multiprocessing as mp
@@ -155,7 +154,6 @@ def write_split(out: str | Path, split: str, n: int, *, seed: int = 0, size: int
         "png_bits": png_bits, "findings": list(FINDINGS), "anatomy_bits": {name: i for i, name in enumerate(ANATOMY)},
         "dicom": "MONOCHROME2 for even case indices, MONOCHROME1 for odd; 12-bit; synthetic identifiers",
         "sides": "attributes use the patient's side: patient-left is image-right on a PA film",
-        "written": datetime.date.today().isoformat(),
     }, indent=2))
     return out
 

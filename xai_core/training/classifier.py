@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,18 +10,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from xai_core.engine import pick_device
 from xai_core.models.densenet import build_demo_densenet
 from xai_core.phantom import FINDINGS
 from xai_core.training.common import (
     MODELS_DIR,
-    Checkpoint,
     PhantomStream,
     auroc_per_label,
     max_f1_thresholds,
     record_model,
+    run_training,
 )
 
 
@@ -55,7 +53,6 @@ def _scores(model: torch.nn.Module, split: str, n: int, recipe: ClassifierRecipe
         for batch in loader:
             ps.append(torch.sigmoid(model(batch["x"].to(device))).float().cpu().numpy())
             ys.append(batch["y"].numpy())
-    model.train()
     return np.concatenate(ys), np.concatenate(ps)
 
 
@@ -86,36 +83,17 @@ def train_classifier(recipe: ClassifierRecipe, *, device: str = "auto", checkpoi
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.steps,
                                                    pct_start=0.15)
-    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{recipe.name}.ckpt")
-    step, elapsed = 0, 0.0
-    state = checkpoint.load()
-    if state is not None and state["recipe"] == asdict(recipe):
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        step, elapsed = state["step"], state["elapsed"]
-    remaining = recipe.steps - step
-    stream = PhantomStream("train", step * recipe.batch, remaining * recipe.batch, seed=recipe.data_seed,
-                           size=recipe.size, shortcut=recipe.shortcut)
-    loader = DataLoader(stream, batch_size=recipe.batch, num_workers=1, prefetch_factor=4)
-    model.train()
-    started = time.perf_counter() - elapsed
-    bar = tqdm(total=recipe.steps, initial=step, desc=f"train {recipe.name}", unit="step", disable=not progress)
-    for batch in loader:
-        logits = model(batch["x"].to(dev))
-        loss = F.binary_cross_entropy_with_logits(logits, batch["y"].to(dev))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 50 == 0 or step == recipe.steps:
-            checkpoint.save(recipe=asdict(recipe), model=model.state_dict(), optimiser=optimiser.state_dict(),
-                            schedule=schedule.state_dict(), step=step, elapsed=time.perf_counter() - started)
-    bar.close()
-    train_seconds = time.perf_counter() - started
+
+    def loader_from(step: int) -> DataLoader:
+        stream = PhantomStream("train", step * recipe.batch, (recipe.steps - step) * recipe.batch,
+                               seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut)
+        return DataLoader(stream, batch_size=recipe.batch, num_workers=1, prefetch_factor=4)
+
+    def step_loss(batch: dict) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(model(batch["x"].to(dev)), batch["y"].to(dev))
+
+    train_seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
+                                 asdict(recipe), checkpoint_dir, progress)
     metrics = evaluate(model, recipe, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{recipe.name}.pt"

@@ -8,7 +8,8 @@ import os
 import shlex
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from xai_core.models.base import sha256_file
 from xai_core.models.demo import MANIFEST, MODELS_DIR
@@ -132,3 +134,39 @@ class Checkpoint:
         if not self.path.is_file():
             return None
         return torch.load(self.path, map_location="cpu", weights_only=False)
+
+
+def run_training(name: str, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
+                 schedule: torch.optim.lr_scheduler.LRScheduler, loader_from: Callable[[int], Iterable],
+                 step_loss: Callable[[Any], torch.Tensor], steps: int, recipe: dict[str, Any],
+                 checkpoint_dir: str | Path, progress: bool = True) -> float:
+    """The shared loop: resume from the checkpoint when its recipe matches, train to `steps`, checkpoint every
+    50 steps; returns the training seconds (including time before a resume)."""
+    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.ckpt")
+    step, elapsed = 0, 0.0
+    state = checkpoint.load()
+    if state is not None and state["recipe"] == recipe:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        step, elapsed = state["step"], state["elapsed"]
+    model.train()
+    started = time.perf_counter() - elapsed
+    bar = tqdm(total=steps, initial=step, desc=f"train {name}", unit="step", disable=not progress)
+    for batch in loader_from(step):
+        loss = step_loss(batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 50 == 0 or step == steps:
+            checkpoint.save(recipe=recipe, model=model.state_dict(), optimiser=optimiser.state_dict(),
+                            schedule=schedule.state_dict(), step=step, elapsed=time.perf_counter() - started)
+        if step >= steps:
+            break
+    bar.close()
+    model.eval()
+    return time.perf_counter() - started

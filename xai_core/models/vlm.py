@@ -1,0 +1,87 @@
+"""Image-text (CLIP-style) models: the bundled `demo-clip`, built from open_clip's own classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from xai_core.models.base import InputSpec, ModelCard, ModelHandle
+
+DEFAULT_CLIP_ARCHITECTURE: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision": {"image_size": 224, "patch_size": 32, "width": 256, "layers": 4, "head_width": 64, "mlp_ratio": 4.0},
+    "text": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+}
+POSITIVE_PROMPT = "a chest x-ray showing {}"
+NEGATIVE_PROMPT = "a chest x-ray showing no {}"
+
+
+def build_demo_clip(architecture: dict[str, Any] | None = None) -> open_clip.CLIP:
+    """An open_clip CLIP model with a small custom configuration."""
+    arch = architecture or DEFAULT_CLIP_ARCHITECTURE
+    return open_clip.CLIP(
+        embed_dim=arch["embed_dim"],
+        vision_cfg=open_clip.model.CLIPVisionCfg(**arch["vision"]),
+        text_cfg=open_clip.model.CLIPTextCfg(**arch["text"]),
+    )
+
+
+def tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
+    """open_clip's BPE tokenizer (its vocabulary ships inside the package: nothing is downloaded)."""
+    return open_clip.tokenize(texts, context_length=context_length)
+
+
+def grey_to_clip_input(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] pixels in [0, 1] -> [B, 3, S, S] normalised input of the demo CLIP."""
+    return ((x - 0.5) / 0.25).expand(-1, 3, -1, -1)
+
+
+def encode_images(handle: ModelHandle, x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings of a prepared input batch [B, 3, S, S]."""
+    return F.normalize(handle.module.encode_image(x.to(handle.device)).float(), dim=-1)
+
+
+def encode_texts(handle: ModelHandle, texts: list[str]) -> torch.Tensor:
+    """L2-normalised text embeddings."""
+    context = handle.module.context_length
+    return F.normalize(handle.module.encode_text(tokenize(texts, context).to(handle.device)).float(), dim=-1)
+
+
+def zero_shot_scores(handle: ModelHandle, image_embeddings: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    """P(label) per image from a softmax over 'showing X' vs 'showing no X' prompts: [B, L]."""
+    names = [label.lower() for label in labels]
+    positive = encode_texts(handle, [POSITIVE_PROMPT.format(n) for n in names])
+    negative = encode_texts(handle, [NEGATIVE_PROMPT.format(n) for n in names])
+    scale = handle.module.logit_scale.exp().float()
+    logits = torch.stack([image_embeddings @ positive.T, image_embeddings @ negative.T], -1) * scale
+    return logits.softmax(-1)[..., 0]
+
+
+def clip_card(name: str, entry: dict[str, Any]) -> ModelCard:
+    from xai_core.phantom import FINDINGS
+
+    arch = entry.get("architecture", DEFAULT_CLIP_ARCHITECTURE)
+    return ModelCard(
+        name=name,
+        labels=list(entry.get("labels", FINDINGS)),
+        input=InputSpec(3, arch["vision"]["image_size"], (-2.0, 2.0)),
+        cam_layer="",
+        feature_layer="",
+        thresholds={},
+        provenance={"source": "trained by xai_core/training on phantom image-report pairs",
+                    "weights_sha256": entry.get("sha256"), "command": entry.get("command"),
+                    "metrics": entry.get("metrics"), "architecture": arch},
+        intended_use="Demonstration only: an image-text model of the synthetic phantom world. Not for clinical use.",
+        family="vlm",
+        weights_file=entry.get("file", f"{name}.pt"),
+    )
+
+
+def load_demo_clip(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
+    from xai_core.models.demo import bundled_handle
+
+    return bundled_handle(card, build_demo_clip(card.provenance["architecture"]), device, allow_random_weights,
+                          "python -m xai_core train clip")
