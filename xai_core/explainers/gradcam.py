@@ -1,0 +1,34 @@
+"""Grad-CAM (Selvaraju et al. 2017): channel weights = spatial mean of d logit / d A."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from xai_core.explainers.base import Explainer, capture_activations, register, target_logits, upsample
+from xai_core.models import ModelHandle
+
+
+def layer_gradients(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, layer: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activations A, d logit_target / d A (only the layers after `layer` are differentiated) and the logits."""
+    with torch.enable_grad(), capture_activations(handle.layer(layer), cut=True) as store:
+        logits = handle.module(x.to(handle.device))
+        scores = target_logits(logits, targets)
+        (grads,) = torch.autograd.grad(scores.sum(), store["activations"])
+    return store["activations"].detach(), grads, logits.detach()
+
+
+@register
+class GradCAM(Explainer):
+    name = "gradcam"
+    cost = "fast"
+    defaults: ClassVar[dict[str, Any]] = {"layer": None}
+
+    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
+        p = self.params(**params)
+        activations, grads, _ = layer_gradients(handle, x, targets, p["layer"] or handle.card.cam_layer)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = torch.relu((weights * activations).sum(1))
+        return upsample(cam, x.shape[-2:]).clamp_min(0)

@@ -1,0 +1,23 @@
+"""Uniform random maps: the control every evaluation must include."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from xai_core.explainers.base import Explainer, register
+from xai_core.models import ModelHandle
+
+
+@register
+class RandomMap(Explainer):
+    name = "random"
+    cost = "fast"
+    defaults: ClassVar[dict[str, Any]] = {"seed": 0}
+
+    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
+        p = self.params(**params)
+        generator = torch.Generator().manual_seed(int(p["seed"]))
+        maps = torch.rand((x.shape[0], *x.shape[-2:]), generator=generator)
+        return maps.to(handle.device)
