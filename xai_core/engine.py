@@ -11,13 +11,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy.special import expit
 
 from xai_core.imaging import Radiograph
+
+if TYPE_CHECKING:
+    from xai_core.explainers import Explanation
 from xai_core.models import CropBox, ModelHandle, load_model, preprocess
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -346,6 +349,31 @@ class Engine:
         )
         self.cache.put(key, prediction)
         return prediction
+
+
+    def explain(self, radiograph: Radiograph, model: str, method: str, target: str | int, **params: Any
+                ) -> Explanation:
+        """One explanation map (model-input resolution), cached by image, model, method, target and params."""
+        from xai_core.explainers import Explanation, get_explainer
+
+        handle = self.model(model)
+        index = handle.label_index(target)
+        explainer = get_explainer(method)
+        resolved = explainer.params(**params)
+        key = cache_key(radiograph.sha256 + _window_tag(radiograph), model, f"explain:{method}",
+                        {"target": index, **resolved})
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        x, _ = self.prepare(radiograph, model)
+        with self.lock(model):
+            start = time.perf_counter()
+            maps = explainer.explain(handle, x.unsqueeze(0), torch.tensor([index]), **resolved)
+            seconds = time.perf_counter() - start
+        explanation = Explanation(map=maps[0].detach().float().cpu().numpy(), method=method,
+                                  target=handle.card.labels[index], model=model, seconds=seconds, params=resolved)
+        self.cache.put(key, explanation)
+        return explanation
 
 
 def _window_tag(radiograph: Radiograph) -> str:

@@ -17,11 +17,15 @@ class _Down(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """A small U-Net with one sigmoid output channel per structure (structures may overlap)."""
+    """A small U-Net with one sigmoid output channel per structure (structures may overlap).
+
+    The stem halves the resolution and the logits are upsampled back: anatomy needs no full-resolution decoder,
+    and this makes a training step ~4x cheaper on CPU.
+    """
 
     def __init__(self, out_channels: int, widths: tuple[int, ...] = (16, 32, 64, 128), in_channels: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.SiLU())
         self.encoders = nn.ModuleList()
         cin = widths[0]
@@ -35,6 +39,7 @@ class UNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
         x = self.stem(x / 1024.0)
         skips = []
         for i, encoder in enumerate(self.encoders):
@@ -43,7 +48,7 @@ class UNet(nn.Module):
         for decoder, skip in zip(self.decoders, skips[-2::-1], strict=True):
             x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = decoder(torch.cat([x, skip], 1))
-        return self.head(x)
+        return nn.functional.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
 
 
 def segment(handle: ModelHandle, x: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:

@@ -3,10 +3,11 @@
 from xai_core.phantom.generator import (
     ANATOMY,
     FINDINGS,
+    PHANTOM_VERSION,
     SHORTCUT_LABEL,
     PhantomCase,
     case_rng,
     generate_case,
 )
 
-__all__ = ["ANATOMY", "FINDINGS", "SHORTCUT_LABEL", "PhantomCase", "case_rng", "generate_case"]
+__all__ = ["ANATOMY", "FINDINGS", "PHANTOM_VERSION", "SHORTCUT_LABEL", "PhantomCase", "case_rng", "generate_case"]

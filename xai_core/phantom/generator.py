@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+PHANTOM_VERSION = 2  # bump whenever generated cases change: recipes and checkpoints record it
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
 ANATOMY = ("right_lung", "left_lung", "heart", "mediastinum", "spine", "clavicles", "diaphragm")
 PREVALENCE = {"Atelectasis": 0.18, "Cardiomegaly": 0.2, "Consolidation": 0.18, "Effusion": 0.2, "Mass": 0.15,
@@ -319,7 +320,8 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
         attributes["Pneumothorax"] = {"side": side_name[side], "zone": "peripheral",
                                       "size": round(rim_px / S, 4), "severity": SEVERITIES[severity]}
 
-    def place_round(name: str, radius: float, strength: float, lobulated: bool) -> None:
+    def place_round(name: str, radii: tuple[float, float], strength: float, lobulated: bool) -> None:
+        radius = rng.uniform(*radii)
         side = pick_side()
         lung = lung_by_side[side]
         margin = cv2.erode(lung.astype(np.uint8), np.ones((int(radius * S) * 2 + 1,) * 2, np.uint8)).astype(bool)
@@ -335,16 +337,16 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
         density[:] += strength * canvas.blur(blob.astype(np.float32), 1.0 + 0.5 * lobulated)
         top, bottom = lung_extent(side)
         lesions[name] = blob
-        diameter = 2 * radius * S
+        fraction = (radius - radii[0]) / (radii[1] - radii[0])
         attributes[name] = {"side": side_name[side], "zone": _zone(cy / S, top, bottom),
-                            "size": round(2 * radius, 4), "diameter_px": round(float(diameter), 1),
-                            "severity": SEVERITIES[min(2, int(3 * (radius - (0.035 if lobulated else 0.011)) /
-                                                             (0.03 if lobulated else 0.012)))]}
+                            "size": round(2 * radius, 4), "diameter_px": round(2 * radius * S, 1),
+                            "severity": SEVERITIES[min(2, int(3 * fraction))]}
 
+    # 256 px ~ 35 cm: nodules 1.0-2.0 cm across (< 3 cm), masses 3.2-4.9 cm (> 3 cm)
     if "Nodule" in labels:
-        place_round("Nodule", rng.uniform(0.011, 0.022), 0.33, lobulated=False)
+        place_round("Nodule", (0.014, 0.028), 0.4, lobulated=False)
     if "Mass" in labels:
-        place_round("Mass", rng.uniform(0.035, 0.06), 0.42, lobulated=True)
+        place_round("Mass", (0.045, 0.07), 0.42, lobulated=True)
 
     if "Consolidation" in labels:
         side = pick_side()

@@ -18,7 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
 
-from xai_core.phantom.generator import ANATOMY, FINDINGS, PhantomCase, generate_case
+from xai_core.phantom.generator import ANATOMY, FINDINGS, PHANTOM_VERSION, PhantomCase, generate_case
 from xai_core.phantom.text import REFLACX_COLUMNS
 
 CHEST_WIDTH_MM = 350.0
@@ -150,7 +150,8 @@ def write_split(out: str | Path, split: str, n: int, *, seed: int = 0, size: int
     (out / "attributes.json").write_text(json.dumps(
         {row["image"]: {"findings": row["attributes"], "shortcut_tag": row["shortcut"]} for row in rows}, indent=1))
     (out / "manifest.json").write_text(json.dumps({
-        "generator": "xai_core.phantom", "split": split, "n": n, "seed": seed, "size": size, "shortcut": shortcut,
+        "generator": "xai_core.phantom", "phantom_version": PHANTOM_VERSION, "split": split, "n": n, "seed": seed,
+        "size": size, "shortcut": shortcut,
         "png_bits": png_bits, "findings": list(FINDINGS), "anatomy_bits": {name: i for i, name in enumerate(ANATOMY)},
         "dicom": "MONOCHROME2 for even case indices, MONOCHROME1 for odd; 12-bit; synthetic identifiers",
         "sides": "attributes use the patient's side: patient-left is image-right on a PA film",

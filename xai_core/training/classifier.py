@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
 from xai_core.models.densenet import build_demo_densenet
-from xai_core.phantom import FINDINGS
+from xai_core.phantom import FINDINGS, PHANTOM_VERSION
 from xai_core.training.common import (
     MODELS_DIR,
     PhantomStream,
@@ -38,6 +38,7 @@ class ClassifierRecipe:
     size: int = 224
     shortcut: float | None = None
     val_n: int = 1000
+    phantom_version: int = PHANTOM_VERSION
     test_n: int = 1000
     architecture: dict[str, Any] = field(default_factory=lambda: {
         "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32})

@@ -13,20 +13,21 @@ from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
 from xai_core.models.vlm import DEFAULT_CLIP_ARCHITECTURE, build_demo_clip, grey_to_clip_input, tokenize
-from xai_core.phantom import FINDINGS
+from xai_core.phantom import FINDINGS, PHANTOM_VERSION
 from xai_core.training.common import MODELS_DIR, PhantomStream, auroc_per_label, record_model, run_training
 
 
 @dataclass
 class ClipRecipe:
     name: str = "demo-clip"
-    steps: int = 1200
+    steps: int = 900
     batch: int = 64
     lr: float = 1e-3
     seed: int = 0
     data_seed: int = 0
     size: int = 224
     test_n: int = 1000
+    phantom_version: int = PHANTOM_VERSION
     architecture: dict[str, Any] = field(default_factory=lambda: DEFAULT_CLIP_ARCHITECTURE)
 
 

@@ -13,20 +13,21 @@ from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
 from xai_core.models.segmenters import UNet
-from xai_core.phantom import ANATOMY
+from xai_core.phantom import ANATOMY, PHANTOM_VERSION
 from xai_core.training.common import MODELS_DIR, PhantomStream, record_model, run_training
 
 
 @dataclass
 class SegmenterRecipe:
     name: str = "demo-anatomy"
-    steps: int = 500
+    steps: int = 400
     batch: int = 16
     lr: float = 3e-3
     seed: int = 0
     data_seed: int = 0
     size: int = 224
     test_n: int = 300
+    phantom_version: int = PHANTOM_VERSION
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
 
 

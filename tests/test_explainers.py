@@ -1,0 +1,115 @@
+"""Every registered explainer: batch sizes, targets, device, determinism, hook removal; cross-checks with peers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xai_core.explainers import get_explainer, list_explainers
+from xai_core.models import load_model
+from xai_core.phantom import generate_case
+from xai_core.training.common import to_model_input
+
+FAST_PARAMS = {"ig": {"steps": 8, "batch": 24}, "scorecam": {"top_k": 16}}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+def phantom_batch(n: int, findings: list[str] | None = None) -> torch.Tensor:
+    images = [to_model_input(generate_case("test", i, size=224, findings=findings).image) for i in range(n)]
+    return torch.from_numpy(np.stack(images)).unsqueeze(1)
+
+
+def hook_count(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+@pytest.mark.parametrize("method", list_explainers())
+@pytest.mark.parametrize("batch", [1, 3])
+def test_shapes_values_and_targets(demo, method, batch):
+    explainer = get_explainer(method)
+    x = phantom_batch(batch)
+    hooks = hook_count(demo.module)
+    for target in (1, 3):  # Cardiomegaly, Effusion
+        targets = torch.full((batch,), target, dtype=torch.long)
+        maps = explainer.explain(demo, x, targets, **FAST_PARAMS.get(method, {}))
+        assert maps.shape == (batch, 224, 224) and maps.dtype == torch.float32
+        assert maps.device.type == demo.device.type
+        assert torch.isfinite(maps).all() and (maps >= 0).all()
+    assert hook_count(demo.module) == hooks, "hooks removed"
+    if batch == 3 and method != "random":
+        single = explainer.explain(demo, x[1:2], torch.tensor([3]), **FAST_PARAMS.get(method, {}))
+        torch.testing.assert_close(single[0], maps[1], rtol=1e-3, atol=1e-4 * float(maps[1].max()) + 1e-6)
+
+
+@pytest.mark.parametrize("method", list_explainers())
+def test_deterministic(demo, method):
+    explainer = get_explainer(method)
+    x = phantom_batch(2)
+    targets = torch.tensor([1, 3])
+    a = explainer.explain(demo, x, targets, **FAST_PARAMS.get(method, {}))
+    b = explainer.explain(demo, x, targets, **FAST_PARAMS.get(method, {}))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("method", list_explainers())
+def test_hooks_removed_after_an_exception(demo, method):
+    explainer = get_explainer(method)
+    hooks = hook_count(demo.module)
+    with pytest.raises((RuntimeError, IndexError)):
+        explainer.explain(demo, phantom_batch(1), torch.tensor([99]), **FAST_PARAMS.get(method, {}))
+    assert hook_count(demo.module) == hooks
+    if method != "random":
+        return
+    with pytest.raises(TypeError, match="no parameter"):
+        explainer.explain(demo, phantom_batch(1), torch.tensor([0]), bogus=1)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+def test_gradcam_family_on_densenet121_with_inplace_relu(method):
+    handle = load_model("xrv-densenet121-all", allow_random_weights=True)
+    x = torch.randn(2, 1, 224, 224) * 400
+    maps = get_explainer(method).explain(handle, x, torch.tensor([10, 7]))
+    assert maps.shape == (2, 224, 224) and torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("ours,theirs", [("gradcam", "GradCAM"), ("gradcampp", "GradCAMPlusPlus")])
+def test_gradcam_matches_pytorch_grad_cam(demo, ours, theirs):
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = phantom_batch(3, ["Cardiomegaly", "Effusion"])
+    targets = [1, 3, 1]
+    mine = get_explainer(ours).explain(demo, x, torch.tensor(targets)).numpy()
+    layer = demo.layer(demo.card.cam_layer)
+    with getattr(pytorch_grad_cam, theirs)(model=demo.module, target_layers=[layer]) as cam:
+        reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    for a, b in zip(mine, reference, strict=True):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
+
+
+@pytest.mark.parametrize("rule,captum_method", [("gausslegendre", "gausslegendre"),
+                                                ("riemann_right", "riemann_right")])
+def test_ig_matches_captum(demo, rule, captum_method):
+    from captum.attr import IntegratedGradients
+
+    x = phantom_batch(2, ["Nodule"])
+    targets = torch.tensor([5, 5])
+    baseline = torch.full_like(x, -1024.0)
+    ours = get_explainer("ig").attribute(demo, x, targets, steps=16, rule=rule, batch=32)
+    reference = IntegratedGradients(demo.module).attribute(x, baselines=baseline, target=targets, n_steps=16,
+                                                           method=captum_method)
+    error = (ours - reference).norm() / reference.norm()
+    assert error < 1e-3, float(error)
+
+
+def test_ig_completeness_improves_with_steps(demo):
+    explainer = get_explainer("ig")
+    x = phantom_batch(1, ["Effusion"])
+    coarse = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=4).abs().item()
+    fine = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=32).abs().item()
+    assert fine <= coarse + 1e-3
