@@ -113,3 +113,36 @@ def test_ig_completeness_improves_with_steps(demo):
     coarse = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=4).abs().item()
     fine = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=32).abs().item()
     assert fine <= coarse + 1e-3
+
+
+def test_scorecam_matches_pytorch_grad_cam(demo):
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = phantom_batch(1, ["Mass"])
+    mine = get_explainer("scorecam").explain(demo, x, torch.tensor([4]))[0].numpy()
+    with ScoreCAM(model=demo.module, target_layers=[demo.layer(demo.card.cam_layer)]) as cam:
+        cam.batch_size = 64
+        reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(4)])[0]
+    assert np.corrcoef(mine.ravel(), reference.ravel())[0, 1] >= 0.99
+
+
+def test_scorecam_top_k_is_a_cheaper_approximation(demo):
+    x = phantom_batch(1, ["Mass"])
+    full = get_explainer("scorecam").explain(demo, x, torch.tensor([4]))[0].numpy()
+    fast = get_explainer("scorecam").explain(demo, x, torch.tensor([4]), top_k=64)[0].numpy()
+    assert np.corrcoef(full.ravel(), fast.ravel())[0, 1] > 0.8
+
+
+def test_engine_explain_caches_and_reports_time(real_cxr):
+    from xai_core.engine import Engine
+    from xai_core.imaging import load_radiograph
+
+    engine = Engine("cpu")
+    radiograph = load_radiograph(real_cxr / "nih" / "00000001_000.png")
+    first = engine.explain(radiograph, "demo", "gradcam", "Cardiomegaly")
+    assert first.map.shape == (224, 224) and first.target == "Cardiomegaly" and first.seconds > 0
+    assert engine.explain(radiograph, "demo", "gradcam", "cardiomegaly") is first
+    assert engine.explain(radiograph, "demo", "gradcam", "Effusion") is not first
+    with pytest.raises(KeyError, match="not a label"):
+        engine.explain(radiograph, "demo", "gradcam", "Hernia")
