@@ -1,0 +1,98 @@
+"""XRAI (Kapishnikov et al. 2019): IG attributions aggregated over a greedy cover of over-segmented regions.
+
+Same algorithm as the PAIR `saliency` reference. Faster in two ways: the IG steps are batched with a Gauss-Legendre
+rule (fewer steps for the same integral), and the greedy loop keeps each segment's uncovered-pixel count and
+attribution sum and updates them only for the pixels just covered, instead of recomputing every segment's gain
+over the whole image at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from skimage.morphology import disk
+from skimage.segmentation import felzenszwalb
+
+from xai_core.explainers.base import Explainer, register
+from xai_core.explainers.ig import integrated_gradients
+from xai_core.models import ModelHandle
+
+SCALES = (50, 100, 150, 250, 500, 1200)
+
+
+def segments(image: np.ndarray, scales: tuple[int, ...] = SCALES, sigma: float = 0.8, min_size: int = 150,
+             dilation: int = 5) -> np.ndarray:
+    """Boolean segment masks [N, H, W]: Felzenszwalb at several scales on the image scaled to [-1, 1], dilated."""
+    import cv2
+
+    h, w = image.shape
+    lo, hi = float(image.min()), float(image.max())
+    scaled = (image - lo) / (hi - lo + 1e-12) * 2 - 1
+    if (h, w) != (224, 224):
+        scaled = cv2.resize(scaled.astype(np.float32), (224, 224), interpolation=cv2.INTER_LINEAR)
+    kernel = disk(dilation).astype(np.uint8)
+    masks = []
+    for scale in scales:
+        labels = felzenszwalb(scaled, scale=scale, sigma=sigma, min_size=min_size)
+        if (h, w) != (224, 224):
+            labels = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+        for label in np.unique(labels):
+            masks.append(cv2.dilate((labels == label).astype(np.uint8), kernel).astype(bool))
+    return np.stack(masks)
+
+
+def greedy_regions(attribution: np.ndarray, masks: np.ndarray, min_pixel_diff: int = 50,
+                   area_threshold: float = 1.0) -> np.ndarray:
+    """The XRAI map: segments added greedily by the mean attribution over their not-yet-covered pixels; covered
+    pixels take the gain at which they were added; pixels never covered take their own mean."""
+    n, h, w = masks.shape
+    flat = masks.reshape(n, -1)
+    attr = attribution.reshape(-1).astype(np.float64)
+    counts = flat.sum(1).astype(np.int64)
+    sums = flat.astype(np.float64) @ attr
+    alive = np.ones(n, bool)
+    covered = np.zeros(h * w, bool)
+    out = np.full(h * w, -np.inf)
+    while covered.mean() <= area_threshold:
+        alive &= counts >= min_pixel_diff
+        if not alive.any():
+            break
+        gains = np.where(alive, sums / np.maximum(counts, 1), -np.inf)
+        best = int(np.argmax(gains))
+        new = flat[best] & ~covered
+        out[new] = gains[best]
+        covered |= new
+        alive[best] = False
+        columns = np.flatnonzero(new)
+        if len(columns):
+            touched = flat[:, columns]
+            counts -= touched.sum(1)
+            sums -= touched.astype(np.float64) @ attr[columns]
+    if not covered.all():
+        out[~covered] = attr[~covered].mean()
+    return out.reshape(h, w)
+
+
+@register
+class XRAI(Explainer):
+    name = "xrai"
+    cost = "slow"
+    defaults: ClassVar[dict[str, Any]] = {"steps": 16, "rule": "gausslegendre", "batch": 32, "min_pixel_diff": 50}
+
+    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
+        p = self.params(**params)
+        maps = []
+        for b in range(x.shape[0]):
+            image = x[b:b + 1]
+            attribution = torch.zeros_like(image, device=handle.device)
+            for value in (image.min(), image.max()):  # the reference's two constant baselines
+                baseline = torch.full_like(image, float(value))
+                attribution += integrated_gradients(handle, image, targets[b:b + 1], baseline, p["steps"],
+                                                    p["rule"], p["batch"])
+            attribution = (attribution / 2).max(1).values[0].cpu().numpy()  # channel max, as the reference
+            masks = segments(image[0].mean(0).cpu().numpy())
+            maps.append(greedy_regions(attribution, masks, p["min_pixel_diff"]))
+        result = torch.from_numpy(np.stack(maps).astype(np.float32)).to(handle.device)
+        return result - result.amin(dim=(1, 2), keepdim=True)  # non-negative; the order of regions is kept
