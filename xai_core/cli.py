@@ -100,6 +100,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from xai_core.engine import Engine
+    from xai_core.explainers import list_explainers
+    from xai_core.overlay import overlay_png
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in list_explainers()]
+    if unknown:
+        raise KeyError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+    radiograph = load_radiograph(args.file)
+    engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
+    _, crop = engine.prepare(radiograph, args.model)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"model": args.model, "target": None, "methods": {}}
+    for method in methods:
+        explanation = engine.explain(radiograph, args.model, method, args.target)
+        result["target"] = explanation.target
+        entry = {"seconds": round(explanation.seconds, 4), "map": None}
+        if out_dir:
+            np.save(out_dir / f"{method}.npy", explanation.map.astype(np.float32))
+            full = explanation.resized_to_image(radiograph.pixels.shape, crop)
+            (out_dir / f"{method}_overlay.png").write_bytes(overlay_png(radiograph.pixels, full))
+            entry["map"] = str(out_dir / f"{method}.npy")
+        result["methods"][method] = entry
+        if not args.json:
+            print(f"{method:<10} {explanation.seconds:8.3f} s  {entry['map'] or ''}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from xai_core.models import get_card, list_models
 
@@ -153,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     train.add_argument("--checkpoint-dir", default="runs", help="where resumable checkpoints go")
     train.set_defaults(run=_cmd_train)
+
+    explain = sub.add_parser("explain", help="explanation maps for one radiograph and target finding")
+    explain.add_argument("file", help="PNG, JPEG, TIFF or DICOM file")
+    explain.add_argument("--target", required=True, help="finding to explain (a label of the model)")
+    explain.add_argument("--methods", default="gradcam", help="comma-separated: gradcam,gradcampp,scorecam,ig,xrai,"
+                                                            "random")
+    explain.add_argument("--model", default=DEFAULT_MODEL)
+    explain.add_argument("--out", default=None, help="write <method>.npy and <method>_overlay.png here")
+    explain.add_argument("--json", action="store_true")
+    _add_common(explain)
+    explain.set_defaults(run=_cmd_explain)
 
     models = sub.add_parser("models", help="list the registered models")
     models.add_argument("--json", action="store_true", help="print the model cards as JSON")
