@@ -58,3 +58,22 @@ def test_models_lists_cards(capsys):
     assert main(["models", "--json"]) == 0
     cards = json.loads(capsys.readouterr().out)
     assert cards[MODEL]["input"] == {"channels": 1, "size": 224, "value_range": [-1024.0, 1024.0]}
+
+
+def test_explain_writes_maps_overlays_and_json(tmp_path, capsys):
+    import numpy as np
+
+    sample = ROOT / "assets" / "samples" / "dicom" / "samples-0-000004.dcm"  # a Mass case
+    code = main(["explain", str(sample), "--target", "Mass", "--methods", "gradcam,random", "--out",
+                 str(tmp_path), "--json", "--device", "cpu"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "demo" and data["target"] == "Mass"
+    assert set(data["methods"]) == {"gradcam", "random"}
+    for method, entry in data["methods"].items():
+        assert entry["seconds"] >= 0
+        values = np.load(entry["map"])
+        assert values.shape == (224, 224) and values.dtype == np.float32 and (values >= 0).all()
+        assert (tmp_path / f"{method}_overlay.png").stat().st_size > 1000
+    assert main(["explain", str(sample), "--target", "Mass", "--methods", "nope"]) == 2
+    assert "unknown method" in capsys.readouterr().err
