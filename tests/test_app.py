@@ -77,3 +77,17 @@ def test_missing_weights_are_reported_not_raised(monkeypatch, tmp_path, real_cxr
     assert not at.exception
     assert any("XAI_WEIGHTS_DIR" in e.value for e in at.error)
     st.cache_resource.clear()
+
+
+def test_opens_on_demo_model_and_phantom_sample_shows_ground_truth(monkeypatch):
+    monkeypatch.delenv("XAI_ALLOW_RANDOM_WEIGHTS", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert at.sidebar.selectbox(key="model").value == "demo"
+    sample = next(s for s in at.selectbox(key="sample").options if "samples-0-000007" in s)
+    at.selectbox(key="sample").set_value(sample).run()
+    assert not at.exception and not at.error
+    assert any("not for clinical use" in i.value for i in at.info)
+    assert any("Cardiomegaly, Effusion" in c.value for c in at.caption)
+    positives = at.metric[0].value
+    assert "Cardiomegaly" in positives and "Effusion" in positives
