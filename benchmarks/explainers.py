@@ -1,0 +1,179 @@
+"""Explainer speed against the peers, same process, same inputs: seconds per image (batch 1) and images/s
+(batch N), with the agreement of the maps (correlation; top-10% IoU for XRAI).
+
+    python benchmarks/explainers.py [--models demo,xrv-densenet121-all] [--batch 32] [--methods ...] [--json OUT]
+    python -m xai_core bench explainers --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xai_core.explainers import get_explainer
+from xai_core.models import ModelHandle, load_model
+from xai_core.phantom import generate_case
+from xai_core.training.common import to_model_input
+
+SLOW_BATCH = 2  # batch used for the throughput of slow methods (Score-CAM, IG, XRAI) on CPU
+
+
+def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phantom test cases with at least one finding, and the index of their first finding."""
+    images, targets = [], []
+    i = 0
+    while len(images) < n:
+        case = generate_case("test", i, size=224)
+        i += 1
+        if case.labels:
+            images.append(to_model_input(case.image))
+            targets.append(["Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule",
+                            "Pneumothorax"].index(case.labels[0]))
+    return torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(targets)
+
+
+def timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
+    """Median seconds over `repeats` calls (after one warm-up) and the last output."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
+
+
+def _pgc(kind: str, handle: ModelHandle) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        with getattr(pytorch_grad_cam, kind)(model=handle.module, target_layers=[handle.layer(handle.card.cam_layer)]
+                                             ) as cam:
+            if kind == "ScoreCAM":
+                cam.batch_size = 64
+            return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+    return run
+
+
+def _captum_layer_gradcam(handle: ModelHandle) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        attribution = LayerGradCam(handle.module, handle.layer(handle.card.cam_layer)).attribute(x, target=t)
+        return LayerAttribution.interpolate(torch.relu(attribution), x.shape[-2:], "bilinear")[:, 0].detach().numpy()
+    return run
+
+
+def _captum_ig(handle: ModelHandle, steps: int) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    from captum.attr import IntegratedGradients
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        baseline = torch.full_like(x, handle.card.input.value_range[0])
+        attribution = IntegratedGradients(handle.module).attribute(x, baselines=baseline, target=t, n_steps=steps,
+                                                                   internal_batch_size=32)
+        return attribution.abs().sum(1).detach().numpy()
+    return run
+
+
+def _saliency_xrai(handle: ModelHandle) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    import saliency.core as saliency
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        maps = []
+        for image, target in zip(x, t, strict=True):
+            def call_model(images, call_model_args=None, expected_keys=None, target=int(target)):
+                batch = torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2).requires_grad_(True)
+                (grads,) = torch.autograd.grad(handle.module(batch)[:, target].sum(), batch)
+                return {saliency.INPUT_OUTPUT_GRADIENTS: grads.permute(0, 2, 3, 1).numpy()}
+            maps.append(saliency.XRAI().GetMask(image.permute(1, 2, 0).numpy(), call_model, batch_size=32))
+        return np.stack(maps)
+    return run
+
+
+def peers(method: str, handle: ModelHandle) -> dict[str, Callable[[torch.Tensor, torch.Tensor], np.ndarray]]:
+    table = {
+        "gradcam": {"pytorch-grad-cam GradCAM": _pgc("GradCAM", handle),
+                    "captum LayerGradCam": _captum_layer_gradcam(handle)},
+        "gradcampp": {"pytorch-grad-cam GradCAM++": _pgc("GradCAMPlusPlus", handle)},
+        "scorecam": {"pytorch-grad-cam ScoreCAM": _pgc("ScoreCAM", handle)},
+        "ig": {"captum IntegratedGradients (32 steps)": _captum_ig(handle, 32)},
+        "xrai": {"saliency XRAI (its defaults)": _saliency_xrai(handle)},
+    }
+    return table.get(method, {})
+
+
+def agreement(method: str, ours: np.ndarray, theirs: np.ndarray) -> float:
+    a, b = ours.ravel(), theirs.ravel()
+    if method == "xrai":
+        top_a, top_b = a >= np.quantile(a, 0.9), b >= np.quantile(b, 0.9)
+        return float((top_a & top_b).sum() / (top_a | top_b).sum())
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _ours(explainer, handle: ModelHandle, x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+    return explainer.explain(handle, x, t).detach().numpy()
+
+
+def run(models: list[str], methods: list[str], batch: int, repeats: int) -> list[dict]:
+    torch.set_grad_enabled(True)
+    rows = []
+    x, t = inputs(batch)
+    for model in models:
+        handle = load_model(model, allow_random_weights=True)
+        for method in methods:
+            explainer = get_explainer(method)
+            n = batch if explainer.cost == "fast" else min(batch, SLOW_BATCH)
+            reps = repeats if explainer.cost == "fast" else 1
+            ours_1, map_1 = timed(functools.partial(_ours, explainer, handle, x[:1], t[:1]), reps)
+            ours_n, _ = timed(functools.partial(_ours, explainer, handle, x[:n], t[:n]), reps)
+            row = {"model": model, "method": method, "ours_s_per_image": ours_1, "batch": n,
+                   "ours_images_per_s": n / ours_n, "peers": []}
+            for name, peer in peers(method, handle).items():
+                peer_1, peer_map = timed(functools.partial(peer, x[:1], t[:1]), reps)
+                peer_n, _ = timed(functools.partial(peer, x[:n], t[:n]), reps)
+                row["peers"].append({"peer": name, "peer_s_per_image": peer_1, "peer_images_per_s": n / peer_n,
+                                     "speedup_batch1": peer_1 / ours_1, "speedup_batchN": peer_n / ours_n,
+                                     "agreement": agreement(method, map_1[0], peer_map[0])})
+            rows.append(row)
+            print_row(row)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    head = (f"{row['model']:<22}{row['method']:<10}{row['ours_s_per_image']:>9.3f} s/img "
+            f"{row['ours_images_per_s']:>8.2f} img/s (b{row['batch']})")
+    if not row["peers"]:
+        print(head)
+    for peer in row["peers"]:
+        print(f"{head}  | {peer['peer']:<38}{peer['peer_s_per_image']:>9.3f} s/img  ours/peer speed "
+              f"{peer['speedup_batch1']:>5.2f}x (b1) {peer['speedup_batchN']:>5.2f}x (b{row['batch']})  "
+              f"agreement {peer['agreement']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="demo,xrv-densenet121-all")
+    parser.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,random")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = run(args.models.split(","), args.methods.split(","), args.batch, args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "rows": rows},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
