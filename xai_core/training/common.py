@@ -139,9 +139,9 @@ class Checkpoint:
 def run_training(name: str, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
                  schedule: torch.optim.lr_scheduler.LRScheduler, loader_from: Callable[[int], Iterable],
                  step_loss: Callable[[Any], torch.Tensor], steps: int, recipe: dict[str, Any],
-                 checkpoint_dir: str | Path, progress: bool = True) -> float:
+                 checkpoint_dir: str | Path, progress: bool = True, every: int = 50) -> float:
     """The shared loop: resume from the checkpoint when its recipe matches, train to `steps`, checkpoint every
-    50 steps; returns the training seconds (including time before a resume)."""
+    `every` steps; returns the training seconds (including time before a resume)."""
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.ckpt")
     step, elapsed = 0, 0.0
     state = checkpoint.load()
@@ -162,7 +162,7 @@ def run_training(name: str, model: torch.nn.Module, optimiser: torch.optim.Optim
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 50 == 0 or step == steps:
+        if step % every == 0 or step == steps:
             checkpoint.save(recipe=recipe, model=model.state_dict(), optimiser=optimiser.state_dict(),
                             schedule=schedule.state_dict(), step=step, elapsed=time.perf_counter() - started)
         if step >= steps:

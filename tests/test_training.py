@@ -1,0 +1,69 @@
+"""Training plumbing: resumable checkpoints, operating points, the manifest record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xai_core.training import common
+from xai_core.training.clip import impression_first
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _train(tmp_path, interrupt_after: int | None = None, recipe: dict | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, 1, gamma=0.9)
+    data = [torch.randn(8, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+    def loader_from(step: int):
+        for i in range(step, 4):
+            if interrupt_after is not None and i == interrupt_after:
+                raise Interrupted
+            yield data[i]
+
+    common.run_training("toy", model, optimiser, schedule, loader_from, lambda x: model(x).pow(2).mean(), 4,
+                        recipe or {"toy": 1}, tmp_path, progress=False, every=1)
+    return model
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    uninterrupted = _train(tmp_path / "a")
+    with pytest.raises(Interrupted):
+        _train(tmp_path / "b", interrupt_after=2)
+    assert common.Checkpoint(tmp_path / "b" / "toy.ckpt").load()["step"] == 2
+    resumed = _train(tmp_path / "b")
+    for p, q in zip(uninterrupted.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    other = _train(tmp_path / "b", recipe={"toy": 2})  # another recipe: starts afresh, ignores the checkpoint
+    assert common.Checkpoint(tmp_path / "b" / "toy.ckpt").load()["recipe"] == {"toy": 2}
+    assert other is not None
+
+
+def test_max_f1_thresholds_separate_a_clean_label():
+    y = np.array([[0], [0], [1], [1]], dtype=np.float32)
+    p = np.array([[0.1], [0.3], [0.6], [0.9]])
+    threshold = common.max_f1_thresholds(y, p, ["A"])["A"]
+    assert 0.3 < threshold <= 0.6
+
+
+def test_record_model_writes_sha_and_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    record = common.record_model("toy", weights, {"metrics": {"x": 1}})
+    stored = json.loads((tmp_path / "manifest.json").read_text())["models"]["toy"]
+    assert stored["sha256"] == record["sha256"] and len(stored["sha256"]) == 64
+    assert stored["command"].startswith("python -m xai_core") and stored["metrics"] == {"x": 1}
+
+
+def test_clip_text_puts_the_impression_first():
+    text = impression_first("FINDINGS: No pneumothorax. Small left effusion. IMPRESSION: Left pleural effusion.")
+    assert text.startswith("IMPRESSION: Left pleural effusion.") and "No pneumothorax." in text
