@@ -20,7 +20,7 @@ from xai_core.training.common import MODELS_DIR, PhantomStream, auroc_per_label,
 @dataclass
 class ClipRecipe:
     name: str = "demo-clip"
-    steps: int = 900
+    steps: int = 800
     batch: int = 64
     lr: float = 1e-3
     seed: int = 0
@@ -37,6 +37,14 @@ def impression_first(report: str) -> str:
         return report
     findings, impression = report.split("IMPRESSION:", 1)
     return f"IMPRESSION: {impression.strip()} {findings.strip()}"
+
+
+def same_impression(reports: list[str]) -> torch.Tensor:
+    """Soft contrastive targets: reports with the same impression (e.g. all normals) are positives of each other,
+    not false negatives. Rows sum to 1."""
+    keys = [r.split("IMPRESSION:", 1)[-1].strip() for r in reports]
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    return same / same.sum(1, keepdim=True)
 
 
 def _pixels(batch: dict) -> torch.Tensor:
@@ -81,7 +89,7 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
         text = tokenize([impression_first(r) for r in batch["report"]], context).to(dev)
         words = F.normalize(model.encode_text(text), dim=-1)
         logits = model.logit_scale.exp() * image @ words.T
-        target = torch.arange(len(image), device=dev)
+        target = same_impression(batch["report"]).to(dev)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
