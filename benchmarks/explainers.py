@@ -62,7 +62,7 @@ def _pgc(kind: str, handle: ModelHandle) -> Callable[[torch.Tensor, torch.Tensor
                                              ) as cam:
             if kind == "ScoreCAM":
                 cam.batch_size = 64
-            return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+            return cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(int(i)) for i in t])
     return run
 
 

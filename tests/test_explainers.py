@@ -87,7 +87,9 @@ def test_gradcam_matches_pytorch_grad_cam(demo, ours, theirs):
     mine = get_explainer(ours).explain(demo, x, torch.tensor(targets)).numpy()
     layer = demo.layer(demo.card.cam_layer)
     with getattr(pytorch_grad_cam, theirs)(model=demo.module, target_layers=[layer]) as cam:
-        reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+        # the peer backpropagates from the input; our loaded models have frozen parameters
+        reference = cam(input_tensor=x.clone().requires_grad_(True),
+                        targets=[ClassifierOutputTarget(t) for t in targets])
     for a, b in zip(mine, reference, strict=True):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
 
@@ -148,10 +150,6 @@ def test_engine_explain_caches_and_reports_time(real_cxr):
         engine.explain(radiograph, "demo", "gradcam", "Hernia")
 
 
-def _top_fraction(values: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    return values >= np.quantile(values, 1 - fraction)
-
-
 def test_xrai_greedy_matches_the_reference_loop():
     """Our incremental greedy cover gives the same map as the straightforward per-step recomputation."""
     from xai_core.explainers.xrai import greedy_regions
@@ -178,22 +176,3 @@ def test_xrai_greedy_matches_the_reference_loop():
     reference[~covered] = attribution[~covered].mean()
     np.testing.assert_allclose(greedy_regions(attribution, masks), reference)
 
-
-def test_xrai_agrees_with_pair_saliency(demo):
-    import saliency.core as saliency
-
-    x = phantom_batch(1, ["Mass"])
-    target = 4
-
-    def call_model(images, call_model_args=None, expected_keys=None):
-        batch = torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2).requires_grad_(True)
-        scores = demo.module(batch)[:, target]
-        (grads,) = torch.autograd.grad(scores.sum(), batch)
-        return {saliency.INPUT_OUTPUT_GRADIENTS: grads.permute(0, 2, 3, 1).numpy()}
-
-    image = x[0].permute(1, 2, 0).numpy()
-    reference = saliency.XRAI().GetMask(image, call_model, batch_size=50)
-    ours = get_explainer("xrai").explain(demo, x, torch.tensor([target]))[0].numpy()
-    a, b = _top_fraction(ours), _top_fraction(reference)
-    iou = (a & b).sum() / (a | b).sum()
-    assert iou >= 0.9, iou

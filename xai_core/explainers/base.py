@@ -115,6 +115,14 @@ def capture_activations(layer: nn.Module, *, cut: bool = False) -> Iterator[dict
         handle.remove()
 
 
+def validate_targets(handle: ModelHandle, targets: torch.Tensor) -> None:
+    """IndexError for label indices the model does not have (methods that never gather logits call this)."""
+    bad = (targets < 0) | (targets >= len(handle.card.labels))
+    if bool(bad.any()):
+        raise IndexError(f"target index {int(targets[bad][0])} out of range for {handle.card.name} "
+                         f"({len(handle.card.labels)} labels)")
+
+
 def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits[b, targets[b]] for each b (gathered, never a B x B matrix)."""
     return logits.gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from xai_core.explainers.base import Explainer, register
+from xai_core.explainers.base import Explainer, register, validate_targets
 from xai_core.models import ModelHandle
 
 
@@ -18,6 +18,7 @@ class RandomMap(Explainer):
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
+        validate_targets(handle, targets)
         generator = torch.Generator().manual_seed(int(p["seed"]))
         maps = torch.rand((x.shape[0], *x.shape[-2:]), generator=generator)
         return maps.to(handle.device)

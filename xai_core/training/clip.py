@@ -20,9 +20,9 @@ from xai_core.training.common import MODELS_DIR, PhantomStream, auroc_per_label,
 @dataclass
 class ClipRecipe:
     name: str = "demo-clip"
-    steps: int = 800
-    batch: int = 64
-    lr: float = 1e-3
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 3e-4
     seed: int = 0
     data_seed: int = 0
     size: int = 224
