@@ -88,13 +88,14 @@ def run(model: str, n_images: int, callers: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="xrv-densenet121-all")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--callers", type=int, default=8)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_engine.json"), default=None,
+                        help="also write the results as JSON (default file: results/bench_engine.json)")
+    args = parser.parse_args(argv)
     result = run(args.model, args.images, args.callers)
     print(f"model {result['model']}, {result['images']} images, {result['callers']} concurrent callers (CPU)")
     print(f"  serial      {result['serial_images_per_s']:7.2f} images/s  ({result['serial_forwards']} forwards)")
@@ -104,6 +105,7 @@ def main() -> None:
     print(f"  RSS after load {result['rss_mb_after_load']:.0f} MB, after run {result['rss_mb_after_run']:.0f} MB, "
           f"peak {result['peak_rss_mb']:.0f} MB (bar: < 1500 MB)")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
 
 

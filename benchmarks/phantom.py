@@ -38,18 +38,20 @@ def run(n: int, size: int, workers: int) -> dict:
             "serial_cases_per_s": serial, "parallel_cases_per_s": parallel, "bar_cases_per_s": 200}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_phantom.json"), default=None,
+                        help="also write the results as JSON (default file: results/bench_phantom.json)")
+    args = parser.parse_args(argv)
     result = run(args.n, args.size, args.workers)
     print(f"phantom generator at {result['size']} px: {result['serial_cases_per_s']:.0f} cases/s in one process, "
           f"{result['parallel_cases_per_s']:.0f} cases/s with {result['workers']} processes "
           f"(bar: >= {result['bar_cases_per_s']} on 2 cores)")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
 
 

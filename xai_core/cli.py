@@ -81,20 +81,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
                                   steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
-                                  seed=args.seed, data_seed=args.data_seed, shortcut=args.shortcut,
-                                  **_sizes(args, "val_n", "test_n"))
+                                  seed=args.seed, shortcut=args.shortcut,
+                                  **_sizes(args, "val_n", "test_n", "data_seed"))
         record = train_classifier(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "segmenter":
         from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
 
-        recipe = SegmenterRecipe(steps=args.steps or SegmenterRecipe.steps, seed=args.seed, data_seed=args.data_seed,
-                                 **_sizes(args, "test_n"))
+        recipe = SegmenterRecipe(steps=args.steps or SegmenterRecipe.steps, seed=args.seed,
+                                 **_sizes(args, "test_n", "data_seed"))
         record = train_segmenter(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
+    elif args.what == "nemt":
+        from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
+
+        steps = args.steps or (round(args.epochs * EPOCH_CASES / args.batch) if args.epochs else NEMtRecipe.steps)
+        recipe = NEMtRecipe(model=args.model, steps=steps, batch=args.batch, seed=args.seed,
+                            **_sizes(args, "test_n", "data_seed"))
+        record = train_nemt(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
         from xai_core.training.clip import ClipRecipe, train_clip
 
-        recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, data_seed=args.data_seed,
-                            **_sizes(args, "test_n"))
+        recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, **_sizes(args, "test_n", "data_seed"))
         record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     print(json.dumps({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")}, indent=2))
     return 0
@@ -150,6 +156,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    script = BENCHMARKS_DIR / f"{args.name}.py"
+    if not script.is_file():
+        known = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py"))
+        raise KeyError(f"no benchmark '{args.name}'; known: {', '.join(known) or 'none (benchmarks/ missing)'}")
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{args.name}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.rest) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m xai_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,12 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.set_defaults(run=_cmd_phantom)
 
     train = sub.add_parser("train", help="train a bundled demo model on phantom data")
-    train.add_argument("what", choices=["classifier", "segmenter", "clip"])
+    train.add_argument("what", choices=["classifier", "segmenter", "clip", "nemt"])
+    train.add_argument("--model", default=DEFAULT_MODEL, help="nemt: the classifier to explain (default: demo)")
+    train.add_argument("--epochs", type=float, default=None,
+                       help="nemt: passes of 4,480 phantom cases (default 5); --steps overrides")
     train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut)")
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    train.add_argument("--data-seed", type=int, default=0, help="phantom data seed")
+    train.add_argument("--data-seed", type=int, default=None, help="phantom data seed (default: the recipe's)")
     train.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH")
     train.add_argument("--val-n", type=int, default=None, help="validation cases (default: the recipe's)")
     train.add_argument("--test-n", type=int, default=None, help="test cases (default: the recipe's)")
@@ -201,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
+
+    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (extra arguments go to it)")
+    bench.add_argument("name", help="engine, explainers, phantom, ...")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
+    bench.set_defaults(run=_cmd_bench)
 
     models = sub.add_parser("models", help="list the registered models")
     models.add_argument("--json", action="store_true", help="print the model cards as JSON")

@@ -248,6 +248,7 @@ class EngineStats:
     predict_requests: int = 0
     forwards: dict[str, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
+    reused_forwards: int = 0
 
 
 class Engine:
@@ -311,13 +312,35 @@ class Engine:
             self.stats.batch_sizes.append(int(x.shape[0]))
             return handle.module(x.to(handle.device)).float().cpu()
 
+    def keeps_pyramid(self, model: str) -> bool:
+        """True when predictions of this model keep the feature pyramid so NEMt can reuse the forward."""
+        from xai_core.nemt import available_for, supports_pyramid
+
+        handle = self.model(model)
+        return supports_pyramid(handle.module) and (available_for(model) or handle.random_weights)
+
+    def _forward_rows(self, model: str, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor] | None]]:
+        """Per-row (logits, pyramid or None) for the predict batcher."""
+        if not self.keeps_pyramid(model):
+            return [(row, None) for row in self.forward(model, x)]
+        from xai_core.nemt import pyramid_forward
+
+        handle = self.model(model)
+        with self.lock(model), torch.inference_mode():
+            self.stats.forwards[model] = self.stats.forwards.get(model, 0) + 1
+            self.stats.batch_sizes.append(int(x.shape[0]))
+            logits, taps = pyramid_forward(handle.module, x.to(handle.device))
+        logits = logits.float().cpu()
+        return [(logits[i], [t[i:i + 1].clone() for t in taps]) for i in range(len(logits))]
+
     def _batcher(self, model: str) -> _PredictBatcher:
         batcher = self._batchers.get(model)
         if batcher is None:
             with self._registry_lock:
                 batcher = self._batchers.get(model)
                 if batcher is None:
-                    batcher = _PredictBatcher(lambda x: self.forward(model, x), self._max_batch, self._max_wait_s)
+                    batcher = _PredictBatcher(lambda x: self._forward_rows(model, x), self._max_batch,
+                                              self._max_wait_s)
                     self._batchers[model] = batcher
         return batcher
 
@@ -336,7 +359,10 @@ class Engine:
         except BaseException:
             batcher.withdraw()
             raise
-        logits = batcher.submit(x).result().numpy().astype(np.float32)
+        row, pyramid = batcher.submit(x).result()
+        logits = row.numpy().astype(np.float32)
+        if pyramid is not None:
+            self.cache.put(cache_key(radiograph.sha256 + _window_tag(radiograph), model, "pyramid"), pyramid)
         card = handle.card
         prediction = Prediction(
             model=model,
@@ -366,9 +392,16 @@ class Engine:
         if cached is not None:
             return cached
         x, _ = self.prepare(radiograph, model)
+        pyramid = None
+        if explainer.reuses_forward:
+            pyramid = self.cache.get(cache_key(radiograph.sha256 + _window_tag(radiograph), model, "pyramid"))
         with self.lock(model):
             start = time.perf_counter()
-            maps = explainer.explain(handle, x.unsqueeze(0), torch.tensor([index]), **resolved)
+            if pyramid is not None:  # the prediction forward already ran: only the explainer's own head runs
+                self.stats.reused_forwards += 1
+                maps = explainer.explain_from_taps(handle, pyramid, x.unsqueeze(0), torch.tensor([index]))
+            else:
+                maps = explainer.explain(handle, x.unsqueeze(0), torch.tensor([index]), **resolved)
             seconds = time.perf_counter() - start
         explanation = Explanation(map=maps[0].detach().float().cpu().numpy(), method=method,
                                   target=handle.card.labels[index], model=model, seconds=seconds, params=resolved)

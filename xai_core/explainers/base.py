@@ -52,6 +52,7 @@ class Explainer(ABC):
     cost: ClassVar[Literal["fast", "slow"]] = "fast"
     defaults: ClassVar[dict[str, Any]] = {}
     signed: ClassVar[bool] = False
+    reuses_forward: ClassVar[bool] = False  # can explain from the pyramid kept by a prediction forward
 
     @abstractmethod
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:

@@ -19,6 +19,15 @@ DEFAULT_CLIP_ARCHITECTURE: dict[str, Any] = {
 }
 POSITIVE_PROMPT = "a chest x-ray showing {}"
 NEGATIVE_PROMPT = "a chest x-ray showing no {}"
+# The words radiologists (and the phantom reports) use for a label; anything else is the label in lower case.
+CLINICAL_TERMS = {"Effusion": "pleural effusion", "Nodule": "lung nodule", "Mass": "lung mass",
+                  "Pleural_Thickening": "pleural thickening", "Lung Opacity": "lung opacity",
+                  "Lung Lesion": "lung lesion", "Enlarged Cardiomediastinum": "enlarged cardiomediastinum"}
+
+
+def clinical_term(label: str) -> str:
+    """The phrase a prompt uses for a label."""
+    return CLINICAL_TERMS.get(label, label.replace("_", " ").lower())
 
 
 def conv_stem(channels: list[int], width: int) -> nn.Sequential:
@@ -71,7 +80,7 @@ def encode_texts(handle: ModelHandle, texts: list[str]) -> torch.Tensor:
 
 def zero_shot_scores(handle: ModelHandle, image_embeddings: torch.Tensor, labels: list[str]) -> torch.Tensor:
     """P(label) per image from a softmax over 'showing X' vs 'showing no X' prompts: [B, L]."""
-    names = [label.lower() for label in labels]
+    names = [clinical_term(label) for label in labels]
     positive = encode_texts(handle, [POSITIVE_PROMPT.format(n) for n in names])
     negative = encode_texts(handle, [NEGATIVE_PROMPT.format(n) for n in names])
     scale = handle.module.logit_scale.exp().float()

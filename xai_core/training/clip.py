@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
-from xai_core.models.vlm import DEFAULT_CLIP_ARCHITECTURE, build_demo_clip, grey_to_clip_input, tokenize
+from xai_core.models.vlm import (
+    CLINICAL_TERMS,
+    DEFAULT_CLIP_ARCHITECTURE,
+    NEGATIVE_PROMPT,
+    POSITIVE_PROMPT,
+    build_demo_clip,
+    grey_to_clip_input,
+    tokenize,
+)
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
 from xai_core.training.common import MODELS_DIR, PhantomStream, auroc_per_label, record_model, run_training
 
@@ -37,6 +46,21 @@ def impression_first(report: str) -> str:
         return report
     findings, impression = report.split("IMPRESSION:", 1)
     return f"IMPRESSION: {impression.strip()} {findings.strip()}"
+
+
+def report_view(report: str, case_id: str = "") -> str:
+    """A training text for one report: half the time the whole report (impression first), otherwise a random,
+    non-empty subset of its sentences, so single statements ("No pulmonary nodule.") are learnt on their own.
+    Seeded by the case, so resumed runs see the same texts."""
+    rng = np.random.default_rng(int(hashlib.sha256(f"{case_id}|{report}".encode()).hexdigest()[:12], 16))
+    if rng.random() < 0.5:
+        return impression_first(report)
+    sentences = [s.strip() + "." for s in report.replace("FINDINGS:", "").replace("IMPRESSION:", "").split(".")
+                 if s.strip()]
+    keep = rng.random(len(sentences)) < 0.5
+    keep[rng.integers(len(sentences))] = True
+    chosen = [sentences[i] for i in rng.permutation(len(sentences)) if keep[i]]
+    return " ".join(chosen)
 
 
 def same_impression(reports: list[str]) -> torch.Tensor:
@@ -86,7 +110,8 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     def step_loss(batch: dict) -> torch.Tensor:
         image = F.normalize(model.encode_image(_pixels(batch).to(dev)), dim=-1)
-        text = tokenize([impression_first(r) for r in batch["report"]], context).to(dev)
+        text = tokenize([report_view(r, i) for r, i in zip(batch["report"], batch["case_id"], strict=True)],
+                        context).to(dev)
         words = F.normalize(model.encode_text(text), dim=-1)
         logits = model.logit_scale.exp() * image @ words.T
         target = same_impression(batch["report"]).to(dev)
@@ -104,7 +129,7 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
         "architecture": recipe.architecture,
         "labels": list(FINDINGS),
         "input": {"channels": 3, "size": recipe.size, "value_range": [-2.0, 2.0]},
-        "prompts": {"positive": "a chest x-ray showing {}", "negative": "a chest x-ray showing no {}"},
+        "prompts": {"positive": POSITIVE_PROMPT, "negative": NEGATIVE_PROMPT, "terms": dict(CLINICAL_TERMS)},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "text": "report"},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},

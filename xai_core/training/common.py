@@ -55,6 +55,7 @@ def encode_case(case: PhantomCase, with_anatomy: bool = False, with_report: bool
     item: dict[str, Any] = {
         "x": torch.from_numpy(to_model_input(case.image)).unsqueeze(0),
         "y": torch.from_numpy(case.label_vector()),
+        "case_id": case.case_id,
     }
     if with_anatomy:
         from xai_core.phantom import ANATOMY

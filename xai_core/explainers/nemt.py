@@ -1,0 +1,36 @@
+"""NEMt (Møller et al. 2025) with target conditioning: one decoder pass over the classifier's pyramid."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from xai_core.explainers.base import Explainer, register, validate_targets
+from xai_core.models import ModelHandle
+
+
+@register
+class NEMt(Explainer):
+    name = "nemt"
+    cost = "fast"
+    defaults: ClassVar[dict[str, Any]] = {}
+    reuses_forward = True
+
+    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:
+        from xai_core.nemt import explanation_from_taps, load_decoder, pyramid_forward
+
+        validate_targets(handle, targets)
+        decoder = load_decoder(handle)
+        x = x.to(handle.device)
+        with torch.inference_mode():
+            _, taps = pyramid_forward(handle.module, x)
+        return explanation_from_taps(decoder, taps, x, targets)
+
+    def explain_from_taps(self, handle: ModelHandle, taps: list[torch.Tensor], x: torch.Tensor,
+                          targets: torch.Tensor) -> torch.Tensor:
+        """The same map from a pyramid kept by an earlier prediction forward: only the decoder runs."""
+        from xai_core.nemt import explanation_from_taps, load_decoder
+
+        validate_targets(handle, targets)
+        return explanation_from_taps(load_decoder(handle), taps, x.to(handle.device), targets)

@@ -1,0 +1,8 @@
+"""Quantitative evaluation of explanation maps (localisation, shape, faithfulness, information curves, gaze)."""
+
+from xai_core.metrics.localisation import auitc, iou_at, pointing_game, relevance_mass, relevance_rank
+from xai_core.metrics.shape import complexity, sparseness
+from xai_core.metrics.stats import bootstrap_ci, summarise
+
+__all__ = ["auitc", "bootstrap_ci", "complexity", "iou_at", "pointing_game", "relevance_mass", "relevance_rank",
+           "sparseness", "summarise"]

@@ -1,0 +1,84 @@
+"""NEMt: a trained explanation network that gives a target's occlusion map in one forward pass."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from xai_core.models import ModelHandle
+from xai_core.models.base import MissingWeightsError, ModelError, sha256_file
+from xai_core.nemt.loss import nemt_loss
+from xai_core.nemt.module import NEMtDecoder, keep_mask, random_kernel, smooth
+from xai_core.nemt.pyramid import pyramid_forward, supports_pyramid, tap_channels
+
+__all__ = ["NEMtDecoder", "available_for", "explanation_from_taps", "keep_mask", "load_decoder", "nemt_loss",
+           "pyramid_forward", "random_kernel", "smooth", "supports_pyramid", "tap_channels"]
+
+_DECODERS: dict[tuple[str, str], NEMtDecoder] = {}
+_LOCK = threading.Lock()
+
+
+def _entry_for(model: str) -> tuple[str, dict] | None:
+    from xai_core.models.demo import _manifest_entries
+
+    for name, entry in _manifest_entries().items():
+        if entry.get("family") == "nemt" and entry.get("explains") == model:
+            return name, entry
+    return None
+
+
+def available_for(model: str) -> bool:
+    """True when a trained NEMt decoder for this classifier is bundled."""
+    return _entry_for(model) is not None
+
+
+def load_decoder(handle: ModelHandle) -> NEMtDecoder:
+    """The trained decoder for a classifier (loaded once per device, sha256 checked); a clear error otherwise.
+    Classifiers loaded with random weights get a seeded random decoder, for tests only."""
+    from xai_core.models.demo import MANIFEST, MODELS_DIR
+
+    key = (handle.card.name, str(handle.device))
+    with _LOCK:
+        if key in _DECODERS:
+            return _DECODERS[key]
+        found = _entry_for(handle.card.name)
+        if found is None and not handle.random_weights:
+            raise MissingWeightsError(
+                f"No NEMt module is trained for '{handle.card.name}'. Train one with "
+                f"`python -m xai_core train nemt --model {handle.card.name}`.")
+        if found is None:
+            channels = tap_channels(handle.module, handle.card.input.channels)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                decoder = NEMtDecoder(channels, len(handle.card.labels), handle.card.input.channels,
+                                      input_scale=input_scale(handle))
+        else:
+            _, entry = found
+            path = MODELS_DIR / entry["file"]
+            if not path.is_file():
+                raise MissingWeightsError(f"NEMt weights for '{handle.card.name}' are missing: expected {path}; "
+                                          f"rebuild with `python -m xai_core train nemt --model {handle.card.name}`.")
+            if sha256_file(path) != entry["sha256"]:
+                raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or replaced.")
+            config = entry["decoder"]
+            decoder = NEMtDecoder(config["tap_channels"], config["num_labels"], config["in_channels"],
+                                  tuple(config["widths"]), config["embed_dim"], config["input_scale"])
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        decoder = decoder.to(handle.device).eval()
+        _DECODERS[key] = decoder
+        return decoder
+
+
+def input_scale(handle: ModelHandle) -> float:
+    """Scales the classifier's input range to about [-1, 1] for the decoder's input skip."""
+    lo, hi = handle.card.input.value_range
+    return 1.0 / max(abs(lo), abs(hi), 1e-6)
+
+
+def explanation_from_taps(decoder: NEMtDecoder, taps: list[torch.Tensor], x: torch.Tensor,
+                          targets: torch.Tensor) -> torch.Tensor:
+    """Relevance e = 1 - m [B, H, W] in [0, 1] (not rescaled, so a negative target stays near empty)."""
+    with torch.inference_mode():
+        return 1 - keep_mask(decoder, taps, x, targets)[:, 0]
