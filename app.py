@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import case_page
 from ui import state
 from xai_core.imaging import to_png_bytes
 
 st.set_page_config(page_title="Chest X-ray XAI", page_icon=":material/radiology:", layout="wide")
 
 pages = [
-    st.Page(case_page.render, title="Case", icon=":material/radiology:", url_path="case", default=True),
+    st.Page("pages/case_page.py", title="Case", icon=":material/radiology:", url_path="case", default=True),
+    st.Page("pages/explain_page.py", title="Explain", icon=":material/visibility:", url_path="explain"),
 ]
 
 with st.sidebar:

@@ -46,7 +46,7 @@ def _load_sample() -> None:
         return
     st.session_state.pop("load_error", None)
     sample = samples[choice]
-    state.set_case(radiograph, "sample", labels=sample.labels, source=sample.source)
+    state.set_case(radiograph, "sample", labels=sample.labels, source=sample.source, masks=sample.masks)
 
 
 def _loaders() -> None:
@@ -142,3 +142,6 @@ def render() -> None:
         shown = _image_panel(case)
     with findings_col:
         _findings_panel(shown, state.current_model())
+
+
+render()

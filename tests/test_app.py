@@ -91,3 +91,44 @@ def test_opens_on_demo_model_and_phantom_sample_shows_ground_truth(monkeypatch):
     assert any("Cardiomegaly, Effusion" in c.value for c in at.caption)
     positives = at.metric[0].value
     assert "Cardiomegaly" in positives and "Effusion" in positives
+
+
+def _pick_phantom_sample(at: AppTest, finding: str) -> str:
+    title = next(s for s in at.selectbox(key="sample").options if "phantom" in s and finding in s)
+    at.selectbox(key="sample").set_value(title).run()
+    assert not at.exception and not at.error
+    return title
+
+
+def test_explain_page_without_a_case_says_what_to_do(app):
+    app.switch_page("pages/explain_page.py").run()
+    assert not app.exception
+    assert any("No case loaded" in i.value for i in app.info)
+
+
+def test_target_and_methods_give_overlays(app):
+    _pick_phantom_sample(app, "Effusion")
+    app.switch_page("pages/explain_page.py").run()
+    assert not app.exception and not app.error
+    methods = app.multiselect(key="methods").value
+    assert "gradcam" in methods and "scorecam" not in methods, "fast methods are on by default"
+    assert len(app.get("plotly_chart")) == len(methods)
+    assert {e for e in app.session_state["explanations"]} == set(methods)
+    app.selectbox(key="target").set_value("Effusion").run()
+    app.multiselect(key="methods").set_value(["gradcam", "random"]).run()
+    assert not app.exception and not app.error
+    explanations = app.session_state["explanations"]
+    assert set(explanations) == {"gradcam", "random"}
+    assert all(e.target == "Effusion" for e in explanations.values())
+    assert any("ms" in m.value for m in app.markdown), "per-method time is shown"
+    assert app.toggle(key="truth").value, "phantom samples show their ground-truth outline by default"
+    labels = [b.label for b in app.get("download_button")]
+    assert labels.count("Overlay PNG") == 2 and any("NPZ" in label for label in labels)
+
+
+def test_explain_page_survives_a_model_without_the_method(app):
+    _pick_phantom_sample(app, "Cardiomegaly")
+    app.switch_page("pages/explain_page.py").run()
+    app.sidebar.selectbox(key="model").set_value("xrv-resnet50-all").run()
+    assert not app.exception
+    assert "nemt" not in app.multiselect(key="methods").options

@@ -41,17 +41,18 @@ def current_case() -> Radiograph | None:
 
 
 def set_case(radiograph: Radiograph, origin: str, *, labels: list[str] | None = None,
-             source: str | None = None) -> None:
+             source: str | None = None, masks: dict | None = None) -> None:
     """Make a radiograph the current case (resets predictions and explanations if it changed).
 
-    `origin` is 'upload' or 'sample'; samples carry their known `labels` and `source` ('phantom', ...).
+    `origin` is 'upload' or 'sample'; samples carry their known `labels`, `source` ('phantom', ...) and the
+    paths of their ground-truth lesion `masks` by finding.
     """
     previous = current_case()
     if previous is None or previous.sha256 != radiograph.sha256 or previous.meta != radiograph.meta:
         reset_dependent_state()
     st.session_state["case"] = radiograph
     if previous is None or previous.sha256 != radiograph.sha256:
-        st.session_state.update(case_origin=origin, case_labels=labels, case_source=source)
+        st.session_state.update(case_origin=origin, case_labels=labels, case_source=source, case_masks=masks or {})
 
 
 def model_problem(name: str) -> str | None:
@@ -71,3 +72,16 @@ def is_demo_model(name: str) -> bool:
 def card_summary(name: str) -> dict:
     card = get_card(name)
     return {"labels": len(card.labels), "input": f"{card.input.channels} x {card.input.size}", **card.provenance}
+
+
+def method_available(model: str, method: str) -> bool:
+    """Whether an explanation method can run for this model (NEMt needs a trained module)."""
+    if method != "nemt":
+        return True
+    from xai_core.nemt import available_for, supports_pyramid
+
+    try:
+        handle = engine().model(model)
+        return supports_pyramid(handle.module) and (available_for(model) or handle.random_weights)
+    except (ModelError, KeyError):
+        return False

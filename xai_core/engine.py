@@ -249,6 +249,7 @@ class EngineStats:
     forwards: dict[str, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     reused_forwards: int = 0
+    explain_seconds: dict[tuple[str, str], float] = field(default_factory=dict)  # last (model, method) timing
 
 
 class Engine:
@@ -403,10 +404,17 @@ class Engine:
             else:
                 maps = explainer.explain(handle, x.unsqueeze(0), torch.tensor([index]), **resolved)
             seconds = time.perf_counter() - start
+        if pyramid is None:
+            self.stats.explain_seconds[(model, method)] = seconds
         explanation = Explanation(map=maps[0].detach().float().cpu().numpy(), method=method,
                                   target=handle.card.labels[index], model=model, seconds=seconds, params=resolved)
         self.cache.put(key, explanation)
         return explanation
+
+
+    def expected_seconds(self, model: str, method: str) -> float | None:
+        """Seconds the last full run of this method on this model took in this process (None if never run)."""
+        return self.stats.explain_seconds.get((model, method))
 
 
 def _window_tag(radiograph: Radiograph) -> str:

@@ -225,3 +225,11 @@ def to_png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def read_mask_png(path: str | Path) -> np.ndarray:
+    """A ground-truth mask PNG (any non-zero pixel is inside) as a boolean array."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L")) > 0

@@ -26,3 +26,76 @@ def overlay_png(pixels: np.ndarray, relevance: np.ndarray, opacity: float = 0.45
     buf = io.BytesIO()
     Image.fromarray(blended).save(buf, format="PNG")
     return buf.getvalue()
+
+
+COLOUR_MAPS = {"jet": "COLORMAP_JET", "inferno": "COLORMAP_INFERNO", "viridis": "COLORMAP_VIRIDIS",
+               "hot": "COLORMAP_HOT", "turbo": "COLORMAP_TURBO"}
+
+
+def display_scale(relevance: np.ndarray, mode: str, unit_range: bool = False) -> np.ndarray:
+    """Relevance in [0, 1] for display: 'per map' (min-max of this map) or 'fixed' (absolute 0-1 for maps that are
+    already in [0, 1], such as NEMt's; divided by the map's maximum otherwise, so 0 stays 0)."""
+    relevance = np.asarray(relevance, np.float32)
+    if mode == "per map":
+        lo, hi = float(relevance.min()), float(relevance.max())
+        return np.zeros_like(relevance) if hi <= lo else (relevance - lo) / (hi - lo)
+    if mode != "fixed":
+        raise ValueError(f"unknown scale mode '{mode}'; use 'per map' or 'fixed'")
+    if unit_range:
+        return np.clip(relevance, 0.0, 1.0)
+    top = float(relevance.max())
+    return np.zeros_like(relevance) if top <= 0 else np.clip(relevance / top, 0.0, 1.0)
+
+
+def blend(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45, colour_map: str = "jet") -> np.ndarray:
+    """RGB uint8 image: grey radiograph with the [0, 1] heat coloured on top, more opaque where heat is high."""
+    import cv2
+
+    if colour_map not in COLOUR_MAPS:
+        raise ValueError(f"unknown colour map '{colour_map}'; known: {', '.join(COLOUR_MAPS)}")
+    code = getattr(cv2, COLOUR_MAPS[colour_map])
+    colours = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), code)[..., ::-1].astype(np.float32)
+    grey = np.repeat((np.clip(pixels, 0, 1) * 255)[..., None], 3, axis=2)
+    alpha = opacity * np.clip(heat, 0, 1)[..., None]
+    return (grey * (1 - alpha) + colours * alpha).astype(np.uint8)
+
+
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscaled so that its longer side is at most max_side (area interpolation); unchanged if smaller."""
+    import cv2
+
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+
+def top_region(relevance: np.ndarray, percent: float) -> np.ndarray:
+    """Boolean mask of the top `percent` % pixels of a map."""
+    threshold = np.quantile(relevance, 1 - percent / 100)
+    return relevance >= threshold if relevance.max() > relevance.min() else np.zeros(relevance.shape, bool)
+
+
+def outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """Contour polylines [N, 2] (x, y) around a boolean mask, for drawing on an image."""
+    from skimage import measure
+
+    if not mask.any():
+        return []
+    padded = np.pad(mask.astype(np.float32), 1)
+    return [c[:, ::-1] - 1 for c in measure.find_contours(padded, 0.5)]
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def maps_npz(maps: dict[str, np.ndarray], **meta: str) -> bytes:
+    """A compressed NPZ with one float32 array per method (model-input resolution) plus text metadata."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in maps.items()},
+                        **{f"meta_{k}": np.array(v) for k, v in meta.items()})
+    return buf.getvalue()

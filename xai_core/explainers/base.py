@@ -53,6 +53,7 @@ class Explainer(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     signed: ClassVar[bool] = False
     reuses_forward: ClassVar[bool] = False  # can explain from the pyramid kept by a prediction forward
+    unit_range: ClassVar[bool] = False  # maps are absolute values in [0, 1] (display them on a fixed scale)
 
     @abstractmethod
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:

@@ -16,6 +16,7 @@ class NEMt(Explainer):
     cost = "fast"
     defaults: ClassVar[dict[str, Any]] = {}
     reuses_forward = True
+    unit_range = True
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:
         from xai_core.nemt import explanation_from_taps, load_decoder, pyramid_forward

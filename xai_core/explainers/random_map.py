@@ -14,6 +14,7 @@ from xai_core.models import ModelHandle
 class RandomMap(Explainer):
     name = "random"
     cost = "fast"
+    unit_range = True
     defaults: ClassVar[dict[str, Any]] = {"seed": 0}
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:

@@ -1,0 +1,186 @@
+"""NEMt: the loss on a toy classifier with a known answer, the decoder, conditioning, training and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xai_core.models import load_model
+from xai_core.nemt import NEMtDecoder, keep_mask, nemt_loss, pyramid_forward, random_kernel, smooth, tap_channels
+from xai_core.nemt.module import box_filter
+from xai_core.phantom import FINDINGS, generate_case
+from xai_core.training import common
+from xai_core.training.common import to_model_input
+
+
+class RegionClassifier(nn.Module):
+    """Two labels; label 0 fires on the mean brightness of the top-left square, label 1 on the bottom-right one."""
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        regions = torch.zeros(2, size, size)
+        regions[0, 4:12, 4:12] = 1
+        regions[1, 20:28, 20:28] = 1
+        self.register_buffer("regions", regions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        means = (x[:, 0:1] * self.regions).sum((-2, -1)) / self.regions.sum((-2, -1))
+        return 12 * means - 6
+
+
+def test_loss_is_lowest_for_the_mask_that_deletes_exactly_the_evidence():
+    classifier = RegionClassifier()
+    x = torch.ones(1, 1, 32, 32)
+    target = torch.tensor([0])
+    p = torch.sigmoid(classifier(x)[:, 0])
+    exact = 1 - classifier.regions[0].view(1, 1, 32, 32)
+    losses = {name: nemt_loss(classifier, x, m, target, p)[0].item() for name, m in {
+        "keep all": torch.ones(1, 1, 32, 32), "delete all": torch.zeros(1, 1, 32, 32), "exact": exact,
+        "wrong region": 1 - classifier.regions[1].view(1, 1, 32, 32)}.items()}
+    assert losses["exact"] == min(losses.values())
+    assert losses["exact"] < 0.1 and losses["keep all"] == pytest.approx(2.0) and losses["wrong region"] > 1.9
+
+
+def test_optimising_a_free_mask_finds_the_evidence_region():
+    classifier = RegionClassifier()
+    x = torch.ones(1, 1, 32, 32)
+    target = torch.tensor([1])
+    p = torch.sigmoid(classifier(x)[:, 1])
+    logits = torch.zeros((1, 1, 32, 32), requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(300):
+        loss, _ = nemt_loss(classifier, x, torch.sigmoid(logits), target, p)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    deleted = (torch.sigmoid(logits) < 0.5)[0, 0]
+    region = classifier.regions[1].bool()
+    iou = (deleted & region).sum() / (deleted | region).sum()
+    assert iou > 0.8
+
+
+def test_a_negative_target_is_best_explained_by_keeping_everything():
+    classifier = RegionClassifier()
+    x = torch.zeros(1, 1, 32, 32)  # nothing bright: both labels negative
+    p = torch.sigmoid(classifier(x)[:, 0])
+    keep_all = nemt_loss(classifier, x, torch.ones(1, 1, 32, 32), torch.tensor([0]), p)[0]
+    delete_some = nemt_loss(classifier, x, 1 - classifier.regions[0].view(1, 1, 32, 32), torch.tensor([0]), p)[0]
+    assert keep_all < delete_some
+
+
+def test_box_filter_equals_average_pooling_and_random_kernels_sum_to_one():
+    x = torch.rand(2, 1, 40, 50)
+    padded = torch.nn.functional.pad(x, (10,) * 4, mode="replicate")
+    torch.testing.assert_close(box_filter(x, 21), torch.nn.functional.avg_pool2d(padded, 21, stride=1))
+    kernel = random_kernel(torch.Generator().manual_seed(0))
+    assert kernel.shape == (1, 1, 21, 21) and kernel.sum().item() == pytest.approx(1.0)
+    assert torch.equal(kernel, random_kernel(torch.Generator().manual_seed(0)))
+    constant = torch.full((1, 1, 30, 30), 0.3)
+    torch.testing.assert_close(smooth(constant, kernel), constant)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+def test_pyramid_forward_gives_the_plain_logits(demo):
+    x = torch.from_numpy(to_model_input(generate_case("test", 0, size=224).image))[None, None]
+    with torch.inference_mode():
+        logits, taps = pyramid_forward(demo.module, x)
+        torch.testing.assert_close(logits, demo.module(x))
+    assert [t.shape[-1] for t in taps] == [112, 56, 28, 14, 7]
+    assert [t.shape[1] for t in taps] == tap_channels(demo.module, 1)
+
+
+def test_pyramid_works_for_torchxrayvision_densenet121():
+    handle = load_model("xrv-densenet121-all", allow_random_weights=True)
+    decoder = NEMtDecoder(tap_channels(handle.module, 1), len(handle.card.labels)).eval()
+    x = torch.randn(2, 1, 224, 224) * 300
+    with torch.inference_mode():
+        _, taps = pyramid_forward(handle.module, x)
+        mask = keep_mask(decoder, taps, x, torch.tensor([0, 5]))
+    assert mask.shape == (2, 1, 224, 224) and ((mask >= 0) & (mask <= 1)).all()
+
+
+def _case_with(findings: list[str]) -> torch.Tensor:
+    case = generate_case("test", 7, size=224, findings=findings)
+    return torch.from_numpy(to_model_input(case.image))[None, None], case
+
+
+def test_bundled_nemt_is_conditioned_on_the_target(demo):
+    from xai_core.explainers import get_explainer
+
+    nemt = get_explainer("nemt")
+    x, case = _case_with(["Cardiomegaly", "Pneumothorax"])
+    heart, ptx = (nemt.explain(demo, x, torch.tensor([FINDINGS.index(n)]))[0].numpy()
+                  for n in ("Cardiomegaly", "Pneumothorax"))
+    assert np.corrcoef(heart.ravel(), ptx.ravel())[0, 1] < 0.8, "two findings, two different maps"
+    for finding, m in (("Cardiomegaly", heart), ("Pneumothorax", ptx)):
+        inside = m[case.lesions[finding]].mean()
+        assert inside > m[~case.lesions[finding]].mean(), f"{finding}: more relevance on the lesion"
+    x_normal, normal = _case_with([])
+    assert not normal.labels
+    empty = nemt.explain(demo, x_normal, torch.tensor([FINDINGS.index("Effusion")]))[0]
+    assert float(empty.mean()) < 0.5 * float(heart.mean()), "a negative target gives a near-empty map"
+
+
+def test_engine_reuses_the_prediction_forward(real_cxr):
+    from xai_core.engine import Engine
+    from xai_core.imaging import load_radiograph
+
+    engine = Engine("cpu")
+    radiograph = load_radiograph(real_cxr / "nih" / "00000001_000.png")
+    cold = engine.explain(radiograph, "demo", "nemt", "Effusion")
+    engine.cache.clear()
+    engine.predict(radiograph, "demo")
+    warm = engine.explain(radiograph, "demo", "nemt", "Effusion")
+    assert engine.stats.reused_forwards == 1
+    np.testing.assert_allclose(warm.map, cold.map, atol=1e-5)
+
+
+def test_a_few_training_steps_lower_the_loss(demo):
+    from xai_core.training.nemt import NEMtRecipe, build_decoder
+
+    torch.manual_seed(0)
+    decoder = build_decoder(demo, NEMtRecipe())
+    classifier = demo.module.eval().requires_grad_(False)
+    x = torch.from_numpy(np.stack([to_model_input(generate_case("train", i, seed=5, size=224).image)
+                                   for i in range(4)])).unsqueeze(1)
+    targets = torch.tensor([1, 3, 6, 0])
+    with torch.no_grad():
+        logits, taps = pyramid_forward(classifier, x)
+    p = torch.sigmoid(logits).gather(1, targets.view(-1, 1)).squeeze(1)
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+
+    def loss() -> torch.Tensor:
+        return nemt_loss(classifier, x, keep_mask(decoder, taps, x, targets), targets, p)[0]
+
+    before = loss().item()
+    for _ in range(8):
+        value = loss()
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+    assert loss().item() < before
+
+
+def test_train_nemt_records_and_resumes(tmp_path, monkeypatch):
+    from xai_core.training.nemt import NEMtRecipe, train_nemt
+
+    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    recipe = NEMtRecipe(steps=2, batch=2, test_n=2)
+    first = train_nemt(recipe, device="cpu", checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
+    assert common.Checkpoint(tmp_path / "demo-nemt.ckpt").load()["step"] == 2
+    weights = torch.load(tmp_path / "demo-nemt.pt", weights_only=True)
+    again = train_nemt(recipe, device="cpu", checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
+    for name, value in torch.load(tmp_path / "demo-nemt.pt", weights_only=True).items():
+        torch.testing.assert_close(value, weights[name])
+    assert again["sha256"] == first["sha256"]
+    stored = json.loads((tmp_path / "manifest.json").read_text())["models"]["demo-nemt"]
+    assert stored["family"] == "nemt" and stored["explains"] == "demo"
+    assert set(stored["metrics"]["test_positives"]) == {"nemt", "gradcam"}
