@@ -12,6 +12,7 @@ st.set_page_config(page_title="Chest X-ray XAI", page_icon=":material/radiology:
 pages = [
     st.Page("pages/case_page.py", title="Case", icon=":material/radiology:", url_path="case", default=True),
     st.Page("pages/explain_page.py", title="Explain", icon=":material/visibility:", url_path="explain"),
+    st.Page("pages/review_page.py", title="Review", icon=":material/rate_review:", url_path="review"),
 ]
 
 with st.sidebar:

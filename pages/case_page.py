@@ -32,6 +32,7 @@ def _load_upload() -> None:
         return
     st.session_state.pop("load_error", None)
     state.set_case(radiograph, "upload")
+    st.session_state["case_title"] = uploaded.name
 
 
 def _load_sample() -> None:
@@ -47,6 +48,7 @@ def _load_sample() -> None:
     st.session_state.pop("load_error", None)
     sample = samples[choice]
     state.set_case(radiograph, "sample", labels=sample.labels, source=sample.source, masks=sample.masks)
+    st.session_state["case_title"] = sample.title
 
 
 def _loaders() -> None:

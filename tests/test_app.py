@@ -132,3 +132,26 @@ def test_explain_page_survives_a_model_without_the_method(app):
     app.sidebar.selectbox(key="model").set_value("xrv-resnet50-all").run()
     assert not app.exception
     assert "nemt" not in app.multiselect(key="methods").options
+
+
+def test_a_verdict_survives_a_new_session_on_the_same_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("XAI_STORE_PATH", str(tmp_path / "cases.sqlite"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.sidebar.selectbox(key="model").set_value(MODEL).run()
+    _pick_phantom_sample(at, "Nodule")
+    at.switch_page("pages/explain_page.py").run()
+    at.multiselect(key="methods").set_value(["gradcam"]).run()
+    at.switch_page("pages/review_page.py").run()
+    assert not at.exception
+    at.radio(key="verdict-gradcam").set_value("disagree")
+    at.text_area(key="comment-gradcam").input("looks at the tag")
+    at.button[0].click().run()
+    assert not at.exception and any("Saved" in s.value for s in at.success)
+
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    again.switch_page("pages/review_page.py").run()
+    assert not again.exception
+    table = again.table[0].value
+    assert list(table["verdict"]) == ["disagree"] and list(table["comment"]) == ["looks at the tag"]
+    assert again.get("download_button"), "the case report can be exported"

@@ -9,6 +9,7 @@ import streamlit as st
 from xai_core.engine import Engine, get_engine
 from xai_core.imaging import Radiograph
 from xai_core.models import ModelError, get_card, list_models
+from xai_core.store import CaseStore
 
 PREFERRED_MODEL = "demo"
 DEPENDENT_KEYS = ("prediction", "target", "explanations")
@@ -18,6 +19,18 @@ DEPENDENT_KEYS = ("prediction", "target", "explanations")
 def engine() -> Engine:
     """The shared inference core (one per server process)."""
     return get_engine(allow_random_weights=os.environ.get("XAI_ALLOW_RANDOM_WEIGHTS") == "1")
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str) -> CaseStore:
+    return CaseStore(path)
+
+
+def store() -> CaseStore:
+    """The case store (SQLite file from $XAI_STORE_PATH / $XAI_DATA_DIR, default data/cases.sqlite)."""
+    from xai_core.store import default_path
+
+    return _store(str(default_path()))
 
 
 def available_models() -> list[str]:

@@ -1,0 +1,93 @@
+"""One real browser session: the app served by `streamlit run`, driven by headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = os.environ.get("XAI_SCREENSHOTS_DIR")  # set to docs/screenshots to refresh the README's pictures
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "XAI_STORE_PATH": str(tmp_path / "cases.sqlite")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"streamlit did not start: {process.stdout.read().decode()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def _shot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SCREENSHOTS) / f"{name}.png")
+    return path
+
+
+def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does this)")
+    from playwright.sync_api import expect, sync_playwright
+
+    dicom = ROOT / "assets" / "samples" / "dicom" / "samples-0-000003.dcm"  # a phantom effusion
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server, wait_until="networkidle")
+        expect(page.get_by_text("Load a radiograph to begin")).to_be_visible(timeout=60_000)
+        page.locator("input[type=file]").set_input_files(str(dicom))
+        expect(page.get_by_text("Window centre")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Findings above their operating point")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Demonstration model")).to_be_visible()
+        _shot(page, tmp_path, "case")
+
+        page.get_by_role("link", name="Explain").click()
+        expect(page.get_by_text("Finding to explain")).to_be_visible(timeout=60_000)
+        page.get_by_test_id("stSelectbox").filter(has_text="Finding to explain").click()
+        page.get_by_role("option", name="Effusion").click()
+        charts = page.get_by_test_id("stPlotlyChart")
+        expect(charts.first).to_be_visible(timeout=120_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=120_000)
+        expect(page.get_by_text("gradcam", exact=True)).to_be_visible()
+        assert page.get_by_test_id("stException").count() == 0, "no traceback on the page"
+        shot = _shot(page, tmp_path, "explain")
+        assert shot.stat().st_size > 50_000
+
+        page.get_by_role("link", name="Review").click()
+        expect(page.get_by_text("Does this explanation look right?").first).to_be_visible(timeout=60_000)
+        _shot(page, tmp_path, "review")
+        browser.close()

@@ -1,0 +1,80 @@
+"""Case reports as self-contained HTML (overlays embedded), with no patient identifiers."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from typing import Any
+
+from xai_core.store import CaseStore
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:1rem}.grid figure{margin:0;width:320px}.grid img{width:320px}
+.note{background:#fff4e5;border:1px solid #f0b060;padding:.6rem;margin:1rem 0}
+"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def case_report_html(store: CaseStore, sha256: str, *, title: str = "Case report") -> str:
+    """An HTML report of one stored case: thumbnail, predictions, explanations, certainty and verdicts."""
+    case = store.case(sha256)
+    if case is None:
+        raise KeyError(f"no case {sha256[:12]}… in the store")
+    results = store.results(sha256)
+    verdicts = store.verdicts(sha256)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<p>Case <code>" + html.escape(sha256[:16]) + "</code> (content hash; no patient identifiers) · "
+             f"{html.escape(case['label'])} · generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC</p>",
+             _img(case["thumbnail"], "radiograph")]
+    for result in (r for r in results if r["kind"] == "prediction"):
+        payload = result["payload"]
+        if payload.get("demo"):
+            parts.append("<div class='note'>Demonstration model trained on synthetic radiographs; not for clinical "
+                         "use.</div>")
+        parts.append(f"<h2>Findings · {html.escape(result['model'])}</h2><table><tr><th>Finding</th>"
+                     "<th>Probability</th><th>Operating point</th><th>Positive</th></tr>")
+        for row in payload.get("findings", []):
+            parts.append(f"<tr><td>{html.escape(row['label'])}</td><td>{row['probability']:.3f}</td>"
+                         f"<td>{row['threshold']:.3f}</td><td>{'yes' if row['positive'] else ''}</td></tr>")
+        parts.append("</table>")
+    explanations = [r for r in results if r["kind"] == "explanation"]
+    if explanations:
+        parts.append("<h2>Explanations</h2><div class='grid'>")
+        for r in explanations:
+            caption = f"{r['method']} · {r['target']} · {r['model']} · {r['payload'].get('seconds', 0):.2f} s"
+            parts.append(f"<figure>{_img(r['overlay'], caption)}<figcaption>{html.escape(caption)}</figcaption>"
+                         "</figure>")
+        parts.append("</div>")
+    certainty = [r for r in results if r["kind"] == "certainty"]
+    if certainty:
+        parts.append("<h2>Explanation certainty (SegU)</h2><table><tr><th>Method</th><th>Finding</th>"
+                     "<th>Certainty</th><th>Verdict</th></tr>")
+        for r in certainty:
+            p: dict[str, Any] = r["payload"]
+            parts.append(f"<tr><td>{html.escape(r['method'])}</td><td>{html.escape(r['target'])}</td>"
+                         f"<td>{p.get('certainty', float('nan')):.3f}</td>"
+                         f"<td>{html.escape(str(p.get('verdict', '')))}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Reviewer verdicts</h2>")
+    if verdicts:
+        parts.append("<table><tr><th>Time (UTC)</th><th>Model</th><th>Finding</th><th>Method</th><th>Verdict</th>"
+                     "<th>Comment</th><th>Reviewer</th></tr>")
+        for v in verdicts:
+            parts.append(f"<tr><td>{v.created}</td><td>{html.escape(v.model)}</td><td>{html.escape(v.target)}</td>"
+                         f"<td>{html.escape(v.method)}</td><td>{v.verdict}</td><td>{html.escape(v.comment)}</td>"
+                         f"<td>{html.escape(v.reviewer)}</td></tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p>None recorded.</p>")
+    parts.append("</body></html>")
+    return "".join(parts)
