@@ -79,7 +79,7 @@ def greedy_regions(attribution: np.ndarray, masks: np.ndarray, min_pixel_diff: i
 class XRAI(Explainer):
     name = "xrai"
     cost = "slow"
-    defaults: ClassVar[dict[str, Any]] = {"steps": 16, "rule": "gausslegendre", "batch": 32, "min_pixel_diff": 50}
+    defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "gausslegendre", "batch": 32, "min_pixel_diff": 50}
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)

@@ -1,0 +1,80 @@
+"""SegX refinement and SegU scores on hand-made maps and masks with known answers; the region table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xai_core.segx import REGIONS, calibrate, refine, region_for, segu
+
+
+def square(size: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_binary_and_soft_refinement():
+    relevance = np.zeros((20, 20), np.float32)
+    relevance[0:2, 0:10] = 1.0  # 20 px outside the region
+    relevance[10:12, 10:15] = 0.8  # 10 px inside
+    region = square(20, 8, 8, 10)
+    binary = refine(relevance, region, "binary", percent=5)  # top 20 px: all outside -> nothing left
+    assert binary.sum() == 0
+    binary = refine(relevance, region, "binary", percent=10)  # top 40 px include the 10 inside ones
+    assert binary.sum() == 10 and binary[10:12, 10:15].all()
+    soft = refine(relevance, region, "soft")
+    assert soft.max() == 1.0 and soft[~region].max() == 0 and soft[10, 10] == 1.0
+    with pytest.raises(ValueError, match="binary' or 'soft"):
+        refine(relevance, region, "hard")
+
+
+def test_segu_scores_known_answers():
+    region = square(20, 0, 0, 10)  # 100 px
+    inside = np.where(region, 1.0, 0.0)
+    scores = segu(inside, region, percent=25)  # top 100 px == the region
+    assert scores["ciou"] == pytest.approx(1.0) and scores["inside_mass"] == pytest.approx(1.0)
+    assert scores["certainty"] == pytest.approx(1.0) and scores["cauitc"] == pytest.approx(1.0)
+    outside = np.where(region, 0.0, 1.0)
+    scores = segu(outside, region, percent=25)
+    assert scores["ciou"] == 0 and scores["inside_mass"] == 0 and scores["certainty"] == 0
+    half = np.zeros((20, 20))
+    half[0:10, 5:15] = 1.0  # half inside
+    assert segu(half, region, percent=25)["inside_mass"] == pytest.approx(0.5)
+    small = square(20, 0, 0, 3)  # 9 px region, top-5% = 20 px: best reachable IoU 0.45
+    hit = np.where(small, 1.0, 0.0) + np.linspace(0, 1e-3, 400).reshape(20, 20)
+    assert segu(hit, small, percent=5)["certainty"] > 0.95
+
+
+def test_regions_from_the_table_and_the_visible_fallback():
+    masks = {name: np.zeros((30, 30), bool) for name in
+             ("right_lung", "left_lung", "heart", "mediastinum", "spine", "clavicles", "diaphragm")}
+    masks["heart"][10:20, 10:20] = True
+    masks["right_lung"][0:10, 0:5] = True
+    heart = region_for("Cardiomegaly", "demo-anatomy", masks)
+    assert heart.mask.sum() == 100 and not heart.fallback
+    lungs = region_for("Nodule", "demo-anatomy", masks)
+    assert lungs.mask.sum() > 50 and lungs.structures == ("right_lung", "left_lung")  # dilated by 6 px
+    unknown = region_for("Hernia", "demo-anatomy", masks)
+    assert unknown.fallback and unknown.structures == ("right_lung", "left_lung")
+
+
+def test_table_covers_every_label_of_the_bundled_and_torchxrayvision_models():
+    from xai_core.models import get_card, list_models
+
+    for name in list_models("classifier"):
+        labels = set(get_card(name).labels)
+        table = REGIONS["demo-anatomy" if name.startswith("demo") else "xrv-pspnet"]
+        assert labels <= set(table), f"{name}: {sorted(labels - set(table))} fall back to the lungs"
+
+
+def test_calibration_is_reproducible_and_finds_a_separating_threshold():
+    rng = np.random.default_rng(0)
+    correct = rng.random(200) < 0.6
+    certainty = np.where(correct, rng.normal(0.7, 0.1, 200), rng.normal(0.4, 0.1, 200))
+    first, second = calibrate(certainty, correct, seed=3), calibrate(certainty, correct, seed=3)
+    assert first == second
+    assert first["auroc"] > 0.9 and first["ci_low"] < first["auroc"] < first["ci_high"]
+    assert 0.45 < first["threshold"] < 0.65
+    with pytest.raises(ValueError, match="both true and false"):
+        calibrate(certainty, np.ones(200, bool))
