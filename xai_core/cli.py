@@ -143,6 +143,51 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _phantom_split(data: str) -> str:
+    kind, _, split = data.partition(":")
+    if kind != "phantom" or split not in ("train", "val", "test"):
+        raise KeyError(f"--data must be phantom:train, phantom:val or phantom:test (got '{data}')")
+    return split
+
+
+def _cmd_segu(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from xai_core.engine import Engine
+    from xai_core.imaging import Radiograph
+    from xai_core.phantom import generate_case
+    from xai_core.segx import calibrate, store_calibration
+
+    split = _phantom_split(args.data)
+    engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
+    handle = engine.model(args.model)
+    certainty, correct = [], []
+    for index in tqdm(range(args.n), desc=f"segu {args.model}/{args.method}", unit="case", disable=args.json):
+        case = generate_case(split, index, seed=args.seed, size=256)
+        radiograph = Radiograph.from_array(case.image, source_name=case.case_id)
+        prediction = engine.predict(radiograph, args.model)
+        for i in np.flatnonzero(prediction.positive):
+            label = handle.card.labels[i]
+            scores = engine.certainty(radiograph, args.model, args.method, label, segmenter=args.segmenter)
+            certainty.append(scores["certainty"])
+            correct.append(label in case.labels)
+    result = {"model": args.model, "method": args.method, "data": args.data, "n_cases": args.n,
+              "n_positive_findings": len(certainty),
+              "mean_certainty": {"true_positive": float(np.nanmean([c for c, t in zip(certainty, correct,
+                                                                                   strict=True) if t] or [np.nan])),
+                                 "false_positive": float(np.nanmean([c for c, t in zip(certainty, correct,
+                                                                                    strict=True) if not t]
+                                                                    or [np.nan]))}}
+    result["calibration"] = calibrate(np.array(certainty), np.array(correct), seed=args.seed)
+    if args.calibrate:
+        store_calibration(args.model, args.method, {**result["calibration"], "data": args.data, "n_cases": args.n,
+                                                    "segmenter": args.segmenter})
+        result["stored"] = True
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from xai_core.models import get_card, list_models
 
@@ -226,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
+
+    segu = sub.add_parser("segu", help="SegU certainty of true vs false positive findings; --calibrate stores it")
+    segu.add_argument("--model", default=DEFAULT_MODEL)
+    segu.add_argument("--data", default="phantom:val", help="phantom:SPLIT (default: phantom:val)")
+    segu.add_argument("--n", type=int, default=200, help="cases (default: 200)")
+    segu.add_argument("--seed", type=int, default=0)
+    segu.add_argument("--method", default="gradcam")
+    segu.add_argument("--segmenter", default="demo-anatomy")
+    segu.add_argument("--calibrate", action="store_true", help="store AUROC and threshold in the model's manifest")
+    segu.add_argument("--json", action="store_true", help="no progress bar; JSON only")
+    _add_common(segu)
+    segu.set_defaults(run=_cmd_segu)
 
     bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (extra arguments go to it)")
     bench.add_argument("name", help="engine, explainers, phantom, ...")

@@ -412,6 +412,59 @@ class Engine:
         return explanation
 
 
+    def segment(self, radiograph: Radiograph, segmenter: str) -> dict[str, np.ndarray]:
+        """Named boolean anatomy masks at the segmenter's input resolution (cached)."""
+        from xai_core.models.segmenters import segment
+
+        key = cache_key(radiograph.sha256 + _window_tag(radiograph), segmenter, "segment")
+
+        def compute() -> dict[str, np.ndarray]:
+            x, _ = self.prepare(radiograph, segmenter)
+            with self.lock(segmenter):
+                masks = segment(self.model(segmenter), x.unsqueeze(0))
+            return {name: m[0].cpu().numpy() for name, m in masks.items()}
+
+        return self.cache.get_or_compute(key, compute)
+
+    def region(self, radiograph: Radiograph, model: str, target: str | int, segmenter: str = "demo-anatomy"):
+        """The anatomy region that matters for a finding, on the model's input grid (`segx.Region`)."""
+        import cv2
+
+        from xai_core.segx import Region, region_for
+
+        handle = self.model(model)
+        label = handle.card.labels[handle.label_index(target)]
+        region = region_for(label, segmenter, self.segment(radiograph, segmenter))
+        size = handle.card.input.size
+        if region.mask.shape != (size, size):
+            resized = cv2.resize(region.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+            region = Region(resized.astype(bool), region.structures, region.fallback)
+        return region
+
+    def refine(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
+               segmenter: str = "demo-anatomy", mode: str = "soft", percent: float = 5.0) -> np.ndarray:
+        """SegX: the explanation map restricted to the finding's anatomy (model-input resolution)."""
+        from xai_core.segx import refine
+
+        explanation = self.explain(radiograph, model, method, target)
+        return refine(explanation.map, self.region(radiograph, model, target, segmenter).mask, mode, percent)
+
+    def certainty(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
+                  segmenter: str = "demo-anatomy", percent: float = 5.0) -> dict[str, Any]:
+        """SegU scores, plus the calibrated verdict where the model's manifest stores a threshold for the method."""
+        from xai_core.segx import segu, stored_calibration
+
+        explanation = self.explain(radiograph, model, method, target)
+        region = self.region(radiograph, model, target, segmenter)
+        scores: dict[str, Any] = segu(explanation.map, region.mask, percent)
+        scores["region"] = list(region.structures)
+        scores["fallback_region"] = region.fallback
+        calibration = stored_calibration(model, method)
+        if calibration is not None and np.isfinite(scores["certainty"]):
+            scores["threshold"] = calibration["threshold"]
+            scores["verdict"] = "trust" if scores["certainty"] >= calibration["threshold"] else "doubt"
+        return scores
+
     def expected_seconds(self, model: str, method: str) -> float | None:
         """Seconds the last full run of this method on this model took in this process (None if never run)."""
         return self.stats.explain_seconds.get((model, method))

@@ -62,6 +62,15 @@ class Radiograph:
     def shape(self) -> tuple[int, int]:
         return self.pixels.shape  # type: ignore[return-value]
 
+    @classmethod
+    def from_array(cls, pixels: np.ndarray, source_name: str = "array") -> Radiograph:
+        """A radiograph from [0, 1] pixels already in memory (phantom cases, batch jobs); hashed by content."""
+        pixels = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
+        if pixels.ndim != 2:
+            raise UnsupportedFormatError(f"Expected a 2-D grey image; got an array of shape {pixels.shape}.")
+        digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
+        return cls(pixels, pixels.copy(), {"format": "array", "size": list(pixels.shape[::-1])}, digest, source_name)
+
 
 def apply_window(raw: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """Map values through a DICOM VOI window (PS3.3 C.11.2.1.2) to [0, 1]."""

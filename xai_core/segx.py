@@ -7,6 +7,7 @@ such as the heart are not penalised). certainty = (inside_mass + normalised cIoU
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,3 +126,21 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
     best = int(np.argmax(tpr - fpr))
     return {"auroc": auroc, "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975)),
             "threshold": float(min(thresholds[best], 1.0)), "n_true": int(y.sum()), "n_false": int((~y).sum())}
+
+
+def stored_calibration(model: str, method: str) -> dict[str, float] | None:
+    """The SegU calibration of a model and method kept in the weights manifest (None if never calibrated)."""
+    from xai_core.models.demo import _manifest_entries
+
+    return _manifest_entries().get(model, {}).get("segu", {}).get(method)
+
+
+def store_calibration(model: str, method: str, calibration: dict[str, float]) -> None:
+    """Keep a calibration with the model's manifest entry (models outside the manifest get an entry of their own)."""
+    from xai_core.training.common import _MANIFEST_LOCK, MANIFEST, read_manifest
+
+    with _MANIFEST_LOCK:
+        manifest = read_manifest()
+        entry = manifest["models"].setdefault(model, {"family": "external"})
+        entry.setdefault("segu", {})[method] = calibration
+        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
