@@ -135,6 +135,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             full = explanation.resized_to_image(radiograph.pixels.shape, crop)
             (out_dir / f"{method}_overlay.png").write_bytes(overlay_png(radiograph.pixels, full))
             entry["map"] = str(out_dir / f"{method}.npy")
+        if args.segx:
+            refined = engine.refine(radiograph, args.model, method, args.target, segmenter=args.segmenter)
+            entry["segx"] = {"mode": "soft", "map": None}
+            if out_dir:
+                np.save(out_dir / f"{method}_segx.npy", refined.astype(np.float32))
+                entry["segx"]["map"] = str(out_dir / f"{method}_segx.npy")
+            entry["segu"] = engine.certainty(radiograph, args.model, method, args.target, segmenter=args.segmenter)
         result["methods"][method] = entry
         if not args.json:
             print(f"{method:<10} {explanation.seconds:8.3f} s  {entry['map'] or ''}")
@@ -247,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("what", choices=["classifier", "segmenter", "clip", "nemt"])
     train.add_argument("--model", default=DEFAULT_MODEL, help="nemt: the classifier to explain (default: demo)")
     train.add_argument("--epochs", type=float, default=None,
-                       help="nemt: passes of 4,480 phantom cases (default 5); --steps overrides")
+                       help="nemt: passes of 4,480 phantom cases (default 3); --steps overrides")
     train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut)")
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--batch", type=int, default=32)
@@ -265,10 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("file", help="PNG, JPEG, TIFF or DICOM file")
     explain.add_argument("--target", required=True, help="finding to explain (a label of the model)")
     explain.add_argument("--methods", default="gradcam", help="comma-separated: gradcam,gradcampp,scorecam,ig,xrai,"
-                                                            "random")
+                                                            "nemt,random")
     explain.add_argument("--model", default=DEFAULT_MODEL)
     explain.add_argument("--out", default=None, help="write <method>.npy and <method>_overlay.png here")
     explain.add_argument("--json", action="store_true")
+    explain.add_argument("--segx", action="store_true",
+                         help="add SegX refined maps (<method>_segx.npy) and SegU certainty per method")
+    explain.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for --segx")
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
 
@@ -297,10 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad input or a model that cannot load)."""
+    from xai_core.segx import CalibrationError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (RadiographError, ModelError, KeyError) as exc:
+    except (RadiographError, ModelError, KeyError, CalibrationError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

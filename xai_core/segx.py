@@ -39,6 +39,10 @@ REGIONS: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {
 FALLBACK = {"demo-anatomy": (LUNGS, 6), "xrv-pspnet": (("Left Lung", "Right Lung"), 12)}
 
 
+class CalibrationError(ValueError):
+    """The labelled set cannot calibrate SegU (e.g. no false positives)."""
+
+
 @dataclass(frozen=True)
 class Region:
     mask: np.ndarray
@@ -113,7 +117,7 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
     keep = np.isfinite(c)
     c, y = c[keep], y[keep]
     if y.all() or not y.any():
-        raise ValueError(f"calibration needs both true and false positives (got {int(y.sum())} true, "
+        raise CalibrationError(f"calibration needs both true and false positives (got {int(y.sum())} true, "
                          f"{int((~y).sum())} false)")
     auroc = float(roc_auc_score(y, c))
     rng = np.random.default_rng(seed)
