@@ -165,20 +165,56 @@ def print_row(row: dict) -> None:
               f"agreement {peer['agreement']:.3f}")
 
 
+def nemt_costs(model: str, batch: int, repeats: int) -> dict:
+    """NEMt against the classifier's plain forward: from pixels, and the decoder alone (after a predict)."""
+    from xai_core.nemt import explanation_from_taps, load_decoder, pyramid_forward
+
+    handle = load_model(model, allow_random_weights=True)
+    decoder = load_decoder(handle)
+    x, t = inputs(batch)
+    with torch.inference_mode():
+        _, taps1 = pyramid_forward(handle.module, x[:1])
+        _, taps_n = pyramid_forward(handle.module, x)
+
+        def forward(n):
+            return lambda: handle.module(x[:n])
+
+        def from_pixels(n):
+            return lambda: explanation_from_taps(decoder, pyramid_forward(handle.module, x[:n])[1], x[:n], t[:n])
+
+        def decoder_only(n, taps):
+            return lambda: explanation_from_taps(decoder, taps, x[:n], t[:n])
+
+        out = {"model": model}
+        for n, taps in ((1, taps1), (batch, taps_n)):
+            f, _ = timed(forward(n), repeats)
+            p, _ = timed(from_pixels(n), repeats)
+            d, _ = timed(decoder_only(n, taps), repeats)
+            out[f"batch{n}"] = {"forward_s": f, "nemt_from_pixels_s": p, "nemt_after_predict_s": d,
+                                "from_pixels_over_forward": p / f, "images_per_s_from_pixels": n / p}
+    b1 = out["batch1"]
+    print(f"{model:<22}nemt      {b1['nemt_from_pixels_s']:>9.4f} s/img from pixels = "
+          f"{b1['from_pixels_over_forward']:.2f}x the plain forward ({b1['forward_s']:.4f} s); decoder alone after "
+          f"predict {b1['nemt_after_predict_s']:.4f} s; batch {batch}: "
+          f"{out[f'batch{batch}']['images_per_s_from_pixels']:.1f} img/s")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,xrv-densenet121-all")
-    parser.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,random")
+    parser.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,nemt,random")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_explainers.json"), default=None,
                         help="also write the results as JSON (default file: results/bench_explainers.json)")
     args = parser.parse_args(argv)
     rows = run(args.models.split(","), args.methods.split(","), args.batch, args.repeats)
+    nemt = [nemt_costs(m, args.batch, args.repeats) for m in args.models.split(",")] if "nemt" in args.methods else []
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "rows": rows},
-                                        indent=2))
+        args.json.write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "rows": rows,
+                                         "nemt": nemt}, indent=2))
 
 
 if __name__ == "__main__":

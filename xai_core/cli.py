@@ -195,6 +195,20 @@ def _cmd_segu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xai_core.evaluate import print_summary, resolve_metrics, run_evaluation
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    metrics = resolve_metrics(args.metrics)
+    summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
+                             device=args.device, gaze_sigma=args.gaze_sigma)
+    print(print_summary(summary, metrics))
+    print(f"per-image rows: {Path(args.out) / 'per_image.csv'}; summary: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from xai_core.models import get_card, list_models
 
@@ -293,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     segu.add_argument("--json", action="store_true", help="no progress bar; JSON only")
     _add_common(segu)
     segu.set_defaults(run=_cmd_segu)
+
+    evaluate = sub.add_parser("evaluate", help="every method x metric over a data set (resumable)")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL)
+    evaluate.add_argument("--data", default="phantom:test", help="phantom:SPLIT or a folder with labels.csv")
+    evaluate.add_argument("--n", type=int, default=200, help="cases (default: 200)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,nemt,random")
+    evaluate.add_argument("--metrics", default="all", help="all, groups (localisation, shape, faithfulness, pic, "
+                                                           "gaze) or metric names, comma-separated")
+    evaluate.add_argument("--gaze-sigma", type=float, default=6.0, help="gaze heatmap blur in pixels (model grid)")
+    evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
+    evaluate.add_argument("--device", default=None)
+    evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (extra arguments go to it)")
     bench.add_argument("name", help="engine, explainers, phantom, ...")

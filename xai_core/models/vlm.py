@@ -20,7 +20,7 @@ DEFAULT_CLIP_ARCHITECTURE: dict[str, Any] = {
 POSITIVE_PROMPT = "a chest x-ray showing {}"
 NEGATIVE_PROMPT = "a chest x-ray showing no {}"
 # The words radiologists (and the phantom reports) use for a label; anything else is the label in lower case.
-CLINICAL_TERMS = {"Effusion": "pleural effusion", "Nodule": "lung nodule", "Mass": "lung mass",
+CLINICAL_TERMS = {"Effusion": "pleural effusion", "Nodule": "pulmonary nodule", "Mass": "lung mass",
                   "Pleural_Thickening": "pleural thickening", "Lung Opacity": "lung opacity",
                   "Lung Lesion": "lung lesion", "Enlarged Cardiomediastinum": "enlarged cardiomediastinum"}
 

@@ -1,0 +1,338 @@
+"""The evaluation runner: every method x every metric over a data set, per-image CSV, summary with intervals,
+plots, resumable. The dashboard's Evaluate page and `python -m xai_core evaluate` both call `run_evaluation`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xai_core.explainers import get_explainer
+from xai_core.metrics import (
+    auitc,
+    complexity,
+    iou_at,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+    sparseness,
+    summarise,
+)
+from xai_core.models import ModelHandle, load_model
+from xai_core.training.common import to_model_input
+
+METRIC_GROUPS = {
+    "localisation": ("relevance_mass", "relevance_rank", "pointing_game", "iou_at_5", "auitc"),
+    "shape": ("complexity", "sparseness"),
+    "faithfulness": ("deletion_auc", "insertion_auc", "faithfulness_corr"),
+    "pic": ("sic_auc", "aic_auc"),
+    "gaze": ("gaze_kl", "gaze_nss", "gaze_cc", "gaze_sim"),
+}
+ALL_METRICS = tuple(m for group in METRIC_GROUPS.values() for m in group)
+HIGHER_IS_BETTER = {"gaze_kl": False, "deletion_auc": False, "complexity": False}
+
+
+@dataclass
+class EvalCase:
+    """One image with its ground truth, on the model's input grid."""
+
+    case_id: str
+    image: np.ndarray  # [S, S] in [0, 1]
+    labels: list[str]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # finding -> bool [S, S]
+    fixations: np.ndarray | None = None  # [N, 3] x, y, duration on the [S, S] grid
+
+
+def phantom_cases(split: str, n: int, seed: int, size: int) -> Iterator[EvalCase]:
+    from xai_core.phantom import generate_case
+
+    for index in range(n):
+        case = generate_case(split, index, seed=seed, size=size)
+        fixations = np.asarray(case.fixations, np.float32)
+        gaze = np.stack([fixations[:, 2], fixations[:, 3], (fixations[:, 1] - fixations[:, 0]) / 1000], 1) \
+            if len(fixations) else None
+        yield EvalCase(case.case_id, case.image, list(case.labels), dict(case.lesions), gaze)
+
+
+def folder_cases(folder: Path, size: int, n: int | None = None) -> Iterator[EvalCase]:
+    """labels.csv (image,labels) + images/ (any supported format), optional masks/<id>_<finding>.png,
+    fixations/<id>.csv (REFLACX or MIMIC-EGD) and an NIH BBox_List-style boxes csv (bboxes.csv)."""
+    import cv2
+
+    from xai_core.imaging import load_radiograph, read_mask_png
+    from xai_core.metrics.gaze import read_fixations
+    from xai_core.models.base import InputSpec, preprocess
+
+    with (folder / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    boxes: dict[str, list[tuple[str, float, float, float, float]]] = {}
+    box_file = folder / "bboxes.csv"
+    if box_file.is_file():
+        with box_file.open(newline="") as handle:
+            for row in csv.reader(handle):
+                if row and row[0] != "Image Index":
+                    boxes.setdefault(Path(row[0]).stem, []).append((row[1], *map(float, row[2:6])))
+    for row in rows[:n]:
+        image_id = Path(row["image"]).stem
+        matches = sorted((folder / "images").glob(f"{image_id}.*"))
+        if not matches:
+            continue
+        radiograph = load_radiograph(matches[0])
+        _, crop = preprocess(radiograph, InputSpec(1, size, (0.0, 1.0)))
+        square = radiograph.pixels[crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
+        image = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+        scale = size / crop.size
+
+        def to_grid(mask: np.ndarray, crop=crop) -> np.ndarray:
+            cut = mask[crop.top:crop.top + crop.size, crop.left:crop.left + crop.size].astype(np.uint8)
+            return cv2.resize(cut, (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+        labels = [x for x in row["labels"].split("|") if x and x != "No Finding"]
+        masks = {}
+        for finding in labels:
+            path = folder / "masks" / f"{image_id}_{finding}.png"
+            if path.is_file():
+                masks[finding] = to_grid(read_mask_png(path))
+        for finding, x, y, w, h in boxes.get(image_id, []):
+            box = np.zeros(radiograph.pixels.shape, bool)
+            box[int(y):int(y + h), int(x):int(x + w)] = True
+            masks[finding] = masks.get(finding, np.zeros((size, size), bool)) | to_grid(box)
+        fixations = None
+        gaze_file = folder / "fixations" / f"{image_id}.csv"
+        if gaze_file.is_file():
+            raw = read_fixations(gaze_file)
+            fixations = np.stack([(raw[:, 0] - crop.left) * scale, (raw[:, 1] - crop.top) * scale, raw[:, 2]], 1)
+        yield EvalCase(image_id, image.astype(np.float32), labels, masks, fixations)
+
+
+def cases_from(data: str, n: int, seed: int, size: int) -> Iterator[EvalCase]:
+    """`phantom:SPLIT` or a folder path."""
+    if data.startswith("phantom:"):
+        split = data.split(":", 1)[1]
+        if split not in ("train", "val", "test"):
+            raise KeyError(f"unknown phantom split '{split}'; use train, val or test")
+        return phantom_cases(split, n, seed, size)
+    folder = Path(data)
+    if not (folder / "labels.csv").is_file():
+        raise KeyError(f"--data must be phantom:SPLIT or a folder with labels.csv; '{data}' has none")
+    return folder_cases(folder, size, n)
+
+
+def _scorer(handle: ModelHandle, target: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Sigmoid score of the target for model-input images [N, S, S] (batched)."""
+    def score(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = []
+            for start in range(0, len(images), 64):
+                x = torch.from_numpy(np.asarray(images[start:start + 64], np.float32)).unsqueeze(1)
+                out.append(torch.sigmoid(handle.module(x.to(handle.device))[:, target]).float().cpu().numpy())
+        return np.concatenate(out)
+    return score
+
+
+def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: np.ndarray,
+                  metrics: set[str], pic_mask: np.ndarray, gaze_sigma: float) -> dict[str, float]:
+    """Every requested metric of one map."""
+    out: dict[str, float] = {}
+    target = handle.card.labels.index(finding)
+    mask = case.masks.get(finding)
+    a, m = relevance[None], None if mask is None else mask[None]
+    if m is not None:
+        for name, fn in (("relevance_mass", relevance_mass), ("relevance_rank", relevance_rank),
+                         ("pointing_game", pointing_game), ("auitc", auitc)):
+            if name in metrics:
+                out[name] = float(fn(a, m)[0])
+        if "iou_at_5" in metrics:
+            out["iou_at_5"] = float(iou_at(a, m, 5.0)[0])
+    if "complexity" in metrics:
+        out["complexity"] = float(complexity(a)[0])
+    if "sparseness" in metrics:
+        out["sparseness"] = float(sparseness(a)[0])
+    x = to_model_input(case.image).astype(np.float32)
+    if metrics & {"deletion_auc", "insertion_auc", "faithfulness_corr"}:
+        from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
+
+        score, baseline = _scorer(handle, target), np.zeros_like(x)
+        if metrics & {"deletion_auc", "insertion_auc"}:
+            out.update(deletion_insertion(x, relevance, score, baseline))
+        if "faithfulness_corr" in metrics:
+            out["faithfulness_corr"] = faithfulness_correlation(x, relevance, score, baseline)
+    if metrics & {"sic_auc", "aic_auc"}:
+        from xai_core.metrics.pic import PicSkip, pic_curve
+
+        image_u8 = (np.clip(case.image, 0, 1) * 255).round().astype(np.uint8)
+        score = _scorer(handle, target)
+        threshold = handle.card.thresholds.get(finding, 0.5)
+
+        def on_u8(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+            return lambda images: fn(to_model_input(np.asarray(images, np.float32) / 255.0))
+
+        for name, predict in (("sic_auc", on_u8(score)),
+                              ("aic_auc", on_u8(lambda imgs: (score(imgs) >= threshold).astype(float)))):
+            if name in metrics:
+                try:
+                    out[name] = pic_curve(image_u8, relevance, predict, pic_mask).auc
+                except PicSkip:
+                    out[name] = float("nan")
+    if case.fixations is not None and metrics & set(METRIC_GROUPS["gaze"]):
+        from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, sim
+
+        heat = gaze_heatmap(case.fixations, relevance.shape, gaze_sigma)
+        scores = {"gaze_kl": kl_divergence(heat, relevance), "gaze_nss": nss(relevance, case.fixations),
+                  "gaze_cc": cc(heat, relevance), "gaze_sim": sim(heat, relevance)}
+        out.update({k: v for k, v in scores.items() if k in metrics})
+    return out
+
+
+def _stable_seed(*parts: object) -> int:
+    import hashlib
+
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def resolve_metrics(spec: str) -> list[str]:
+    """'all', group names and metric names, comma-separated."""
+    chosen: list[str] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item == "all":
+            chosen += ALL_METRICS
+        elif item in METRIC_GROUPS:
+            chosen += METRIC_GROUPS[item]
+        elif item in ALL_METRICS:
+            chosen.append(item)
+        else:
+            raise KeyError(f"unknown metric '{item}'; use all, a group ({', '.join(METRIC_GROUPS)}) or one of "
+                           f"{', '.join(ALL_METRICS)}")
+    return list(dict.fromkeys(chosen))
+
+
+def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: list[str], out: Path, *,
+                   seed: int = 0, device: str | None = None, gaze_sigma: float = 6.0, progress: bool = True,
+                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Evaluate `methods` on the positive findings of `n` cases; resumes from `out/per_image.csv`."""
+    from tqdm import tqdm
+
+    from xai_core.engine import pick_device
+    from xai_core.metrics.pic import random_mask
+
+    for method in methods:
+        get_explainer(method)
+    handle = load_model(model, pick_device(device))
+    size = handle.card.input.size
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "per_image.csv"
+    columns = ["case_id", "finding", "method", "seconds", *metrics]
+    done: set[tuple[str, str, str]] = set()
+    if table.is_file():
+        with table.open(newline="") as handle_csv:
+            reader = csv.DictReader(handle_csv)
+            if reader.fieldnames != columns:
+                raise KeyError(f"{table} was written with other metrics ({reader.fieldnames}); use another --out")
+            done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
+    new_file = not table.is_file()
+    skipped_no_positive = 0
+    with table.open("a", newline="") as sink:
+        writer = csv.DictWriter(sink, columns)
+        if new_file:
+            writer.writeheader()
+        bar = tqdm(total=n, desc=f"evaluate {model}", unit="case", disable=not progress)
+        for i, case in enumerate(cases_from(data, n, seed, size)):
+            positives = [f for f in case.labels if f in handle.card.labels]
+            if not positives:
+                skipped_no_positive += 1
+            x = torch.from_numpy(to_model_input(case.image).astype(np.float32))[None, None].to(handle.device)
+            pic_mask = random_mask((size, size), 0.01, seed=_stable_seed(case.case_id, seed))
+            for finding in positives:
+                for method in methods:
+                    if (case.case_id, finding, method) in done:
+                        continue
+                    explainer = get_explainer(method)
+                    start = time.perf_counter()
+                    relevance = explainer.explain(handle, x, torch.tensor([handle.card.labels.index(finding)]))
+                    seconds = time.perf_counter() - start
+                    relevance = relevance[0].detach().float().cpu().numpy()
+                    values = image_metrics(handle, case, finding, relevance, set(metrics), pic_mask, gaze_sigma)
+                    writer.writerow({"case_id": case.case_id, "finding": finding, "method": method,
+                                     "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics}})
+                    sink.flush()
+            bar.update(1)
+            if on_progress:
+                on_progress(i + 1, n)
+        bar.close()
+    summary = summarise_table(table, methods, metrics)
+    summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "cases_without_positives":
+                   skipped_no_positive, "summary": summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "run.json").write_text(json.dumps(summary_doc, indent=2) + "\n")
+    write_plots(table, methods, metrics, out)
+    return summary
+
+
+def summarise_table(table: Path, methods: list[str], metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{method: {metric: {"mean", "ci_low", "ci_high", "n"}}} from the per-image CSV (PIC also as the median-curve
+    convention is not recoverable from AUCs: the mean of per-image AUCs is reported)."""
+    import pandas as pd
+
+    frame = pd.read_csv(table)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in methods:
+        rows = frame[frame["method"] == method]
+        out[method] = {m: summarise(pd.to_numeric(rows[m], errors="coerce").to_numpy()) for m in
+                       [*metrics, "seconds"] if m in rows}
+    return out
+
+
+def write_plots(table: Path, methods: list[str], metrics: list[str], out: Path) -> None:
+    """Box plots per metric: interactive HTML (plotly) and a PNG (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    frame = pd.read_csv(table)
+    shown = [m for m in metrics if pd.to_numeric(frame[m], errors="coerce").notna().any()]
+    if not shown:
+        return
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=shown)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    for k, metric in enumerate(shown):
+        r, c = divmod(k, cols)
+        data = [pd.to_numeric(frame[frame["method"] == m][metric], errors="coerce").dropna() for m in methods]
+        for method, values in zip(methods, data, strict=True):
+            figure.add_trace(go.Box(y=values, name=method, showlegend=False), row=r + 1, col=c + 1)
+        axes[r][c].boxplot([d.to_numpy() if len(d) else [np.nan] for d in data], tick_labels=methods)
+        axes[r][c].set_title(metric)
+        axes[r][c].tick_params(axis="x", rotation=45)
+    for k in range(len(shown), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    figure.update_layout(height=320 * rows, title="Per-image metrics by method")
+    figure.write_html(out / "metrics.html", include_plotlyjs="cdn")
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=90)
+    plt.close(fig)
+
+
+def print_summary(summary: dict[str, dict[str, dict[str, float]]], metrics: list[str]) -> str:
+    """A plain-text table: methods x metrics, mean [95% interval]."""
+    header = f"{'method':<10}" + "".join(f"{m:>24}" for m in metrics)
+    lines = [header]
+    for method, values in summary.items():
+        cells = []
+        for m in metrics:
+            v = values.get(m)
+            cells.append(f"{v['mean']:>8.3f} [{v['ci_low']:.3f},{v['ci_high']:.3f}]" if v and v["n"] else
+                         f"{'n/a':>24}")
+        lines.append(f"{method:<10}" + "".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
