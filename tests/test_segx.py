@@ -34,7 +34,7 @@ def test_segu_scores_known_answers():
     inside = np.where(region, 1.0, 0.0)
     scores = segu(inside, region, percent=25)  # top 100 px == the region
     assert scores["ciou"] == pytest.approx(1.0) and scores["inside_mass"] == pytest.approx(1.0)
-    assert scores["certainty"] == pytest.approx(1.0) and scores["cauitc"] == pytest.approx(1.0)
+    assert scores["certainty"] == pytest.approx(1.0) and scores["cauitc"] == pytest.approx(1 - 0.75 * 0.01 / 2)
     outside = np.where(region, 0.0, 1.0)
     scores = segu(outside, region, percent=25)
     assert scores["ciou"] == 0 and scores["inside_mass"] == 0 and scores["certainty"] == 0

@@ -1,0 +1,161 @@
+"""Metrics on hand-made maps with known values; PIC against saliency.metrics.pic; the evaluation runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xai_core.metrics import (
+    auitc,
+    complexity,
+    iou_at,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+    sparseness,
+    summarise,
+)
+from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
+from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, read_fixations, sim
+from xai_core.metrics.pic import PicSkip, bokeh, pic_curve, random_mask
+
+
+def box(size: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_localisation_known_values():
+    mask = box(10, 0, 0, 5)  # 25 px
+    a = np.zeros((10, 10))
+    a[0, 0], a[9, 9] = 3.0, 1.0
+    assert relevance_mass(a, mask)[0] == pytest.approx(0.75)
+    assert pointing_game(a, mask)[0] == 1 and pointing_game(a.T[::-1], mask)[0] == 0
+    ties = np.zeros((10, 10))
+    ties[0, 0] = ties[9, 9] = 1.0
+    assert pointing_game(ties, mask)[0] == 1, "any of tied maxima counts"
+    ranked = np.where(mask, 2.0, 0.0)
+    ranked[9, 9] = 5.0  # one of the top-25 is outside
+    assert relevance_rank(ranked, mask)[0] == pytest.approx(24 / 25)
+    assert iou_at(np.where(mask, 1.0, 0.0) + np.linspace(0, 1e-6, 100).reshape(10, 10), mask, 25)[0] == 1.0
+    assert auitc(np.where(mask, 1.0, 0.0), mask)[0] == pytest.approx(1 - 0.75 * 0.01 / 2)  # t = 0 keeps every pixel
+    assert np.isnan(relevance_mass(a, np.zeros((10, 10), bool))[0]), "undefined without ground truth"
+
+
+def test_shape_metrics_match_their_definitions_on_random_maps():
+    rng = np.random.default_rng(0)
+    maps = rng.random((5, 16, 16))
+    for a, c, s in zip(maps, complexity(maps), sparseness(maps), strict=True):
+        p = a.ravel() / a.sum()
+        assert c == pytest.approx(-(p * np.log(p)).sum())  # Quantus Complexity: entropy of |a| / sum |a|
+        v = np.sort(a.ravel())
+        n = v.size
+        gini = (np.sum((2 * np.arange(1, n + 1) - n - 1) * v)) / (n * v.sum())  # Quantus Sparseness (Gini)
+        assert s == pytest.approx(gini)
+    flat, peak = np.ones((1, 8, 8)), np.zeros((1, 8, 8))
+    peak[0, 3, 3] = 1
+    assert sparseness(flat)[0] == pytest.approx(0) and sparseness(peak)[0] == pytest.approx(1 - 1 / 64)
+    assert complexity(peak)[0] == pytest.approx(0) and complexity(flat)[0] == pytest.approx(np.log(64))
+
+
+def test_bootstrap_summary_is_reproducible():
+    values = np.r_[np.random.default_rng(1).normal(0.5, 0.1, 100), np.nan]
+    a, b = summarise(values, seed=4), summarise(values, seed=4)
+    assert a == b and a["n"] == 100 and a["ci_low"] < a["mean"] < a["ci_high"]
+
+
+def test_faithfulness_on_a_model_that_reads_one_region():
+    region = box(16, 2, 2, 4)
+    image = np.ones((16, 16))
+
+    def score(images: np.ndarray) -> np.ndarray:
+        return images[:, region].mean(1)
+
+    right = np.where(region, 1.0, 0.0) + 1e-9 * np.arange(256).reshape(16, 16)
+    wrong = np.where(region, 0.0, 1.0) + 1e-9 * np.arange(256).reshape(16, 16)
+    baseline = np.zeros_like(image)
+    good, bad = (deletion_insertion(image, m, score, baseline) for m in (right, wrong))
+    assert good["deletion_auc"] < bad["deletion_auc"] and good["insertion_auc"] > bad["insertion_auc"]
+    assert faithfulness_correlation(image, right, score, baseline) > 0.9
+
+
+def test_gaze_scores_and_readers(tmp_path):
+    fixations = np.array([[5.0, 5.0, 1.0], [6.0, 5.0, 0.5]])
+    heat = gaze_heatmap(fixations, (20, 20), sigma=2)
+    assert heat.sum() == pytest.approx(1.0) and np.unravel_index(heat.argmax(), heat.shape)[0] == 5
+    assert kl_divergence(heat, heat) == pytest.approx(0, abs=1e-4)  # epsilon-regularised, as in MIT saliency and sim(heat, heat) == pytest.approx(1.0)
+    assert cc(heat, heat) == pytest.approx(1.0)
+    far = gaze_heatmap(np.array([[15.0, 15.0, 1.0]]), (20, 20), sigma=2)
+    assert kl_divergence(heat, far) > 1 and nss(heat, fixations) > nss(far, fixations)
+    reflacx = tmp_path / "reflacx.csv"
+    reflacx.write_text("timestamp_start_fixation,timestamp_end_fixation,x_position,y_position\n0.1,0.4,10,20\n")
+    np.testing.assert_allclose(read_fixations(reflacx), [[10, 20, 0.3]], atol=1e-6)
+    egd = tmp_path / "egd.csv"
+    egd.write_text("DICOM_ID,X_ORIGINAL,Y_ORIGINAL\nx,100,200\n")
+    np.testing.assert_allclose(read_fixations(egd), [[100, 200, 1]])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="REFLACX"):
+        read_fixations(bad)
+
+
+@pytest.fixture
+def reference_pic(monkeypatch):
+    from saliency.metrics import pic
+
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # saliency 0.2.1 calls np.trapz (NumPy < 2)
+    return pic
+
+
+def test_pic_agrees_with_saliency_metrics_pic(reference_pic):
+    from xai_core.phantom import generate_case
+
+    case = generate_case("test", 3, size=96)
+    image = (np.clip(case.image, 0, 1) * 255).round().astype(np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    weights = np.exp(-((yy - 40) ** 2 + (xx - 55) ** 2) / 300.0)
+    template = image.astype(np.float64) * weights
+
+    def predict(images: np.ndarray) -> np.ndarray:  # a 'model' that needs the detail where the map points
+        images = np.asarray(images, np.float64)
+        detail = np.abs(images - np.stack([bokeh(i.astype(np.uint8), random_mask((96, 96))) for i in images]))
+        return 1 - np.exp(-(detail * weights).sum((1, 2)) / 500.0)
+
+    thresholds = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75]
+    mask = random_mask((96, 96), 0.01, seed=0)
+    for saliency_map in (weights + 1e-6 * template, np.random.default_rng(0).random((96, 96))):
+        ours = pic_curve(image, saliency_map, predict, mask, min_score=0.0)
+        theirs = reference_pic.compute_pic_metric(image, saliency_map, mask, predict, thresholds, min_pred_value=0.0)
+        assert abs(ours.auc - theirs.auc) < 0.02
+
+
+def test_pic_skip_rules():
+    image = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    relevance = np.random.default_rng(1).random((32, 32))
+    with pytest.raises(PicSkip, match="original score"):
+        pic_curve(image, relevance, lambda imgs: np.full(len(imgs), 0.2), random_mask((32, 32)))
+    with pytest.raises(PicSkip, match="blurred score"):
+        pic_curve(image, relevance, lambda imgs: np.full(len(imgs), 0.9), random_mask((32, 32)))
+
+
+def test_evaluate_runner_end_to_end_and_resume(tmp_path):
+    from xai_core.evaluate import resolve_metrics, run_evaluation
+
+    metrics = resolve_metrics("localisation,shape,gaze,deletion_auc")
+    out = tmp_path / "eval"
+    summary = run_evaluation("demo", "phantom:test", 4, ["gradcam", "random"], metrics, out, progress=False)
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) > 1 and set(summary) == {"gradcam", "random"}
+    stored = json.loads((out / "summary.json").read_text())
+    for method in ("gradcam", "random"):
+        cell = stored[method]["relevance_mass"]
+        assert set(cell) == {"mean", "ci_low", "ci_high", "n"} and cell["n"] > 0
+    assert (out / "metrics.html").is_file() and (out / "metrics.png").stat().st_size > 1000
+    again = run_evaluation("demo", "phantom:test", 4, ["gradcam", "random"], metrics, out, progress=False)
+    assert (out / "per_image.csv").read_text().splitlines() == rows, "a finished run resumes without new rows"
+    assert again == summary
+    with pytest.raises(KeyError, match="unknown metric"):
+        resolve_metrics("nope")
