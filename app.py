@@ -12,6 +12,9 @@ st.set_page_config(page_title="Chest X-ray XAI", page_icon=":material/radiology:
 pages = [
     st.Page("pages/case_page.py", title="Case", icon=":material/radiology:", url_path="case", default=True),
     st.Page("pages/explain_page.py", title="Explain", icon=":material/visibility:", url_path="explain"),
+    st.Page("pages/refine_page.py", title="Refine & certainty", icon=":material/filter_center_focus:",
+            url_path="refine"),
+    st.Page("pages/evaluate_page.py", title="Evaluate", icon=":material/analytics:", url_path="evaluate"),
     st.Page("pages/review_page.py", title="Review", icon=":material/rate_review:", url_path="review"),
 ]
 

@@ -155,3 +155,27 @@ def test_a_verdict_survives_a_new_session_on_the_same_store(monkeypatch, tmp_pat
     table = again.table[0].value
     assert list(table["verdict"]) == ["disagree"] and list(table["comment"]) == ["looks at the tag"]
     assert again.get("download_button"), "the case report can be exported"
+
+
+def test_refine_page_shows_region_refined_map_and_certainty(app):
+    _pick_phantom_sample(app, "Cardiomegaly")
+    app.switch_page("pages/refine_page.py").run()
+    assert not app.exception and not app.error
+    app.selectbox(key="target").set_value("Cardiomegaly").run()
+    assert not app.exception
+    assert [m.label for m in app.metric] == ["cIoU (top-p% vs region)", "cAUITC", "Inside-mass"]
+    assert len(app.get("plotly_chart")) == 4  # original, refined, gauge, IoU curve
+
+
+def test_evaluate_page_runs_a_small_evaluation(app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app.switch_page("pages/evaluate_page.py").run()
+    assert not app.exception
+    app.number_input(key="eval_n").set_value(3).run()
+    app.button(key="eval_run").click().run()
+    assert not app.exception and not app.error
+    assert app.get("download_button"), "per-image CSV and summary JSON can be downloaded"
+    assert app.dataframe, "the summary table is shown"
+    app.text_input(key="eval_data").input("phantom:nowhere").run()
+    app.button(key="eval_run").click().run()
+    assert not app.exception and app.error and "could not run" in app.error[0].value

@@ -289,6 +289,25 @@ def summarise_table(table: Path, methods: list[str], metrics: list[str]) -> dict
     return out
 
 
+def box_figure(frame, methods: list[str], metrics: list[str]):
+    """A plotly figure of per-image box plots, one panel per metric with values."""
+    import pandas as pd
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    shown = [m for m in metrics if m in frame and pd.to_numeric(frame[m], errors="coerce").notna().any()]
+    cols = max(1, min(3, len(shown)))
+    rows = max(1, -(-len(shown) // cols))
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=shown or ["no values"])
+    for k, metric in enumerate(shown):
+        r, c = divmod(k, cols)
+        for method in methods:
+            values = pd.to_numeric(frame[frame["method"] == method][metric], errors="coerce").dropna()
+            figure.add_trace(go.Box(y=values, name=method, showlegend=False), row=r + 1, col=c + 1)
+    figure.update_layout(height=320 * rows, title="Per-image metrics by method")
+    return figure
+
+
 def write_plots(table: Path, methods: list[str], metrics: list[str], out: Path) -> None:
     """Box plots per metric: interactive HTML (plotly) and a PNG (matplotlib)."""
     import matplotlib
@@ -296,29 +315,23 @@ def write_plots(table: Path, methods: list[str], metrics: list[str], out: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     frame = pd.read_csv(table)
     shown = [m for m in metrics if pd.to_numeric(frame[m], errors="coerce").notna().any()]
     if not shown:
         return
+    box_figure(frame, methods, shown).write_html(out / "metrics.html", include_plotlyjs=True)  # works offline
     cols = min(3, len(shown))
     rows = -(-len(shown) // cols)
-    figure = make_subplots(rows=rows, cols=cols, subplot_titles=shown)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     for k, metric in enumerate(shown):
         r, c = divmod(k, cols)
         data = [pd.to_numeric(frame[frame["method"] == m][metric], errors="coerce").dropna() for m in methods]
-        for method, values in zip(methods, data, strict=True):
-            figure.add_trace(go.Box(y=values, name=method, showlegend=False), row=r + 1, col=c + 1)
         axes[r][c].boxplot([d.to_numpy() if len(d) else [np.nan] for d in data], tick_labels=methods)
         axes[r][c].set_title(metric)
         axes[r][c].tick_params(axis="x", rotation=45)
     for k in range(len(shown), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    figure.update_layout(height=320 * rows, title="Per-image metrics by method")
-    figure.write_html(out / "metrics.html", include_plotlyjs="cdn")
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=90)
     plt.close(fig)

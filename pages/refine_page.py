@@ -1,0 +1,119 @@
+"""Refine & certainty page: the finding's anatomy region, the original vs SegX map, and SegU certainty."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import state
+from xai_core.explainers import list_explainers
+from xai_core.imaging import RadiographError
+from xai_core.models import ModelError, list_models
+from xai_core.overlay import blend, display_scale, outlines
+
+SEGMENTERS = [m for m in list_models("segmenter")]
+
+
+def _panel(rgb: np.ndarray, lines: list[np.ndarray], title: str) -> go.Figure:
+    figure = go.Figure(go.Image(z=rgb, hoverinfo="skip"))
+    for line in lines:
+        figure.add_trace(go.Scatter(x=line[:, 0], y=line[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
+                                    line={"color": "#00e676", "width": 2}))
+    figure.update_layout(title=title, margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=380,
+                         xaxis={"visible": False}, yaxis={"visible": False})
+    return figure
+
+
+def _gauge(value: float, threshold: float | None) -> go.Figure:
+    figure = go.Figure(go.Indicator(
+        mode="gauge+number", value=value, number={"valueformat": ".2f"},
+        gauge={"axis": {"range": [0, 1]}, "bar": {"color": "#1f77b4"},
+               **({"threshold": {"line": {"color": "black", "width": 3}, "value": threshold}} if threshold else {})},
+        title={"text": "SegU certainty"}))
+    figure.update_layout(height=230, margin={"l": 20, "r": 20, "t": 40, "b": 0})
+    return figure
+
+
+def _iou_curve(relevance: np.ndarray, region: np.ndarray) -> go.Figure:
+    lo, hi = float(relevance.min()), float(relevance.max())
+    norm = (relevance - lo) / (hi - lo) if hi > lo else np.zeros_like(relevance)
+    ts = np.linspace(0, 1, 101)
+    ious = [((norm >= t) & region).sum() / max(((norm >= t) | region).sum(), 1) for t in ts]
+    figure = go.Figure(go.Scatter(x=ts, y=ious, mode="lines", fill="tozeroy"))
+    figure.update_layout(xaxis_title="threshold on the min-max scaled map", yaxis_title="IoU with the region",
+                         height=230, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis={"range": [0, 1]})
+    return figure
+
+
+def render() -> None:
+    """The Refine & certainty page."""
+    st.title("Refine & certainty")
+    case = state.current_case()
+    if case is None:
+        st.info("No case loaded yet: pick a sample or upload a radiograph on the Case page.")
+        return
+    model = state.current_model()
+    problem = state.model_problem(model)
+    if problem:
+        st.error(problem, icon=":material/error:")
+        return
+    engine = state.engine()
+    prediction = engine.predict(case, model)
+    labels = list(prediction.labels)
+    if st.session_state.get("target") not in labels:
+        st.session_state["target"] = prediction.ranked()[0]["label"]
+    c1, c2, c3, c4 = st.columns(4)
+    with c1:
+        st.selectbox("Finding", labels, key="target")
+    with c2:
+        methods = [m for m in list_explainers() if state.method_available(model, m)]
+        st.selectbox("Method", methods, key="refine_method", index=methods.index("gradcam"))
+    with c3:
+        st.selectbox("Anatomy model", SEGMENTERS, key="segmenter")
+    with c4:
+        mode = st.radio("SegX mode", ["soft", "binary"], key="segx_mode", horizontal=True,
+                        help="soft: the map inside the region, rescaled; binary: the top-p% pixels inside it")
+        percent = st.slider("p (%)", 1, 30, 5, key="segx_p")
+    target, method, segmenter = st.session_state["target"], st.session_state["refine_method"], \
+        st.session_state["segmenter"]
+    try:
+        with st.spinner("Segmenting and refining…"):
+            explanation = engine.explain(case, model, method, target)
+            region = engine.region(case, model, target, segmenter)
+            refined = engine.refine(case, model, method, target, segmenter=segmenter, mode=mode, percent=percent)
+            scores = engine.certainty(case, model, method, target, segmenter=segmenter, percent=percent)
+            x, _ = engine.prepare(case, model)
+    except (ModelError, RadiographError, KeyError, RuntimeError, ValueError) as exc:
+        st.error(f"Refinement is not available here: {exc}")
+        return
+    if region.fallback:
+        st.warning(f"No anatomy is defined for {target}: both lungs are used as its region.")
+    pixels = np.clip((x[0].numpy() - x.min().item()) / max(float(x.max() - x.min()), 1e-6), 0, 1)
+    lines = outlines(region.mask)
+    left, right = st.columns(2)
+    with left:
+        rgb = blend(pixels, display_scale(explanation.map, "per map"), 0.5)
+        st.plotly_chart(_panel(rgb, lines, f"{method}: original"), width="stretch", key="original")
+    with right:
+        rgb = blend(pixels, refined, 0.5)
+        st.plotly_chart(_panel(rgb, lines, f"SegX ({mode}) inside {' + '.join(region.structures)}"),
+                        width="stretch", key="refined")
+    g, m, c = st.columns([1, 1, 1])
+    with g:
+        st.plotly_chart(_gauge(scores["certainty"], scores.get("threshold")), width="stretch", key="gauge")
+        if "verdict" in scores:
+            text = "trust" if scores["verdict"] == "trust" else "doubt"
+            st.markdown(f"Calibrated verdict: **{text}** (threshold {scores['threshold']:.2f})")
+        else:
+            st.caption(f"No calibration stored for {model} / {method}: run `python -m xai_core segu --model {model} "
+                       f"--method {method} --calibrate`.")
+    with m:
+        st.metric("cIoU (top-p% vs region)", f"{scores['ciou']:.3f}")
+        st.metric("cAUITC", f"{scores['cauitc']:.3f}")
+        st.metric("Inside-mass", f"{scores['inside_mass']:.3f}")
+    with c:
+        st.plotly_chart(_iou_curve(explanation.map, region.mask), width="stretch", key="iou_curve")
+
+
+render()
