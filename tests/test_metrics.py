@@ -18,7 +18,7 @@ from xai_core.metrics import (
     summarise,
 )
 from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
-from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, read_fixations
+from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, read_fixations, sim
 from xai_core.metrics.pic import PicSkip, bokeh, pic_curve, random_mask
 
 
