@@ -23,7 +23,9 @@ def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
         return nodes, weights
     if rule == "riemann_right":
         return np.arange(1, steps + 1) / steps, np.full(steps, 1.0 / steps)
-    raise ValueError(f"unknown rule '{rule}'; use gausslegendre, trapezoid or riemann_right")
+    if rule == "linspace":  # PAIR saliency's convention: both ends included, equal weights
+        return np.linspace(0, 1, steps), np.full(steps, 1.0 / steps)
+    raise ValueError(f"unknown rule '{rule}'; use gausslegendre, trapezoid, riemann_right or linspace")
 
 
 def baseline_for(x: torch.Tensor, kind: str, value_range: tuple[float, float]) -> torch.Tensor:

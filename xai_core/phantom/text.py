@@ -25,7 +25,7 @@ POSITIVE = {
                     "Linear atelectasis at the {side} lung base."],
 }
 NEGATIVE = {
-    "Cardiomegaly": ["Heart size is normal.", "The cardiac silhouette is within normal limits."],
+    "Cardiomegaly": ["Heart size is normal.", "The cardiac silhouette is within normal limits.", "No cardiomegaly."],
     "Effusion": ["No pleural effusion.", "The costophrenic angles are sharp."],
     "Nodule": ["No pulmonary nodule."],
     "Mass": ["No lung mass."],
