@@ -1,0 +1,54 @@
+"""Time from picking a sample case to the first overlays (NEMt + Grad-CAM) on the Explain page, driving the app
+with Streamlit's AppTest (server-side work; the browser's drawing is not included).
+
+    python benchmarks/dashboard.py [--repeats 5] [--json [OUT]]
+    python -m xai_core bench dashboard
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def one_run(sample_index: int) -> dict[str, float]:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()  # cold start: models load here
+    samples = [s for s in at.selectbox(key="sample").options if "phantom" in s]
+    start = time.perf_counter()
+    at.selectbox(key="sample").set_value(samples[sample_index % len(samples)]).run()
+    picked = time.perf_counter()
+    at.switch_page("pages/explain_page.py")
+    at.session_state["methods"] = ["nemt", "gradcam"]
+    at.run()
+    done = time.perf_counter()
+    assert not at.exception and len(at.get("plotly_chart")) == 2, "two overlays drawn"
+    return {"pick_to_findings_s": picked - start, "pick_to_overlays_s": done - start}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_dashboard.json"), default=None)
+    args = parser.parse_args(argv)
+    runs = [one_run(i) for i in range(args.repeats)]
+    for i, r in enumerate(runs):
+        print(f"sample {i}: findings after {r['pick_to_findings_s']:.2f} s, "
+              f"overlays after {r['pick_to_overlays_s']:.2f} s")
+    median = statistics.median(r["pick_to_overlays_s"] for r in runs)
+    print(f"median pick -> overlays (NEMt + Grad-CAM): {median:.2f} s over {len(runs)} samples (bar: < 2 s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"runs": runs, "median_pick_to_overlays_s": median}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
