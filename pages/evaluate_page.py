@@ -11,6 +11,8 @@ import streamlit as st
 from ui import state
 from xai_core.evaluate import ALL_METRICS, METRIC_GROUPS, box_figure, run_evaluation
 from xai_core.explainers import list_explainers
+from xai_core.imaging import RadiographError
+from xai_core.models import ModelError
 
 RESULTS = Path("results") / "dashboard"
 
@@ -36,8 +38,9 @@ def render() -> None:
         bar = st.progress(0.0, text="Evaluating…")
         try:
             run_evaluation(model, data, int(n), methods, metrics, out, progress=False,
-                           on_progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} cases"))
-        except (KeyError, ValueError, OSError) as exc:
+                           on_progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} cases"),
+                           allow_random_weights=state.engine().allow_random_weights)
+        except (KeyError, ValueError, OSError, ModelError, RadiographError) as exc:
             st.error(f"The evaluation could not run: {exc}")
             return
         bar.empty()

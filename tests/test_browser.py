@@ -82,12 +82,22 @@ def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
         charts = page.get_by_test_id("stPlotlyChart")
         expect(charts.first).to_be_visible(timeout=120_000)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=120_000)
-        expect(page.get_by_text("gradcam", exact=True)).to_be_visible()
+        expect(page.locator("strong", has_text="gradcam").first).to_be_visible()
         assert page.get_by_test_id("stException").count() == 0, "no traceback on the page"
         shot = _shot(page, tmp_path, "explain")
         assert shot.stat().st_size > 50_000
 
+        page.get_by_role("link", name="Refine & certainty").click()
+        expect(page.get_by_text("Inside-mass")).to_be_visible(timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=60_000)
+        _shot(page, tmp_path, "refine")
+
+        page.get_by_role("link", name="Evaluate").click()
+        expect(page.get_by_text("Metric groups")).to_be_visible(timeout=60_000)
+        _shot(page, tmp_path, "evaluate")
+
         page.get_by_role("link", name="Review").click()
         expect(page.get_by_text("Does this explanation look right?").first).to_be_visible(timeout=60_000)
         _shot(page, tmp_path, "review")
+        assert page.get_by_test_id("stException").count() == 0
         browser.close()

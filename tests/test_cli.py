@@ -79,7 +79,7 @@ def test_explain_writes_maps_overlays_and_json(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
-def test_explain_with_segx_adds_refined_maps_and_certainty(tmp_path, capsys):
+def test_explain_with_segx_adds_refined_maps_and_certainty(tmp_path, capsys, demo_nemt_decoder):
     import numpy as np
 
     sample = ROOT / "assets" / "samples" / "dicom" / "samples-0-000001.dcm"  # a Cardiomegaly case

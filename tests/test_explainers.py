@@ -15,7 +15,7 @@ FAST_PARAMS = {"ig": {"steps": 8, "batch": 24}, "scorecam": {"top_k": 16}}
 
 
 @pytest.fixture(scope="module")
-def demo():
+def demo(demo_nemt_decoder):
     return load_model("demo")
 
 

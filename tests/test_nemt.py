@@ -12,7 +12,7 @@ from torch import nn
 from xai_core.models import load_model
 from xai_core.nemt import NEMtDecoder, keep_mask, nemt_loss, pyramid_forward, random_kernel, smooth, tap_channels
 from xai_core.nemt.module import box_filter
-from xai_core.phantom import FINDINGS, generate_case
+from xai_core.phantom import generate_case
 from xai_core.training import common
 from xai_core.training.common import to_model_input
 
@@ -84,7 +84,7 @@ def test_box_filter_equals_average_pooling_and_random_kernels_sum_to_one():
 
 
 @pytest.fixture(scope="module")
-def demo():
+def demo(demo_nemt_decoder):
     return load_model("demo")
 
 
@@ -107,29 +107,7 @@ def test_pyramid_works_for_torchxrayvision_densenet121():
     assert mask.shape == (2, 1, 224, 224) and ((mask >= 0) & (mask <= 1)).all()
 
 
-def _case_with(findings: list[str]) -> torch.Tensor:
-    case = generate_case("test", 7, size=224, findings=findings)
-    return torch.from_numpy(to_model_input(case.image))[None, None], case
-
-
-def test_bundled_nemt_is_conditioned_on_the_target(demo):
-    from xai_core.explainers import get_explainer
-
-    nemt = get_explainer("nemt")
-    x, case = _case_with(["Cardiomegaly", "Pneumothorax"])
-    heart, ptx = (nemt.explain(demo, x, torch.tensor([FINDINGS.index(n)]))[0].numpy()
-                  for n in ("Cardiomegaly", "Pneumothorax"))
-    assert np.corrcoef(heart.ravel(), ptx.ravel())[0, 1] < 0.8, "two findings, two different maps"
-    for finding, m in (("Cardiomegaly", heart), ("Pneumothorax", ptx)):
-        inside = m[case.lesions[finding]].mean()
-        assert inside > m[~case.lesions[finding]].mean(), f"{finding}: more relevance on the lesion"
-    x_normal, normal = _case_with([])
-    assert not normal.labels
-    empty = nemt.explain(demo, x_normal, torch.tensor([FINDINGS.index("Effusion")]))[0]
-    assert float(empty.mean()) < 0.5 * float(heart.mean()), "a negative target gives a near-empty map"
-
-
-def test_engine_reuses_the_prediction_forward(real_cxr):
+def test_engine_reuses_the_prediction_forward(real_cxr, demo_nemt_decoder):
     from xai_core.engine import Engine
     from xai_core.imaging import load_radiograph
 
@@ -184,3 +162,12 @@ def test_train_nemt_records_and_resumes(tmp_path, monkeypatch):
     stored = json.loads((tmp_path / "manifest.json").read_text())["models"]["demo-nemt"]
     assert stored["family"] == "nemt" and stored["explains"] == "demo"
     assert set(stored["metrics"]["test_positives"]) == {"nemt", "gradcam"}
+
+
+def test_a_model_without_a_nemt_module_says_how_to_train_one():
+    from xai_core.explainers import get_explainer
+    from xai_core.models.base import MissingWeightsError
+
+    handle = load_model("demo-anatomy")  # any model without a NEMt entry and with real weights
+    with pytest.raises(MissingWeightsError, match="train nemt --model demo-anatomy"):
+        get_explainer("nemt").explain(handle, torch.zeros(1, 1, 224, 224), torch.tensor([0]))

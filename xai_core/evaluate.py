@@ -215,7 +215,8 @@ def resolve_metrics(spec: str) -> list[str]:
 
 def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: list[str], out: Path, *,
                    seed: int = 0, device: str | None = None, gaze_sigma: float = 6.0, progress: bool = True,
-                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                   on_progress: Callable[[int, int], None] | None = None,
+                   allow_random_weights: bool = False) -> dict[str, Any]:
     """Evaluate `methods` on the positive findings of `n` cases; resumes from `out/per_image.csv`."""
     from tqdm import tqdm
 
@@ -224,7 +225,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
 
     for method in methods:
         get_explainer(method)
-    handle = load_model(model, pick_device(device))
+    handle = load_model(model, pick_device(device), allow_random_weights=allow_random_weights)
     size = handle.card.input.size
     out.mkdir(parents=True, exist_ok=True)
     table = out / "per_image.csv"

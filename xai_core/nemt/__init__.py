@@ -13,7 +13,7 @@ from xai_core.nemt.module import NEMtDecoder, keep_mask, random_kernel, smooth
 from xai_core.nemt.pyramid import pyramid_forward, supports_pyramid, tap_channels
 
 __all__ = ["NEMtDecoder", "available_for", "explanation_from_taps", "keep_mask", "load_decoder", "nemt_loss",
-           "pyramid_forward", "random_kernel", "smooth", "supports_pyramid", "tap_channels"]
+           "pyramid_forward", "random_kernel", "register_decoder", "smooth", "supports_pyramid", "tap_channels"]
 
 _DECODERS: dict[tuple[str, str], NEMtDecoder] = {}
 _LOCK = threading.Lock()
@@ -26,11 +26,6 @@ def _entry_for(model: str) -> tuple[str, dict] | None:
         if entry.get("family") == "nemt" and entry.get("explains") == model:
             return name, entry
     return None
-
-
-def available_for(model: str) -> bool:
-    """True when a trained NEMt decoder for this classifier is bundled."""
-    return _entry_for(model) is not None
 
 
 def load_decoder(handle: ModelHandle) -> NEMtDecoder:
@@ -69,6 +64,17 @@ def load_decoder(handle: ModelHandle) -> NEMtDecoder:
         decoder = decoder.to(handle.device).eval()
         _DECODERS[key] = decoder
         return decoder
+
+
+def register_decoder(handle: ModelHandle, decoder: NEMtDecoder) -> None:
+    """Use this decoder for the handle's model on its device (e.g. one trained outside the manifest)."""
+    with _LOCK:
+        _DECODERS[(handle.card.name, str(handle.device))] = decoder.to(handle.device).eval()
+
+
+def available_for(model: str) -> bool:
+    """True when a NEMt decoder for this classifier is bundled or registered."""
+    return _entry_for(model) is not None or any(name == model for name, _ in _DECODERS)
 
 
 def input_scale(handle: ModelHandle) -> float:
