@@ -23,4 +23,4 @@ def nemt_loss(classifier: nn.Module, x: torch.Tensor, mask: torch.Tensor, target
     drop = (p_original - p_occluded).clamp(min=0)
     area = 1 - mask.mean(dim=(1, 2, 3))
     loss = area + lam * (1 - drop ** 2)
-    return loss.mean(), {"area": float(area.mean()), "drop": float(drop.mean())}
+    return loss.mean(), {"area": float(area.detach().mean()), "drop": float(drop.detach().mean())}
