@@ -234,6 +234,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise KeyError(f"no benchmark '{args.name}'; known: {', '.join(known) or 'none (benchmarks/ missing)'}")
     spec = importlib.util.spec_from_file_location(f"benchmarks.{args.name}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so worker processes can unpickle its functions
     spec.loader.exec_module(module)
     return module.main(args.rest) or 0
 
