@@ -15,7 +15,6 @@ from xai_core.imaging import (
     rewindow,
     to_png_bytes,
 )
-from xai_core.models import ModelError
 from xai_core.samples import all_samples
 
 NO_SAMPLE = "— choose a sample —"
@@ -101,14 +100,8 @@ def _findings_chart(prediction: Prediction) -> go.Figure:
 
 
 def _findings_panel(shown: Radiograph, model: str) -> None:
-    problem = state.model_problem(model)
-    if problem:
-        st.error(problem, icon=":material/error:")
-        return
-    try:
-        prediction = state.engine().predict(shown, model)
-    except (ModelError, RuntimeError) as exc:
-        st.error(f"The model could not run on this image: {exc}")
+    prediction = state.prediction_or_message(shown, model)
+    if prediction is None:
         return
     st.session_state["prediction"] = prediction
     if state.is_demo_model(model):

@@ -83,19 +83,12 @@ def _overlay(case, crop, explanation: Explanation, settings: dict, truth: bool) 
 def render() -> None:
     """The Explain page."""
     st.title("Explain")
-    case = state.current_case()
+    case = state.case_or_message()
     if case is None:
-        st.info("No case loaded yet: pick a sample or upload a radiograph on the Case page.")
         return
     model = state.current_model()
-    problem = state.model_problem(model)
-    if problem:
-        st.error(problem, icon=":material/error:")
-        return
-    try:
-        prediction = state.engine().predict(case, model)
-    except (ModelError, RuntimeError) as exc:
-        st.error(f"The model could not run on this image: {exc}")
+    prediction = state.prediction_or_message(case, model)
+    if prediction is None:
         return
     labels = list(prediction.labels)
     ranked = [r["label"] for r in prediction.ranked()]

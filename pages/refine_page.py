@@ -12,7 +12,7 @@ from xai_core.imaging import RadiographError
 from xai_core.models import ModelError, list_models
 from xai_core.overlay import blend, display_scale, outlines
 
-SEGMENTERS = [m for m in list_models("segmenter")]
+SEGMENTERS = list_models("segmenter")
 
 
 def _panel(rgb: np.ndarray, lines: list[np.ndarray], title: str) -> go.Figure:
@@ -49,17 +49,14 @@ def _iou_curve(relevance: np.ndarray, region: np.ndarray) -> go.Figure:
 def render() -> None:
     """The Refine & certainty page."""
     st.title("Refine & certainty")
-    case = state.current_case()
+    case = state.case_or_message()
     if case is None:
-        st.info("No case loaded yet: pick a sample or upload a radiograph on the Case page.")
         return
     model = state.current_model()
-    problem = state.model_problem(model)
-    if problem:
-        st.error(problem, icon=":material/error:")
+    prediction = state.prediction_or_message(case, model)
+    if prediction is None:
         return
     engine = state.engine()
-    prediction = engine.predict(case, model)
     labels = list(prediction.labels)
     if st.session_state.get("target") not in labels:
         st.session_state["target"] = prediction.ranked()[0]["label"]

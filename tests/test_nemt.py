@@ -1,4 +1,4 @@
-"""NEMt: the loss on a toy classifier with a known answer, the decoder, conditioning, training and resume."""
+"""NEMt: the loss on a toy classifier with a known answer, the decoder, forward reuse, training and resume."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import os
 
 import streamlit as st
 
-from xai_core.engine import Engine, get_engine
+from xai_core.engine import Engine, Prediction, get_engine
 from xai_core.imaging import Radiograph
 from xai_core.models import ModelError, get_card, list_models
 from xai_core.store import CaseStore
@@ -87,14 +87,33 @@ def card_summary(name: str) -> dict:
     return {"labels": len(card.labels), "input": f"{card.input.channels} x {card.input.size}", **card.provenance}
 
 
+def prediction_or_message(case: Radiograph, model: str) -> Prediction | None:
+    """The model's prediction for the case, or None after showing why there is none (missing weights, a model that
+    cannot run on this image)."""
+    problem = model_problem(model)
+    if problem:
+        st.error(problem, icon=":material/error:")
+        return None
+    try:
+        return engine().predict(case, model)
+    except (ModelError, RuntimeError) as exc:
+        st.error(f"The model could not run on this image: {exc}")
+        return None
+
+
+def case_or_message() -> Radiograph | None:
+    """The current case, or None after telling the user how to load one."""
+    case = current_case()
+    if case is None:
+        st.info("No case loaded yet: pick a sample or upload a radiograph on the Case page.")
+    return case
+
+
 def method_available(model: str, method: str) -> bool:
     """Whether an explanation method can run for this model (NEMt needs a trained module)."""
-    if method != "nemt":
-        return True
-    from xai_core.nemt import available_for, supports_pyramid
+    from xai_core.explainers import get_explainer
 
     try:
-        handle = engine().model(model)
-        return supports_pyramid(handle.module) and (available_for(model) or handle.random_weights)
+        return get_explainer(method).available(engine().model(model))
     except (ModelError, KeyError):
         return False

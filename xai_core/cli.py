@@ -20,6 +20,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="use randomly initialised weights when a model's weights are missing (testing only)")
 
 
+def _add_dataset(parser: argparse.ArgumentParser, default_data: str, data_help: str) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--data", default=default_data, help=data_help)
+    parser.add_argument("--n", type=int, default=200, help="cases (default: 200)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from xai_core.engine import Engine
 
@@ -298,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_cmd_explain)
 
     segu = sub.add_parser("segu", help="SegU certainty of true vs false positive findings; --calibrate stores it")
-    segu.add_argument("--model", default=DEFAULT_MODEL)
-    segu.add_argument("--data", default="phantom:val", help="phantom:SPLIT (default: phantom:val)")
-    segu.add_argument("--n", type=int, default=200, help="cases (default: 200)")
-    segu.add_argument("--seed", type=int, default=0)
+    _add_dataset(segu, "phantom:val", "phantom:SPLIT (default: phantom:val)")
     segu.add_argument("--method", default="gradcam")
     segu.add_argument("--segmenter", default="demo-anatomy")
     segu.add_argument("--calibrate", action="store_true", help="store AUROC and threshold in the model's manifest")
@@ -310,10 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     segu.set_defaults(run=_cmd_segu)
 
     evaluate = sub.add_parser("evaluate", help="every method x metric over a data set (resumable)")
-    evaluate.add_argument("--model", default=DEFAULT_MODEL)
-    evaluate.add_argument("--data", default="phantom:test", help="phantom:SPLIT or a folder with labels.csv")
-    evaluate.add_argument("--n", type=int, default=200, help="cases (default: 200)")
-    evaluate.add_argument("--seed", type=int, default=0)
+    _add_dataset(evaluate, "phantom:test", "phantom:SPLIT or a folder with labels.csv")
     evaluate.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,nemt,random")
     evaluate.add_argument("--metrics", default="all", help="all, groups (localisation, shape, faithfulness, pic, "
                                                            "gaze) or metric names, comma-separated")

@@ -314,11 +314,11 @@ class Engine:
             return handle.module(x.to(handle.device)).float().cpu()
 
     def keeps_pyramid(self, model: str) -> bool:
-        """True when predictions of this model keep the feature pyramid so NEMt can reuse the forward."""
-        from xai_core.nemt import available_for, supports_pyramid
+        """True when predictions of this model keep the feature pyramid for a method that reuses the forward."""
+        from xai_core.explainers import get_explainer, list_explainers
 
         handle = self.model(model)
-        return supports_pyramid(handle.module) and (available_for(model) or handle.random_weights)
+        return any(get_explainer(m).reuses_forward and get_explainer(m).available(handle) for m in list_explainers())
 
     def _forward_rows(self, model: str, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor] | None]]:
         """Per-row (logits, pyramid or None) for the predict batcher."""

@@ -277,8 +277,8 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
 
 
 def summarise_table(table: Path, methods: list[str], metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{method: {metric: {"mean", "ci_low", "ci_high", "n"}}} from the per-image CSV (PIC also as the median-curve
-    convention is not recoverable from AUCs: the mean of per-image AUCs is reported)."""
+    """{method: {metric: {"mean", "ci_low", "ci_high", "n"}}} from the per-image CSV (for SIC/AIC: the mean of
+    per-image AUCs; the curves themselves are not stored)."""
     import pandas as pd
 
     frame = pd.read_csv(table)

@@ -59,6 +59,10 @@ class Explainer(ABC):
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:
         """Relevance maps [B, H, W] (non-negative, float32) for inputs [B, C, H, W] and label indices [B]."""
 
+    def available(self, handle: ModelHandle) -> bool:
+        """Whether this method can run for the model (methods that need a trained module say no without one)."""
+        return True
+
     def params(self, **overrides: Any) -> dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
         if unknown:

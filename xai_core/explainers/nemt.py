@@ -18,6 +18,11 @@ class NEMt(Explainer):
     reuses_forward = True
     unit_range = True
 
+    def available(self, handle: ModelHandle) -> bool:
+        from xai_core.nemt import usable_for
+
+        return usable_for(handle)
+
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:
         from xai_core.nemt import explanation_from_taps, load_decoder, pyramid_forward
 

@@ -105,10 +105,3 @@ def pic_curve(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.nd
     curve_y[-1] = 1.0
     return PicResult(float(np.trapezoid(curve_y, curve_x)), curve_x, curve_y, scores)
 
-
-def median_curve_auc(curves: list[np.ndarray]) -> float:
-    """AUC of the median curve over images (the aggregate of the PIC papers)."""
-    if not curves:
-        return float("nan")
-    median = np.median(np.stack(curves), axis=0)
-    return float(np.trapezoid(median, np.append(np.linspace(0.0, 1.0, CURVE_POINTS, endpoint=False), 1.0)))

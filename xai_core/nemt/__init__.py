@@ -13,7 +13,8 @@ from xai_core.nemt.module import NEMtDecoder, keep_mask, random_kernel, smooth
 from xai_core.nemt.pyramid import pyramid_forward, supports_pyramid, tap_channels
 
 __all__ = ["NEMtDecoder", "available_for", "explanation_from_taps", "keep_mask", "load_decoder", "nemt_loss",
-           "pyramid_forward", "random_kernel", "register_decoder", "smooth", "supports_pyramid", "tap_channels"]
+           "pyramid_forward", "random_kernel", "register_decoder", "smooth", "supports_pyramid", "tap_channels",
+           "usable_for"]
 
 _DECODERS: dict[tuple[str, str], NEMtDecoder] = {}
 _LOCK = threading.Lock()
@@ -75,6 +76,12 @@ def register_decoder(handle: ModelHandle, decoder: NEMtDecoder) -> None:
 def available_for(model: str) -> bool:
     """True when a NEMt decoder for this classifier is bundled or registered."""
     return _entry_for(model) is not None or any(name == model for name, _ in _DECODERS)
+
+
+def usable_for(handle: ModelHandle) -> bool:
+    """A decoder can serve this classifier: it has a tappable pyramid and a trained (or, for random-weight test
+    models, a seeded) decoder."""
+    return supports_pyramid(handle.module) and (available_for(handle.card.name) or handle.random_weights)
 
 
 def input_scale(handle: ModelHandle) -> float:
