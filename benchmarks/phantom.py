@@ -18,24 +18,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xai_core.phantom import generate_case
 
 
-def _one(args: tuple[int, int]) -> int:
-    index, size = args
-    return len(generate_case("train", index, size=size).labels)
+def _one(args: tuple[int, int, bool]) -> int:
+    index, size, with_gaze = args
+    case = generate_case("train", index, size=size)
+    return len(case.fixations) if with_gaze else len(case.labels)
+
+
+def _rates(n: int, size: int, workers: int, with_gaze: bool) -> tuple[float, float]:
+    """Cases/s in this process and over a pool of `workers` processes."""
+    start = time.perf_counter()
+    for i in range(n // 4):
+        _one((i, size, with_gaze))
+    serial = (n // 4) / (time.perf_counter() - start)
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_one, [(i, size, with_gaze) for i in range(workers * 4)])
+        start = time.perf_counter()
+        pool.map(_one, [(i, size, with_gaze) for i in range(n)], chunksize=32)
+        parallel = n / (time.perf_counter() - start)
+    return serial, parallel
 
 
 def run(n: int, size: int, workers: int) -> dict:
+    """Two paths: training streams (image, masks, labels, report; gaze never drawn) and full cases (gaze drawn
+    too, as the writers and the gaze metrics do)."""
     generate_case("train", 0, size=size)  # warm the per-size caches
-    start = time.perf_counter()
-    for i in range(n // 4):
-        _one((i, size))
-    serial = (n // 4) / (time.perf_counter() - start)
-    with mp.get_context("fork").Pool(workers) as pool:
-        pool.map(_one, [(i, size) for i in range(workers * 4)])
-        start = time.perf_counter()
-        pool.map(_one, [(i, size) for i in range(n)], chunksize=32)
-        parallel = n / (time.perf_counter() - start)
+    serial, parallel = _rates(n, size, workers, with_gaze=False)
+    serial_gaze, parallel_gaze = _rates(n, size, workers, with_gaze=True)
     return {"size": size, "n": n, "workers": workers, "cpu_count": os.cpu_count(),
-            "serial_cases_per_s": serial, "parallel_cases_per_s": parallel, "bar_cases_per_s": 200}
+            "serial_cases_per_s": serial, "parallel_cases_per_s": parallel,
+            "serial_cases_with_gaze_per_s": serial_gaze, "parallel_cases_with_gaze_per_s": parallel_gaze,
+            "bar_cases_per_s": 200}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,9 +59,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write the results as JSON (default file: results/bench_phantom.json)")
     args = parser.parse_args(argv)
     result = run(args.n, args.size, args.workers)
-    print(f"phantom generator at {result['size']} px: {result['serial_cases_per_s']:.0f} cases/s in one process, "
-          f"{result['parallel_cases_per_s']:.0f} cases/s with {result['workers']} processes "
-          f"(bar: >= {result['bar_cases_per_s']} on 2 cores)")
+    for label, key in (("training stream (no gaze)", "cases"), ("full cases (with gaze)", "cases_with_gaze")):
+        print(f"phantom generator at {result['size']} px, {label}: {result[f'serial_{key}_per_s']:.0f} cases/s in "
+              f"one process, {result[f'parallel_{key}_per_s']:.0f} cases/s with {result['workers']} processes "
+              f"(bar: >= {result['bar_cases_per_s']} on 2 cores)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

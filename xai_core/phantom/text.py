@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 POSITIVE = {
@@ -81,8 +82,8 @@ class _Sampler:
 
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = mask
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        self.box = (rows[0], rows[-1], cols[0], cols[-1]) if len(rows) else None
+        left, top, width, height = cv2.boundingRect(mask.view(np.uint8))
+        self.box = (top, top + height - 1, left, left + width - 1) if width else None
 
     def pick(self, rng: np.random.Generator, jitter: float, rows: tuple[float, float] = (0.0, 1.0)):
         """A random pixel (with jitter), optionally from a horizontal band of the mask's extent."""
@@ -127,10 +128,12 @@ def fixations_for(rng: np.random.Generator, anatomy: dict[str, np.ndarray], lesi
             if point:
                 stops.append((*point, rng.uniform(350, 900)))
     order = rng.permutation(len(stops))
-    out = np.zeros((len(stops), 4), np.float64)
+    rows = []
     t = float(rng.uniform(200, 600))
-    for row, i in enumerate(order):
+    for i in order:
         x, y, duration = stops[i]
-        out[row] = (t, t + duration, np.clip(x, 0, size - 1), np.clip(y, 0, size - 1))
+        rows.append((t, t + duration, x, y))
         t += duration + rng.uniform(20, 60)
+    out = np.array(rows, np.float64).reshape(-1, 4)
+    np.clip(out[:, 2:], 0, size - 1, out=out[:, 2:])
     return out
