@@ -67,3 +67,19 @@ def test_record_model_writes_sha_and_command(tmp_path, monkeypatch):
 def test_clip_text_puts_the_impression_first():
     text = impression_first("FINDINGS: No pneumothorax. Small left effusion. IMPRESSION: Left pleural effusion.")
     assert text.startswith("IMPRESSION: Left pleural effusion.") and "No pneumothorax." in text
+
+
+def test_clip_training_chooses_prompts_on_val_and_records_them(tmp_path, monkeypatch):
+    from xai_core.models.vlm import PROMPT_FAMILIES
+    from xai_core.training.clip import ClipRecipe, train_clip
+
+    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    record = train_clip(ClipRecipe(name="toy-clip", steps=2, batch=8, test_n=24), device="cpu",
+                        checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
+    prompts = record["prompts"]
+    assert set(prompts["val_macro_auroc"]) == {*PROMPT_FAMILIES, "ensemble"}
+    best = max(prompts["val_macro_auroc"], key=prompts["val_macro_auroc"].get)
+    assert prompts["families"] == (list(PROMPT_FAMILIES) if best == "ensemble" else [best])
+    assert record["data"]["val"]["use"] == "prompt choice"
+    assert set(record["metrics"]["zero_shot_test_auroc"]) == set(record["labels"])
+    assert (tmp_path / "toy-clip.pt").is_file()

@@ -17,8 +17,14 @@ DEFAULT_CLIP_ARCHITECTURE: dict[str, Any] = {
     "conv_stem": [16, 32, 64, 128],
     "text": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
-POSITIVE_PROMPT = "a chest x-ray showing {}"
-NEGATIVE_PROMPT = "a chest x-ray showing no {}"
+# Zero-shot prompt families: (present, absent) templates over a label's clinical term. A model's manifest records
+# which families it uses (chosen on the validation split at training time); their embeddings are averaged.
+PROMPT_FAMILIES: dict[str, tuple[str, str]] = {
+    "showing": ("a chest x-ray showing {term}", "a chest x-ray showing no {term}"),
+    "sentence": ("{Term}.", "No {term}."),
+    "impression": ("IMPRESSION: {Term}.", "IMPRESSION: No acute cardiopulmonary abnormality."),
+}
+DEFAULT_PROMPT_FAMILIES = ("showing",)
 # The words radiologists (and the phantom reports) use for a label; anything else is the label in lower case.
 CLINICAL_TERMS = {"Effusion": "pleural effusion", "Nodule": "pulmonary nodule", "Mass": "lung mass",
                   "Pleural_Thickening": "pleural thickening", "Lung Opacity": "lung opacity",
@@ -78,11 +84,39 @@ def encode_texts(handle: ModelHandle, texts: list[str]) -> torch.Tensor:
     return F.normalize(handle.module.encode_text(tokenize(texts, context).to(handle.device)).float(), dim=-1)
 
 
-def zero_shot_scores(handle: ModelHandle, image_embeddings: torch.Tensor, labels: list[str]) -> torch.Tensor:
-    """P(label) per image from a softmax over 'showing X' vs 'showing no X' prompts: [B, L]."""
-    names = [clinical_term(label) for label in labels]
-    positive = encode_texts(handle, [POSITIVE_PROMPT.format(n) for n in names])
-    negative = encode_texts(handle, [NEGATIVE_PROMPT.format(n) for n in names])
+def prompt_texts(label: str, family: str) -> tuple[str, str]:
+    """The (present, absent) prompts of one label in one family."""
+    term = clinical_term(label)
+    present, absent = PROMPT_FAMILIES[family]
+    words = {"term": term, "Term": term[:1].upper() + term[1:]}
+    return present.format(**words), absent.format(**words)
+
+
+def prompt_families(handle: ModelHandle) -> tuple[str, ...]:
+    """The prompt families a model was validated with (its manifest's choice), else the default."""
+    chosen = (handle.card.provenance.get("prompts") or {}).get("families")
+    return tuple(chosen) if chosen else DEFAULT_PROMPT_FAMILIES
+
+
+def label_embeddings(handle: ModelHandle, labels: list[str],
+                     families: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per label, the averaged (present, absent) prompt embeddings over the families: two [L, D] tensors."""
+    families = families or prompt_families(handle)
+    unknown = [f for f in families if f not in PROMPT_FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown prompt families {unknown}; known: {', '.join(PROMPT_FAMILIES)}")
+    sums = []
+    for which in (0, 1):
+        stacked = torch.stack([encode_texts(handle, [prompt_texts(label, f)[which] for label in labels])
+                               for f in families])
+        sums.append(F.normalize(stacked.mean(0), dim=-1))
+    return sums[0], sums[1]
+
+
+def zero_shot_scores(handle: ModelHandle, image_embeddings: torch.Tensor, labels: list[str],
+                     families: tuple[str, ...] | None = None) -> torch.Tensor:
+    """P(label) per image from a softmax over the label's present vs absent prompts: [B, L]."""
+    positive, negative = label_embeddings(handle, labels, families)
     scale = handle.module.logit_scale.exp().float()
     logits = torch.stack([image_embeddings @ positive.T, image_embeddings @ negative.T], -1) * scale
     return logits.softmax(-1)[..., 0]
@@ -101,7 +135,7 @@ def clip_card(name: str, entry: dict[str, Any]) -> ModelCard:
         thresholds={},
         provenance={"source": "trained by xai_core/training on phantom image-report pairs",
                     "weights_sha256": entry.get("sha256"), "command": entry.get("command"),
-                    "metrics": entry.get("metrics"), "architecture": arch},
+                    "metrics": entry.get("metrics"), "architecture": arch, "prompts": entry.get("prompts")},
         intended_use="Demonstration only: an image-text model of the synthetic phantom world. Not for clinical use.",
         family="vlm",
         weights_file=entry.get("file", f"{name}.pt"),

@@ -16,8 +16,7 @@ from xai_core.engine import pick_device
 from xai_core.models.vlm import (
     CLINICAL_TERMS,
     DEFAULT_CLIP_ARCHITECTURE,
-    NEGATIVE_PROMPT,
-    POSITIVE_PROMPT,
+    PROMPT_FAMILIES,
     build_demo_clip,
     grey_to_clip_input,
     tokenize,
@@ -76,21 +75,43 @@ def _pixels(batch: dict) -> torch.Tensor:
     return grey_to_clip_input((batch["x"] + 1024.0) / 2048.0)
 
 
-def zero_shot_auroc(model: torch.nn.Module, recipe: ClipRecipe, device: torch.device) -> dict[str, float]:
+def prompt_candidates() -> dict[str, tuple[str, ...]]:
+    """Every single prompt family, and all of them averaged."""
+    return {**{name: (name,) for name in PROMPT_FAMILIES}, "ensemble": tuple(PROMPT_FAMILIES)}
+
+
+def zero_shot_aurocs(model: torch.nn.Module, recipe: ClipRecipe, device: torch.device, split: str,
+                     candidates: dict[str, tuple[str, ...]]) -> dict[str, dict[str, float]]:
+    """Per prompt candidate, the zero-shot AUROC of each finding on `recipe.test_n` cases of `split`."""
     from xai_core.models.base import ModelHandle
     from xai_core.models.vlm import clip_card, encode_images, zero_shot_scores
 
     handle = ModelHandle(card=clip_card(recipe.name, {"architecture": recipe.architecture}), module=model,
                          device=device)
-    loader = DataLoader(PhantomStream("test", 0, recipe.test_n, seed=recipe.data_seed, size=recipe.size),
+    loader = DataLoader(PhantomStream(split, 0, recipe.test_n, seed=recipe.data_seed, size=recipe.size),
                         batch_size=64, num_workers=1)
-    ys, scores = [], []
+    ys, embeddings = [], []
+    model.eval()
     with torch.inference_mode():
         for batch in loader:
-            embeddings = encode_images(handle, _pixels(batch))
-            scores.append(zero_shot_scores(handle, embeddings, list(FINDINGS)).cpu().numpy())
+            embeddings.append(encode_images(handle, _pixels(batch)))
             ys.append(batch["y"].numpy())
-    return auroc_per_label(np.concatenate(ys), np.concatenate(scores))
+        images, y = torch.cat(embeddings), np.concatenate(ys)
+        return {name: auroc_per_label(y, zero_shot_scores(handle, images, list(FINDINGS), families).cpu().numpy())
+                for name, families in candidates.items()}
+
+
+def macro(auroc: dict[str, float]) -> float:
+    return float(np.nanmean(list(auroc.values())))
+
+
+def choose_prompts(model: torch.nn.Module, recipe: ClipRecipe, device: torch.device) -> dict[str, Any]:
+    """Pick the prompt candidate with the best validation macro AUROC; test only the chosen one."""
+    candidates = prompt_candidates()
+    val = {name: macro(auroc) for name, auroc in zero_shot_aurocs(model, recipe, device, "val", candidates).items()}
+    chosen = max(val, key=val.get)
+    test = zero_shot_aurocs(model, recipe, device, "test", {chosen: candidates[chosen]})[chosen]
+    return {"chosen": chosen, "families": list(candidates[chosen]), "val_macro_auroc": val, "test_auroc": test}
 
 
 def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str | Path = "runs",
@@ -119,7 +140,7 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                            asdict(recipe), checkpoint_dir, progress)
-    auroc = zero_shot_auroc(model, recipe, dev)
+    prompts = choose_prompts(model, recipe, dev)
     weights = out_dir / f"{recipe.name}.pt"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu().half() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()},
@@ -129,13 +150,17 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
         "architecture": recipe.architecture,
         "labels": list(FINDINGS),
         "input": {"channels": 3, "size": recipe.size, "value_range": [-2.0, 2.0]},
-        "prompts": {"positive": POSITIVE_PROMPT, "negative": NEGATIVE_PROMPT, "terms": dict(CLINICAL_TERMS)},
+        "prompts": {"families": prompts["families"], "templates": {f: list(PROMPT_FAMILIES[f]) for f in
+                                                                   prompts["families"]},
+                    "terms": dict(CLINICAL_TERMS), "selected_on": f"val[0:{recipe.test_n}]",
+                    "val_macro_auroc": prompts["val_macro_auroc"]},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "text": "report"},
+                 "val": {"split": "val", "indices": [0, recipe.test_n], "use": "prompt choice"},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},
         "recipe": asdict(recipe),
         "device": str(dev),
         "train_seconds": round(seconds, 1),
-        "metrics": {"zero_shot_test_auroc": auroc,
-                    "zero_shot_test_macro_auroc": float(np.nanmean(list(auroc.values())))},
+        "metrics": {"zero_shot_test_auroc": prompts["test_auroc"],
+                    "zero_shot_test_macro_auroc": macro(prompts["test_auroc"])},
     })
