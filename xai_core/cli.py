@@ -202,6 +202,23 @@ def _cmd_segu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from xai_core.mammi import annotate_neurons
+
+    result = annotate_neurons(args.model, args.layer, args.vlm, args.concepts, args.probe, args.n, args.out,
+                              percentile=args.percentile, beta=args.beta, cap=args.cap,
+                              device=args.device or "cpu", progress=not args.json,
+                              allow_random_weights=args.allow_random_weights)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['neurons']} neurons annotated ({result['uncertain']} uncertain) with "
+              f"{result['concepts_in_set']} concepts -> {result['path']}")
+        if result["validation"]:
+            print("output-layer validation: " + ", ".join(f"{k} {v:.3f}" for k, v in result["validation"].items()))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -322,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
     evaluate.add_argument("--device", default=None)
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    annotate = sub.add_parser("annotate-neurons", help="MAMMI: name what a layer's neurons respond to (resumable)")
+    annotate.add_argument("--model", default=DEFAULT_MODEL)
+    annotate.add_argument("--layer", choices=["features", "output"], default="features")
+    annotate.add_argument("--vlm", default="demo-clip", help="demo-clip or openclip:<arch>:<pretrained>")
+    annotate.add_argument("--concepts", default="demo", help="demo, openi, or a text file of reports")
+    annotate.add_argument("--probe", default="phantom:train", help="phantom:SPLIT or a folder of radiographs")
+    annotate.add_argument("--n", type=int, default=5000, help="probing images (default: 5000)")
+    annotate.add_argument("--out", default=None, help="SQLite file (default: assets/mammi/<model>-<layer>-...)")
+    annotate.add_argument("--percentile", type=float, default=93.0, help="representative threshold p (default: 93)")
+    annotate.add_argument("--beta", type=float, default=0.95, help="concept threshold beta (default: 0.95)")
+    annotate.add_argument("--cap", type=int, default=50, help="most representatives per neuron (default: 50)")
+    annotate.add_argument("--json", action="store_true", help="no progress bar; JSON summary")
+    _add_common(annotate)
+    annotate.set_defaults(run=_cmd_annotate)
 
     bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (extra arguments go to it)")
     bench.add_argument("name", help="engine, explainers, phantom, ...")

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from xai_core.imaging import Radiograph
 
 if TYPE_CHECKING:
     from xai_core.explainers import Explanation
-from xai_core.models import CropBox, ModelHandle, load_model, preprocess
+from xai_core.models import CropBox, ModelError, ModelHandle, load_model, preprocess
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
 
@@ -465,6 +466,56 @@ class Engine:
             scores["verdict"] = "trust" if scores["certainty"] >= calibration["threshold"] else "doubt"
         return scores
 
+    def top_neurons(self, radiograph: Radiograph, model: str, target: str | int, k: int = 5, *,
+                    annotation: str | Path | None = None) -> list[dict[str, Any]]:
+        """The k feature-layer neurons contributing most (weight x pooled activation) to the target's logit on this
+        image, each with its MAMMI concepts (from `annotation`, default: the model's bundled annotation, when one
+        exists) and its activation map on the model's input grid, scaled to [0, 1]."""
+        import torch.nn.functional as F
+
+        from xai_core.mammi import AnnotationStore, feature_maps, head_weights
+
+        handle = self.model(model)
+        index = handle.label_index(target)
+        key = cache_key(radiograph.sha256 + _window_tag(radiograph), model, "feature-maps")
+
+        def compute() -> np.ndarray:
+            x, _ = self.prepare(radiograph, model)
+            with self.lock(model), torch.inference_mode():
+                return feature_maps(handle, x.unsqueeze(0), handle.card.feature_layer)[1][0].float().cpu().numpy()
+
+        maps = self.cache.get_or_compute(key, compute)
+        pooled = maps.mean((1, 2))
+        weights = head_weights(handle, "features", len(pooled))
+        if weights is None:
+            raise ModelError(f"{model} has no linear head on {handle.card.feature_layer}: neuron contributions "
+                             f"(weight x activation) are undefined for it")
+        contribution = weights[index] * pooled
+        order = np.argsort(-contribution, kind="stable")[:k]
+        store = None
+        path = Path(annotation) if annotation else default_annotation(model)
+        if path is not None and path.is_file():
+            store = AnnotationStore(path)
+        size = handle.card.input.size
+        out = []
+        try:
+            for neuron in order:
+                grid = torch.from_numpy(maps[neuron])[None, None]
+                spatial = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+                peak = float(spatial.max())
+                record = store.neuron(int(neuron)) if store is not None else None
+                out.append({
+                    "neuron": int(neuron), "contribution": float(contribution[neuron]),
+                    "activation": float(pooled[neuron]), "weight": float(weights[index, neuron]),
+                    "concepts": list(zip(record.concepts, record.scores, strict=True)) if record else [],
+                    "uncertain": bool(record.uncertain) if record else True,
+                    "map": spatial / peak if peak > 0 else spatial,
+                })
+        finally:
+            if store is not None:
+                store.close()
+        return out
+
     def expected_seconds(self, model: str, method: str) -> float | None:
         """Seconds the last full run of this method on this model took in this process (None if never run)."""
         return self.stats.explain_seconds.get((model, method))
@@ -478,6 +529,14 @@ def _window_tag(radiograph: Radiograph) -> str:
 
 _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()
+
+
+def default_annotation(model: str) -> Path | None:
+    """The bundled MAMMI annotation of a model's feature layer, if one was precomputed."""
+    from xai_core.mammi import default_path
+
+    path = default_path(model, "features", "demo-clip", "demo")
+    return path if path.is_file() else None
 
 
 def get_engine(**kwargs: Any) -> Engine:

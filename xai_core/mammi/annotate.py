@@ -1,0 +1,262 @@
+"""The MAMMI pipeline: probe activations -> representatives -> concept matching -> store (+ output-layer check)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from xai_core.mammi.backends import ImageTextModel, load_backend
+from xai_core.mammi.concepts import concept_set
+from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, DEFAULT_BETA, concept_scores, select_concepts
+from xai_core.mammi.select import DEFAULT_CAP, DEFAULT_PERCENTILE, representatives
+from xai_core.mammi.store import NeuronRecord, write_annotation
+from xai_core.models.base import ModelHandle
+
+LAYERS = ("features", "output")
+ANNOTATIONS_DIR = Path(__file__).resolve().parents[2] / "assets" / "mammi"
+THUMBNAIL_SIZE = 96
+
+
+def default_path(model: str, layer: str, vlm: str, concepts: str) -> Path:
+    """Where the annotation of (model, layer, vlm, concept set) lives by default."""
+    safe = "-".join(part.replace(":", "_").replace("/", "_") for part in (model, layer, vlm, Path(concepts).stem))
+    return ANNOTATIONS_DIR / f"{safe}.sqlite"
+
+
+# --- probing sets ------------------------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """A probing set: ids, and a loader of grey [0, 1] pixels at a size for any subset of them."""
+
+    name: str
+    ids: list[str]
+    load: Callable[[list[int], int], torch.Tensor]  # (indices, size) -> [B, 1, size, size]
+
+
+def probe_set(spec: str, n: int) -> Probe:
+    """`phantom:<split>` (the first n cases of a phantom split) or a folder of radiographs (the first n files)."""
+    if spec.startswith("phantom:"):
+        from xai_core.phantom import generate_case
+
+        split = spec.split(":", 1)[1] or "train"
+
+        def load_phantom(indices: list[int], size: int) -> torch.Tensor:
+            return torch.from_numpy(np.stack([generate_case(split, i, size=size).image for i in indices]))[:, None]
+
+        generate_case(split, 0, size=16)  # fails early on an unknown split
+        return Probe(spec, [f"{split}-0-{i:06d}" for i in range(n)], load_phantom)
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"probe '{spec}': expected phantom:<split> or a folder of radiographs")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff",
+                                                                         ".dcm"})[:n]
+    if not files:
+        raise FileNotFoundError(f"no radiographs (png, jpeg, tiff, dcm) under {folder}")
+
+    def load_files(indices: list[int], size: int) -> torch.Tensor:
+        from xai_core.imaging import load_radiograph
+        from xai_core.models.base import InputSpec, preprocess
+
+        spec01 = InputSpec(1, size, (0.0, 1.0))
+        return torch.cat([preprocess(load_radiograph(files[i]), spec01)[0] for i in indices])
+
+    return Probe(str(folder), [str(p.relative_to(folder)) for p in files], load_files)
+
+
+# --- activations -------------------------------------------------------------------------------------------------
+def to_model_range(pixels: torch.Tensor, handle: ModelHandle) -> torch.Tensor:
+    low, high = handle.card.input.value_range
+    return (pixels * (high - low) + low).expand(-1, handle.card.input.channels, -1, -1)
+
+
+def feature_maps(handle: ModelHandle, x: torch.Tensor, layer_path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, L], ReLU'd activation maps of a layer [B, C, h, w]) in one forward pass."""
+    captured: dict[str, torch.Tensor] = {}
+    hook = handle.layer(layer_path).register_forward_hook(lambda _m, _i, out: captured.__setitem__("maps", out))
+    try:
+        logits = handle.module(x.to(handle.device))
+    finally:
+        hook.remove()
+    return logits, F.relu(captured["maps"])
+
+
+def layer_activations(handle: ModelHandle, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """One number per neuron per image: [B, K] (features: pooled channels of the card's feature layer)."""
+    with torch.inference_mode():
+        if layer == "output":
+            return handle.module(x.to(handle.device)).float().cpu()
+        _, maps = feature_maps(handle, x, handle.card.feature_layer)
+        return maps.mean((2, 3)).float().cpu()
+
+
+def head_weights(handle: ModelHandle, layer: str, n_neurons: int) -> np.ndarray | None:
+    """[L, K]: the weight of each neuron in each label's logit (linear heads only), else None."""
+    if layer == "output":
+        return np.eye(n_neurons, dtype=np.float32)
+    head = getattr(handle.module, "classifier", None)
+    if not isinstance(head, torch.nn.Linear) or head.in_features != n_neurons:
+        return None
+    weight = head.weight.detach().float().cpu()
+    outputs = getattr(handle.module, "outputs", None)
+    return (weight.index_select(0, outputs.cpu()) if outputs is not None else weight).numpy()
+
+
+def _batches(count: int, size: int, start: int = 0) -> Iterator[list[int]]:
+    for first in range(start, count, size):
+        yield list(range(first, min(count, first + size)))
+
+
+def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_size: int = 64,
+                      cache: Path | None = None, progress: bool = True) -> np.ndarray:
+    """Activations of every neuron on every probe image [N, K], resumable from `cache` (saved every batch)."""
+    n = len(probe.ids)
+    done, acts = 0, None
+    if cache is not None and cache.is_file():
+        stored = np.load(cache, allow_pickle=False)
+        if list(stored["ids"]) == probe.ids[:len(stored["ids"])]:
+            acts, done = stored["acts"], int(stored["done"])
+    bar = tqdm(total=n, initial=done, desc=f"activations ({layer})", unit="img", disable=not progress)
+    for indices in _batches(n, batch_size, done):
+        rows = layer_activations(handle, to_model_range(probe.load(indices, handle.card.input.size), handle), layer)
+        if acts is None:
+            acts = np.zeros((n, rows.shape[1]), np.float32)
+        acts[indices] = rows.numpy()
+        done = indices[-1] + 1
+        if cache is not None:
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, acts=acts, done=done, ids=np.array(probe.ids[:done]))
+            tmp.replace(cache)
+        bar.update(len(indices))
+    bar.close()
+    return acts
+
+
+# --- the pipeline ------------------------------------------------------------------------------------------------
+def _thumbnail(pixels: torch.Tensor) -> bytes:
+    small = F.interpolate(pixels[None], size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE), mode="area")[0, 0]
+    buffer = io.BytesIO()
+    Image.fromarray((small.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def label_terms(label: str) -> set[str]:
+    """The concept terms that name a label (its name and its clinical phrase)."""
+    from xai_core.models.vlm import clinical_term
+
+    return {label.replace("_", " ").lower(), clinical_term(label)}
+
+
+def validate_output_layer(labels: list[str], concepts: list[list[str]], text_similarity: list[float]
+                          ) -> dict[str, float]:
+    """Output neuron k should be named by label k: hit rate, exact-term precision / recall / F1, mean similarity."""
+    hits, precisions, recalls = [], [], []
+    for label, assigned in zip(labels, concepts, strict=True):
+        truth = label_terms(label)
+        matched = truth & set(assigned)
+        hits.append(bool(matched))
+        precisions.append(len(matched) / len(assigned) if assigned else 0.0)
+        recalls.append(len(matched) / len(truth))
+    precision, recall = float(np.mean(precisions)), float(np.mean(recalls))
+    return {"hit_rate": float(np.mean(hits)), "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "mean_text_similarity": float(np.mean(text_similarity))}
+
+
+def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "demo-clip", concepts: str = "demo",
+                     probe: str = "phantom:train", n: int = 5000, out: str | Path | None = None, *,
+                     percentile: float = DEFAULT_PERCENTILE, beta: float = DEFAULT_BETA, cap: int = DEFAULT_CAP,
+                     thumbnails: bool = True, device: str = "cpu", progress: bool = True,
+                     allow_random_weights: bool = False) -> dict[str, Any]:
+    """Annotate every neuron of a layer; returns a summary (path, counts, timings, validation for the output layer).
+
+    Resumable: probe activations are cached next to the output file and reused by a rerun with the same probe."""
+    from xai_core.models import load_model
+
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {', '.join(LAYERS)}, got '{layer}'")
+    out = Path(out) if out else default_path(model, layer, vlm, concepts)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    handle = load_model(model, device, allow_random_weights=allow_random_weights)
+    backend: ImageTextModel = load_backend(vlm, device, allow_random_weights=allow_random_weights)
+    terms = list(concept_set(concepts))
+    if not terms:
+        raise ValueError(f"the concept set '{concepts}' is empty")
+    probing = probe_set(probe, n)
+    timings["load"] = time.perf_counter() - start
+
+    tick = time.perf_counter()
+    cache = out.with_suffix(".activations.npz")
+    acts = probe_activations(handle, probing, layer, cache=cache, progress=progress)
+    timings["activations"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    chosen = representatives(acts, percentile, cap)
+    union = sorted({int(i) for rows in chosen for i in rows})
+    embeddings: dict[int, np.ndarray] = {}
+    thumbs: dict[str, bytes] = {}
+    bar = tqdm(total=len(union), desc="representatives", unit="img", disable=not progress)
+    for indices in _batches(len(union), 64):
+        ids = [union[i] for i in indices]
+        pixels = probing.load(ids, max(backend_size(backend), THUMBNAIL_SIZE))
+        for i, row in zip(ids, backend.encode_images(pixels), strict=True):
+            embeddings[i] = row
+        if thumbnails:
+            thumbs.update({probing.ids[i]: _thumbnail(p) for i, p in zip(ids, pixels, strict=True)})
+        bar.update(len(ids))
+    bar.close()
+    timings["representatives"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    text = backend.encode_texts([CONCEPT_PROMPT.format(c) for c in terms] + [BASE_PROMPT])
+    concept_embeddings, base = text[:-1], text[-1]
+    labels = list(handle.card.labels)
+    weights = head_weights(handle, layer, acts.shape[1])
+    names = labels if layer == "output" else [f"{handle.card.feature_layer}:{k}" for k in range(acts.shape[1])]
+    records, assigned, similarity = [], [], []
+    for k, rows in enumerate(chosen):
+        images = np.stack([embeddings[int(i)] for i in rows]) if len(rows) else np.zeros((0, text.shape[1]))
+        found = select_concepts(concept_scores(images, concept_embeddings, base), terms, beta)
+        column = acts[:, k]
+        counts, edges = np.histogram(column, bins=30)
+        records.append(NeuronRecord(
+            neuron=k, name=names[k], concepts=found.concepts, scores=found.scores, uncertain=found.uncertain,
+            representatives=[probing.ids[int(i)] for i in rows], activations=[float(column[i]) for i in rows],
+            stats={"mean": float(column.mean()), "std": float(column.std()), "min": float(column.min()),
+                   "max": float(column.max()),
+                   "threshold": float(column.max() - (1 - percentile / 100) * (column.max() - column.min()))},
+            histogram={"counts": counts.tolist(), "edges": edges.tolist()},
+            weights={label: float(weights[j, k]) for j, label in enumerate(labels)} if weights is not None else {}))
+        assigned.append(found.concepts)
+        if layer == "output" and found.concepts:
+            label_text = backend.encode_texts([CONCEPT_PROMPT.format(sorted(label_terms(labels[k]))[0])])[0]
+            similarity.append(float(concept_embeddings[terms.index(found.concepts[0])] @ label_text))
+    timings["matching"] = time.perf_counter() - tick
+
+    validation = validate_output_layer(labels, assigned, similarity or [0.0]) if layer == "output" else None
+    meta = {"model": model, "layer": layer, "layer_path": "logits" if layer == "output" else handle.card.feature_layer,
+            "vlm": vlm, "concept_set": concepts, "concepts": terms, "probe": probe, "n": len(probing.ids),
+            "percentile": percentile, "beta": beta, "cap": cap, "labels": labels,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "timings_s": {k: round(v, 1) for k, v in timings.items()}, "validation": validation,
+            "random_weights": bool(handle.random_weights)}
+    write_annotation(out, meta, records, thumbs)
+    cache.unlink(missing_ok=True)
+    uncertain = sum(r.uncertain for r in records)
+    return {"path": str(out), "neurons": len(records), "concepts_in_set": len(terms), "uncertain": uncertain,
+            "representative_images": len(union), "timings_s": meta["timings_s"], "validation": validation}
+
+
+def backend_size(backend: ImageTextModel) -> int:
+    return int(getattr(backend, "image_size", 224))
