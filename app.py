@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/explain_page.py", title="Explain", icon=":material/visibility:", url_path="explain"),
     st.Page("pages/refine_page.py", title="Refine & certainty", icon=":material/filter_center_focus:",
             url_path="refine"),
+    st.Page("pages/concepts_page.py", title="Concepts", icon=":material/psychology:", url_path="concepts"),
     st.Page("pages/evaluate_page.py", title="Evaluate", icon=":material/analytics:", url_path="evaluate"),
     st.Page("pages/review_page.py", title="Review", icon=":material/rate_review:", url_path="review"),
 ]

@@ -179,3 +179,31 @@ def test_evaluate_page_runs_a_small_evaluation(app, tmp_path, monkeypatch):
     app.text_input(key="eval_data").input("phantom:nowhere").run()
     app.button(key="eval_run").click().run()
     assert not app.exception and app.error and "could not run" in app.error[0].value
+
+
+def test_concepts_page_ranks_neurons_and_browses_the_bundled_annotation(monkeypatch):
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/concepts_page.py").run()
+    assert not at.exception and not at.error
+    assert any("Load a case" in i.value for i in at.info), "no case yet: says what to do, the browser still works"
+    at.switch_page("pages/case_page.py").run()
+    _pick_phantom_sample(at, "Effusion")
+    at.switch_page("pages/concepts_page.py").run()
+    at.selectbox(key="target").set_value("Effusion").run()
+    assert not at.exception and not at.error
+    assert len(at.get("imgs")) >= 6, "one activation overlay per top neuron"
+    assert at.dataframe, "the neuron table is shown"
+    at.text_input(key="concept_query").input("effusion").run()
+    assert not at.exception and not at.error
+    neurons = at.selectbox(key="concept_neuron").options
+    assert neurons, "the feature layer has neurons named by an effusion concept"
+    at.radio(key="concept_layer").set_value("output").run()
+    assert not at.exception
+    assert "Effusion" in " ".join(at.selectbox(key="concept_neuron").options)
+
+
+def test_concepts_page_without_an_annotation_says_how_to_make_one(app):
+    app.switch_page("pages/concepts_page.py").run()
+    assert not app.exception and not app.error
+    assert any("annotate-neurons" in i.value for i in app.info)

@@ -22,7 +22,7 @@ OFFSET = 2000
 
 
 def test_manifest_records_every_bundled_model():
-    for name in ("demo", "demo-anatomy"):
+    for name in ("demo", "demo-anatomy", "demo-clip"):
         entry = MANIFEST_MODELS[name]
         path = MODELS_DIR / entry["file"]
         assert path.is_file(), f"{path} is committed"
@@ -36,7 +36,7 @@ def test_manifest_records_every_bundled_model():
 def test_registry_loads_the_demo_family():
     assert list_models()[0] == "demo", "the demo classifier is the default"
     assert {"demo-anatomy", "demo-clip"} <= set(list_models(None))
-    for name in ("demo", "demo-anatomy"):
+    for name in ("demo", "demo-anatomy", "demo-clip"):
         handle = load_model(name)
         assert handle.random_weights is False
     card = get_card("demo")
@@ -84,6 +84,22 @@ def test_held_out_segmenter_dice_above_the_bar():
                 dice[name].extend((2 * inter[:, i] / total[:, i]).tolist())
     for name in ("right_lung", "left_lung", "heart"):
         assert np.mean(dice[name]) >= 0.90, (name, np.mean(dice[name]))
+
+
+def test_held_out_clip_zero_shot_auroc_above_the_bar():
+    from xai_core.models.vlm import encode_images, grey_to_clip_input, prompt_families, zero_shot_scores
+
+    handle = load_model("demo-clip")
+    assert prompt_families(handle) == tuple(MANIFEST_MODELS["demo-clip"]["prompts"]["families"]), \
+        "zero-shot uses the prompt families chosen on val at training time"
+    ys, scores = [], []
+    with torch.inference_mode():
+        for batch in _batches(HELD_OUT):
+            embeddings = encode_images(handle, grey_to_clip_input((batch["x"] + 1024.0) / 2048.0))
+            scores.append(zero_shot_scores(handle, embeddings, list(FINDINGS)).numpy())
+            ys.append(batch["y"].numpy())
+    auroc = auroc_per_label(np.concatenate(ys), np.concatenate(scores))
+    assert np.mean(list(auroc.values())) >= 0.85, auroc
 
 
 def test_missing_bundled_weights_say_how_to_rebuild(tmp_path, monkeypatch):

@@ -117,3 +117,20 @@ def method_available(model: str, method: str) -> bool:
         return get_explainer(method).available(engine().model(model))
     except (ModelError, KeyError):
         return False
+
+
+@st.cache_resource(show_spinner=False)
+def _annotation(path: str, mtime: float):
+    from xai_core.mammi import AnnotationStore
+
+    return AnnotationStore(path)
+
+
+def annotation_store(model: str, layer: str):
+    """The precomputed MAMMI annotation of a model's layer (demo-clip, demo concept set), or None."""
+    from xai_core.mammi import default_path
+
+    path = default_path(model, layer, "demo-clip", "demo")
+    if not path.is_file():
+        return None
+    return _annotation(str(path), path.stat().st_mtime)

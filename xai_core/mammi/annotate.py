@@ -25,7 +25,8 @@ from xai_core.models.base import ModelHandle
 
 LAYERS = ("features", "output")
 ANNOTATIONS_DIR = Path(__file__).resolve().parents[2] / "assets" / "mammi"
-THUMBNAIL_SIZE = 96
+THUMBNAIL_SIZE = 64
+THUMBNAILS_PER_NEURON = 12  # what the concept browser shows; keeps the bundled annotation small
 
 
 def default_path(model: str, layer: str, vlm: str, concepts: str) -> Path:
@@ -204,6 +205,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     tick = time.perf_counter()
     chosen = representatives(acts, percentile, cap)
     union = sorted({int(i) for rows in chosen for i in rows})
+    shown = {int(i) for rows in chosen for i in rows[:THUMBNAILS_PER_NEURON]} if thumbnails else set()
     embeddings: dict[int, np.ndarray] = {}
     thumbs: dict[str, bytes] = {}
     bar = tqdm(total=len(union), desc="representatives", unit="img", disable=not progress)
@@ -212,8 +214,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
         pixels = probing.load(ids, max(backend_size(backend), THUMBNAIL_SIZE))
         for i, row in zip(ids, backend.encode_images(pixels), strict=True):
             embeddings[i] = row
-        if thumbnails:
-            thumbs.update({probing.ids[i]: _thumbnail(p) for i, p in zip(ids, pixels, strict=True)})
+        thumbs.update({probing.ids[i]: _thumbnail(p) for i, p in zip(ids, pixels, strict=True) if i in shown})
         bar.update(len(ids))
     bar.close()
     timings["representatives"] = time.perf_counter() - tick
