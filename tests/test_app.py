@@ -192,15 +192,20 @@ def test_concepts_page_ranks_neurons_and_browses_the_bundled_annotation(monkeypa
     at.switch_page("pages/concepts_page.py").run()
     at.selectbox(key="target").set_value("Effusion").run()
     assert not at.exception and not at.error
-    assert len(at.get("imgs")) >= 6, "one activation overlay per top neuron"
+    overlays = [c for image in at.get("image") for c in image.captions if "contribution" in c]
+    assert len(overlays) == 6, "one activation overlay per top neuron"
     assert at.dataframe, "the neuron table is shown"
     at.text_input(key="concept_query").input("effusion").run()
     assert not at.exception and not at.error
     neurons = at.selectbox(key="concept_neuron").options
     assert neurons, "the feature layer has neurons named by an effusion concept"
+    at.text_input(key="concept_query").input("no such concept").run()
+    assert any("No neuron has a concept matching" in w.value for w in at.warning)
+    at.text_input(key="concept_query").input("").run()
     at.radio(key="concept_layer").set_value("output").run()
     assert not at.exception
-    assert "Effusion" in " ".join(at.selectbox(key="concept_neuron").options)
+    options = at.selectbox(key="concept_neuron").options
+    assert len(options) == 7 and "Effusion" in " ".join(options), "output layer: one neuron per label"
 
 
 def test_concepts_page_without_an_annotation_says_how_to_make_one(app):

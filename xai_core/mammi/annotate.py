@@ -198,6 +198,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     timings["load"] = time.perf_counter() - start
 
     tick = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
     cache = out.with_suffix(".activations.npz")
     acts = probe_activations(handle, probing, layer, cache=cache, progress=progress)
     timings["activations"] = time.perf_counter() - tick
