@@ -56,9 +56,9 @@ def _case_section(model: str) -> None:
         return
     pixels = np.clip((x[0].numpy() - x.min().item()) / max(float(x.max() - x.min()), 1e-6), 0, 1)
     st.caption(f"Contribution = the neuron's weight in the {target} logit x its pooled activation on this image.")
-    columns = st.columns(3)
+    columns = st.columns(TOP_K)
     for i, neuron in enumerate(top):
-        with columns[i % 3]:
+        with columns[i % TOP_K]:
             st.image(blend(pixels, neuron["map"], 0.5), width="stretch",
                      caption=f"neuron {neuron['neuron']}: contribution {neuron['contribution']:+.3f}")
             st.markdown(_chips(neuron["concepts"], neuron["uncertain"]) if neuron["concepts"]

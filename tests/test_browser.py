@@ -95,6 +95,9 @@ def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
         page.get_by_role("link", name="Concepts").click()
         expect(page.get_by_text("Neuron browser")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Representative images")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Search concepts")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('[data-testid=stSkeleton]').length === 0", timeout=60_000)
         _shot(page, tmp_path, "concepts")
 
         page.get_by_role("link", name="Evaluate").click()
