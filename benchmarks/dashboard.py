@@ -36,11 +36,29 @@ def one_run(sample_index: int) -> dict[str, float]:
     return {"pick_to_findings_s": picked - start, "pick_to_overlays_s": done - start, "methods": methods}
 
 
+def register_seeded_nemt(model: str = "demo") -> None:
+    """A seeded, untrained NEMt decoder for `model` (timing only: a decoder costs the same trained or not; `demo`
+    bundles no trained one because it misses its localisation bar)."""
+    import torch
+
+    from xai_core.models import load_model
+    from xai_core.nemt import NEMtDecoder, input_scale, register_decoder, tap_channels
+
+    handle = load_model(model)
+    torch.manual_seed(0)
+    decoder = NEMtDecoder(tap_channels(handle.module, 1), len(handle.card.labels), 1, input_scale=input_scale(handle))
+    register_decoder(handle, decoder)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_dashboard.json"), default=None)
+    parser.add_argument("--seeded-nemt", action="store_true",
+                        help="time NEMt with a seeded untrained decoder when the model bundles none (timing only)")
     args = parser.parse_args(argv)
+    if args.seeded_nemt:
+        register_seeded_nemt()
     runs = [one_run(i) for i in range(args.repeats)]
     for i, r in enumerate(runs):
         print(f"sample {i}: findings after {r['pick_to_findings_s']:.2f} s, "

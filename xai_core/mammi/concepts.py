@@ -51,7 +51,7 @@ increased decreased improved worsened resolved stable top upper-normal
 heart-size lungs-clear loss obscured obscuring overlying overlie overlies underlying possible mildly one two three
 consider reflect reflects cannot correlate correlation result results somewhat known along vague overt project
 projects projecting note notes concern diagnosis today complete confirm difference worse gross obscure location
-stability coarse indistinct aspect scan reason
+stability coarse indistinct aspect scan reason please
 """)
 IRREGULAR_PLURALS = {"pneumothoraces": "pneumothorax", "apices": "apex", "sulci": "sulcus", "vertebrae": "vertebra",
                      "bullae": "bulla", "hila": "hilum", "diaphragms": "diaphragm"}
