@@ -136,6 +136,25 @@ def test_scorecam_top_k_is_a_cheaper_approximation(demo):
     assert np.corrcoef(full.ravel(), fast.ravel())[0, 1] > 0.8
 
 
+def test_scorecam_bfloat16_matches_float32_or_says_why_not(demo):
+    from xai_core.explainers.scorecam import bfloat16_supported
+
+    x = phantom_batch(1, ["Mass"])
+    explainer = get_explainer("scorecam")
+    with pytest.raises(ValueError, match="precision"):
+        explainer.explain(demo, x, torch.tensor([4]), precision="float16")
+    if not bfloat16_supported(torch.device("cpu")):
+        with pytest.raises(ValueError, match="AVX512-BF16/AMX"):
+            explainer.explain(demo, x, torch.tensor([4]), precision="bfloat16")
+        return
+    full = explainer.explain(demo, x, torch.tensor([4]), precision="float32")[0].numpy()
+    fast = explainer.explain(demo, x, torch.tensor([4]), precision="bfloat16")[0].numpy()
+    auto = explainer.explain(demo, x, torch.tensor([4]))[0].numpy()
+    np.testing.assert_array_equal(auto, fast)  # auto picks bfloat16 where it is fast
+    assert fast.dtype == np.float32
+    assert np.corrcoef(full.ravel(), fast.ravel())[0, 1] > 0.999
+
+
 def test_engine_explain_caches_and_reports_time(real_cxr):
     from xai_core.engine import Engine
     from xai_core.imaging import load_radiograph

@@ -19,15 +19,33 @@ def channel_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return ((up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None])
 
 
+def bfloat16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is fast here: a CUDA GPU with bf16, or a CPU with oneDNN bf16 (AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and \
+        bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @register
 class ScoreCAM(Explainer):
     name = "scorecam"
     cost = "slow"
-    defaults: ClassVar[dict[str, Any]] = {"layer": None, "batch": 64, "top_k": None}
+    # batch 16: the fastest masked-forward batch on a 2-core CPU (4.4 s vs 5.7 s at 64 for demo).
+    # precision: "bfloat16" runs the masked forwards (only they: the activations stay float32) under autocast,
+    # 1.5x faster again on AMX CPUs, maps correlating at 0.9999 with float32 (benchmarks/explainers.py);
+    # "auto" (default) uses it where the hardware runs it fast, else float32.
+    defaults: ClassVar[dict[str, Any]] = {"layer": None, "batch": 16, "top_k": None, "precision": "auto"}
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
+        if p["precision"] not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"precision must be auto, float32 or bfloat16, got {p['precision']!r}")
         x = x.to(handle.device)
+        fast = p["precision"] == "bfloat16" or (p["precision"] == "auto" and bfloat16_supported(x.device))
+        if fast and not bfloat16_supported(x.device):
+            raise ValueError(f"bfloat16 Score-CAM needs a CPU with AVX512-BF16/AMX or a CUDA GPU; {x.device} has "
+                             f"neither: use precision='float32'")
         with torch.inference_mode():
             with capture_activations(handle.layer(p["layer"] or handle.card.cam_layer)) as store:
                 handle.module(x)
@@ -43,8 +61,9 @@ class ScoreCAM(Explainer):
                 for start in range(0, len(masks), int(p["batch"])):
                     chunk = masks[start:start + int(p["batch"])]
                     inputs = x[b:b + 1] * chunk.unsqueeze(1)
-                    scores[start:start + len(chunk)] = target_logits(handle.module(inputs),
-                                                                     targets[b].repeat(len(chunk)))
+                    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
+                        logits = handle.module(inputs)
+                    scores[start:start + len(chunk)] = target_logits(logits.float(), targets[b].repeat(len(chunk)))
                 weights = scores.softmax(0)
                 maps.append(torch.relu((weights[:, None, None] * channels).sum(0)))
             cams = torch.stack(maps)
