@@ -9,7 +9,6 @@ the browser's drawing is not included).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import add_json_option, write_json  # noqa: E402
 
 
 def one_run(sample_index: int) -> dict[str, float]:
@@ -53,7 +54,7 @@ def register_seeded_nemt(model: str = "demo") -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_dashboard.json"), default=None)
+    add_json_option(parser, "dashboard")
     parser.add_argument("--seeded-nemt", action="store_true",
                         help="time NEMt with a seeded untrained decoder when the model bundles none (timing only)")
     args = parser.parse_args(argv)
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
               f"overlays ({' + '.join(r['methods'])}) after {r['pick_to_overlays_s']:.2f} s")
     median = statistics.median(r["pick_to_overlays_s"] for r in runs)
     print(f"median pick -> overlays: {median:.2f} s over {len(runs)} samples (bar: < 2 s)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"runs": runs, "median_pick_to_overlays_s": median}, indent=2))
+    write_json(args.json, {"runs": runs, "median_pick_to_overlays_s": median})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import threading
@@ -17,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_json_option, write_json
 from xai_core.engine import Engine
 from xai_core.imaging import Radiograph
 
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="xrv-densenet121-all")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--callers", type=int, default=8)
-    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_engine.json"), default=None,
-                        help="also write the results as JSON (default file: results/bench_engine.json)")
+    add_json_option(parser, "engine")
     args = parser.parse_args(argv)
     result = run(args.model, args.images, args.callers)
     print(f"model {result['model']}, {result['images']} images, {result['callers']} concurrent callers (CPU)")
@@ -104,9 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  ratio concurrent/serial: {result['concurrent_over_serial']:.2f}x")
     print(f"  RSS after load {result['rss_mb_after_load']:.0f} MB, after run {result['rss_mb_after_run']:.0f} MB, "
           f"peak {result['peak_rss_mb']:.0f} MB (bar: < 1500 MB)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_json_option, write_json
 from xai_core.explainers import get_explainer
 from xai_core.models import ModelHandle, load_model
 from xai_core.phantom import generate_case
@@ -220,15 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,nemt,random")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_explainers.json"), default=None,
-                        help="also write the results as JSON (default file: results/bench_explainers.json)")
+    add_json_option(parser, "explainers")
     args = parser.parse_args(argv)
     rows = run(args.models.split(","), args.methods.split(","), args.batch, args.repeats)
     nemt = [nemt_costs(m, args.batch, args.repeats) for m in args.models.split(",")] if "nemt" in args.methods else []
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "rows": rows,
-                                         "nemt": nemt}, indent=2))
+    write_json(args.json, {"device": "cpu", "threads": torch.get_num_threads(), "rows": rows,
+                                         "nemt": nemt})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ matching. There is no peer implementation of MAMMI to compare against; the figur
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_json_option, write_json
 from xai_core.mammi import annotate_neurons
 
 
@@ -42,17 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer", choices=["features", "output"], default="features")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vlm", default="demo-clip")
-    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_mammi.json"), default=None,
-                        help="also write the results as JSON (default file: results/bench_mammi.json)")
+    add_json_option(parser, "mammi")
     args = parser.parse_args(argv)
     result = run(args.n, args.layer, args.device, args.vlm)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result["stages_s"].items())
     print(f"MAMMI, demo {result['layer']} ({result['neurons']} neurons) x {result['n']} probe images on "
           f"{result['device']} ({result['torch_threads']} threads): {result['seconds']:.1f} s ({stages}); "
           f"{result['representative_images']} representative images encoded")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_json_option, write_json
 from xai_core.phantom import generate_case
 
 
@@ -55,17 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_phantom.json"), default=None,
-                        help="also write the results as JSON (default file: results/bench_phantom.json)")
+    add_json_option(parser, "phantom")
     args = parser.parse_args(argv)
     result = run(args.n, args.size, args.workers)
     for label, key in (("training stream (no gaze)", "cases"), ("full cases (with gaze)", "cases_with_gaze")):
         print(f"phantom generator at {result['size']} px, {label}: {result[f'serial_{key}_per_s']:.0f} cases/s in "
               f"one process, {result[f'parallel_{key}_per_s']:.0f} cases/s with {result['workers']} processes "
               f"(bar: >= {result['bar_cases_per_s']} on 2 cores)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ of `demo` (blob-shaped, the common case) and the random control (scattered pixel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_json_option, write_json
 from xai_core.explainers import get_explainer
 from xai_core.metrics.pic import THRESHOLDS, bokeh, pic_curve, random_mask
 from xai_core.models import load_model
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--json", type=Path, nargs="?", const=Path("results/bench_pic.json"), default=None)
+    add_json_option(parser, "pic")
     args = parser.parse_args(argv)
     from saliency.metrics import pic as reference
 
@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{method:<8} median speed-up {np.median([r['speedup'] for r in sub]):.1f}x, total "
               f"{sum(r['reference_s'] for r in sub) / sum(r['ours_s'] for r in sub):.1f}x, max |AUC difference| "
               f"{max(abs(r['auc_ours'] - r['auc_reference']) for r in sub):.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+    write_json(args.json, {"rows": rows})
 
 
 if __name__ == "__main__":
