@@ -15,9 +15,9 @@ from xai_core.overlay import blend
 TOP_K = 6
 
 
-def _chips(concepts: list[tuple[str, float]] | list[str], uncertain: bool) -> str:
-    names = [c[0] if isinstance(c, tuple) else c for c in concepts]
-    text = " · ".join(f"`{name}`" for name in names[:4]) or "—"
+def _chips(concepts: list[tuple[str, float]], uncertain: bool) -> str:
+    """A neuron's first concepts as inline code chips."""
+    text = " · ".join(f"`{name}`" for name, _ in concepts[:4]) or "—"
     return text + (" (uncertain)" if uncertain else "")
 
 

@@ -80,7 +80,6 @@ def test_concept_extractor_merges_plurals_drops_generic_words_and_finds_phrases(
 
 
 def test_real_openi_concept_set_is_large_medical_and_free_of_generic_words():
-    pytest.importorskip("torchxrayvision", reason="the OpenI reports ship inside torchxrayvision")
     from xai_core.mammi.concepts import GENERIC_WORDS, concept_set, openi_reports
 
     assert len(openi_reports()) > 3000

@@ -128,9 +128,7 @@ def _annotation(path: str, mtime: float):
 
 def annotation_store(model: str, layer: str):
     """The precomputed MAMMI annotation of a model's layer (demo-clip, demo concept set), or None."""
-    from xai_core.mammi import default_path
+    from xai_core.mammi import bundled_annotation
 
-    path = default_path(model, layer, "demo-clip", "demo")
-    if not path.is_file():
-        return None
-    return _annotation(str(path), path.stat().st_mtime)
+    path = bundled_annotation(model, layer)
+    return None if path is None else _annotation(str(path), path.stat().st_mtime)

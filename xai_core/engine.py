@@ -473,7 +473,7 @@ class Engine:
         exists) and its activation map on the model's input grid, scaled to [0, 1]."""
         import torch.nn.functional as F
 
-        from xai_core.mammi import AnnotationStore, feature_maps, head_weights
+        from xai_core.mammi import AnnotationStore, bundled_annotation, feature_maps, head_weights
 
         handle = self.model(model)
         index = handle.label_index(target)
@@ -493,7 +493,7 @@ class Engine:
         contribution = weights[index] * pooled
         order = np.argsort(-contribution, kind="stable")[:k]
         store = None
-        path = Path(annotation) if annotation else default_annotation(model)
+        path = Path(annotation) if annotation else bundled_annotation(model)
         if path is not None and path.is_file():
             store = AnnotationStore(path)
         size = handle.card.input.size
@@ -529,14 +529,6 @@ def _window_tag(radiograph: Radiograph) -> str:
 
 _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()
-
-
-def default_annotation(model: str) -> Path | None:
-    """The bundled MAMMI annotation of a model's feature layer, if one was precomputed."""
-    from xai_core.mammi import default_path
-
-    path = default_path(model, "features", "demo-clip", "demo")
-    return path if path.is_file() else None
 
 
 def get_engine(**kwargs: Any) -> Engine:

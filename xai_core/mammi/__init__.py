@@ -3,6 +3,7 @@
 from xai_core.mammi.annotate import (
     LAYERS,
     annotate_neurons,
+    bundled_annotation,
     default_path,
     feature_maps,
     head_weights,
@@ -16,7 +17,8 @@ from xai_core.mammi.select import representatives
 from xai_core.mammi.store import AnnotationStore, NeuronRecord, write_annotation
 
 __all__ = [
-    "LAYERS", "AnnotationStore", "ImageTextModel", "NeuronRecord", "annotate_neurons", "concept_scores", "concept_set",
-    "default_path", "extract_concepts", "feature_maps", "head_weights", "load_backend", "openi_reports", "probe_set",
-    "representatives", "select_concepts", "validate_output_layer", "write_annotation",
+    "LAYERS", "AnnotationStore", "ImageTextModel", "NeuronRecord", "annotate_neurons", "bundled_annotation",
+    "concept_scores", "concept_set", "default_path", "extract_concepts", "feature_maps", "head_weights",
+    "load_backend", "openi_reports", "probe_set", "representatives", "select_concepts", "validate_output_layer",
+    "write_annotation",
 ]

@@ -35,6 +35,12 @@ def default_path(model: str, layer: str, vlm: str, concepts: str) -> Path:
     return ANNOTATIONS_DIR / f"{safe}.sqlite"
 
 
+def bundled_annotation(model: str, layer: str = "features") -> Path | None:
+    """The precomputed annotation of a model's layer (demo-clip, demo concept set) in assets/, if there is one."""
+    path = default_path(model, layer, "demo-clip", "demo")
+    return path if path.is_file() else None
+
+
 # --- probing sets ------------------------------------------------------------------------------------------------
 @dataclass
 class Probe:
@@ -212,7 +218,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     bar = tqdm(total=len(union), desc="representatives", unit="img", disable=not progress)
     for indices in _batches(len(union), 64):
         ids = [union[i] for i in indices]
-        pixels = probing.load(ids, max(backend_size(backend), THUMBNAIL_SIZE))
+        pixels = probing.load(ids, max(backend.image_size, THUMBNAIL_SIZE))
         for i, row in zip(ids, backend.encode_images(pixels), strict=True):
             embeddings[i] = row
         thumbs.update({probing.ids[i]: _thumbnail(p) for i, p in zip(ids, pixels, strict=True) if i in shown})
@@ -258,7 +264,3 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     uncertain = sum(r.uncertain for r in records)
     return {"path": str(out), "neurons": len(records), "concepts_in_set": len(terms), "uncertain": uncertain,
             "representative_images": len(union), "timings_s": meta["timings_s"], "validation": validation}
-
-
-def backend_size(backend: ImageTextModel) -> int:
-    return int(getattr(backend, "image_size", 224))

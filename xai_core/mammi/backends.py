@@ -14,6 +14,7 @@ class ImageTextModel(Protocol):
     """A CLIP-style model: L2-normalised image and text embeddings in one space."""
 
     name: str
+    image_size: int  # the input size its image tower expects
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """[B, 1, S, S] grey pixels in [0, 1] (any S) -> [B, D] float32."""
