@@ -23,6 +23,7 @@ def bfloat16_supported(device: torch.device) -> bool:
     """Whether bfloat16 autocast is fast here: a CUDA GPU with bf16, or a CPU with oneDNN bf16 (AVX512-BF16/AMX)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    # torch's own check for oneDNN bf16 kernels (private, but what torch uses to pick them)
     return device.type == "cpu" and torch.backends.mkldnn.is_available() and \
         bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -42,8 +43,9 @@ class ScoreCAM(Explainer):
         if p["precision"] not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, got {p['precision']!r}")
         x = x.to(handle.device)
-        fast = p["precision"] == "bfloat16" or (p["precision"] == "auto" and bfloat16_supported(x.device))
-        if fast and not bfloat16_supported(x.device):
+        supported = bfloat16_supported(x.device)
+        fast = p["precision"] == "bfloat16" or (p["precision"] == "auto" and supported)
+        if fast and not supported:
             raise ValueError(f"bfloat16 Score-CAM needs a CPU with AVX512-BF16/AMX or a CUDA GPU; {x.device} has "
                              f"neither: use precision='float32'")
         with torch.inference_mode():

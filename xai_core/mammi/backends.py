@@ -72,11 +72,11 @@ def load_backend(spec: str, device: torch.device | str = "cpu", *, allow_random_
     if card.family != "vlm":
         raise ValueError(f"'{spec}' is a {card.family} model, not an image-text model")
     handle = load_model(spec, device, allow_random_weights=allow_random_weights)
-    from xai_core.models.vlm import tokenize
+    from xai_core.models.vlm import PIXEL_MEAN, PIXEL_STD, tokenize
 
     context = handle.module.context_length
     return OpenClipBackend(spec, handle.module, lambda texts: tokenize(texts, context), card.input.size,
-                           (0.5,) * 3, (0.25,) * 3, device)
+                           (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3, device)
 
 
 def _open_clip_backend(spec: str, arch: str, pretrained: str, device: torch.device | str) -> OpenClipBackend:

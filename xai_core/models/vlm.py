@@ -68,9 +68,12 @@ def tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
     return open_clip.tokenize(texts, context_length=context_length)
 
 
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # the demo CLIP's input normalisation of [0, 1] grey pixels
+
+
 def grey_to_clip_input(x: torch.Tensor) -> torch.Tensor:
     """[B, 1, S, S] pixels in [0, 1] -> [B, 3, S, S] normalised input of the demo CLIP."""
-    return ((x - 0.5) / 0.25).expand(-1, 3, -1, -1)
+    return ((x - PIXEL_MEAN) / PIXEL_STD).expand(-1, 3, -1, -1)
 
 
 def encode_images(handle: ModelHandle, x: torch.Tensor) -> torch.Tensor:
@@ -105,12 +108,12 @@ def label_embeddings(handle: ModelHandle, labels: list[str],
     unknown = [f for f in families if f not in PROMPT_FAMILIES]
     if unknown:
         raise ValueError(f"unknown prompt families {unknown}; known: {', '.join(PROMPT_FAMILIES)}")
-    sums = []
+    means = []
     for which in (0, 1):
         stacked = torch.stack([encode_texts(handle, [prompt_texts(label, f)[which] for label in labels])
                                for f in families])
-        sums.append(F.normalize(stacked.mean(0), dim=-1))
-    return sums[0], sums[1]
+        means.append(F.normalize(stacked.mean(0), dim=-1))
+    return means[0], means[1]
 
 
 def zero_shot_scores(handle: ModelHandle, image_embeddings: torch.Tensor, labels: list[str],
