@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from xai_core.metrics import (
     auitc,
@@ -142,6 +143,51 @@ def test_pic_skip_rules():
         pic_curve(image, relevance, lambda imgs: np.full(len(imgs), 0.9), random_mask((32, 32)))
 
 
+def test_sic_and_aic_from_shared_bokeh_images_equal_two_separate_curves():
+    from xai_core.metrics.pic import sic_aic
+    from xai_core.phantom import generate_case
+
+    case = generate_case("test", 3, size=64)
+    image = (np.clip(case.image, 0, 1) * 255).round().astype(np.uint8)
+    calls = []
+
+    def predict(images: np.ndarray) -> np.ndarray:  # 1 for the original, falling with the distance from it
+        calls.append(len(images))
+        return np.exp(-np.abs(np.asarray(images, np.float64) - image).mean((1, 2)) / 6.0)
+
+    mask = random_mask((64, 64), 0.01, seed=1)
+    relevance = np.random.default_rng(2).random((64, 64))
+    sic = pic_curve(image, relevance, predict, mask)
+    aic = pic_curve(image, relevance, lambda imgs: (predict(imgs) >= 0.3).astype(float), mask)
+    separate = sum(calls)
+    calls.clear()
+    cache: dict = {}
+    both = sic_aic(image, relevance, predict, mask, 0.3, cache=cache)
+    assert both["sic"].auc == pytest.approx(sic.auc) and both["aic"].auc == pytest.approx(aic.auc)
+    assert 0 < both["aic"].auc < 1 and sum(calls) == separate // 2
+    assert len(cache) == 15  # blurred, original and one bokeh image per threshold, kept for the next map
+    again = sic_aic(image, relevance, predict, mask, 0.3, cache=cache)
+    assert again["sic"].auc == both["sic"].auc and len(cache) == 15
+    skipped = sic_aic(image, relevance, predict, mask, 1.5)  # never predicted: AIC skipped
+    assert isinstance(skipped["aic"], PicSkip) and skipped["sic"].auc == pytest.approx(sic.auc)
+
+
+def test_case_memo_sends_each_distinct_image_through_the_model_once():
+    from xai_core.evaluate import CaseMemo
+    from xai_core.models import load_model
+
+    handle = load_model("demo")
+    memo = CaseMemo(handle)
+    images = np.random.default_rng(0).normal(0, 300, (3, 224, 224)).astype(np.float32)
+    first = memo.probabilities(images[[0, 1, 0]])
+    assert memo.model_images == 2 and np.array_equal(first[0], first[2])
+    with torch.inference_mode():
+        direct = torch.sigmoid(handle.module(torch.from_numpy(images).unsqueeze(1))).numpy()
+    np.testing.assert_allclose(memo.probabilities(images), direct, atol=1e-5)
+    assert memo.model_images == 3
+    np.testing.assert_allclose(memo.for_target(2)(images[2:]), direct[2:, 2], atol=1e-5)
+
+
 def test_evaluate_runner_end_to_end_and_resume(tmp_path):
     from xai_core.evaluate import resolve_metrics, run_evaluation
 
@@ -160,3 +206,18 @@ def test_evaluate_runner_end_to_end_and_resume(tmp_path):
     assert again == summary
     with pytest.raises(KeyError, match="unknown metric"):
         resolve_metrics("nope")
+
+
+def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
+    from xai_core.evaluate import resolve_metrics, run_evaluation
+
+    metrics = resolve_metrics("relevance_mass,deletion_auc,pic")
+    for workers in (1, 2):
+        run_evaluation("demo", "phantom:test", 3, ["gradcam", "random"], metrics, tmp_path / str(workers),
+                       progress=False, workers=workers)
+
+    def without_seconds(folder: str) -> list[list[str]]:
+        rows = (tmp_path / folder / "per_image.csv").read_text().splitlines()
+        return [row.split(",")[:3] + row.split(",")[4:] for row in rows]
+
+    assert len(without_seconds("1")) > 3 and without_seconds("1") == without_seconds("2")

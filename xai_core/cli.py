@@ -227,7 +227,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = resolve_metrics(args.metrics)
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
-                             device=args.device, gaze_sigma=args.gaze_sigma)
+                             device=args.device, gaze_sigma=args.gaze_sigma, workers=args.workers)
     print(print_summary(summary, metrics))
     print(f"per-image rows: {Path(args.out) / 'per_image.csv'}; summary: {Path(args.out) / 'summary.json'}")
     return 0
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gaze-sigma", type=float, default=6.0, help="gaze heatmap blur in pixels (model grid)")
     evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--workers", type=int, default=0,
+                          help="processes, each on its own cases (default 0: one per core on CPU, one on a GPU)")
     evaluate.set_defaults(run=_cmd_evaluate)
 
     annotate = sub.add_parser("annotate-neurons", help="MAMMI: name what a layer's neurons respond to (resumable)")

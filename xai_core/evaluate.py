@@ -125,23 +125,51 @@ def cases_from(data: str, n: int, seed: int, size: int) -> Iterator[EvalCase]:
     return folder_cases(folder, size, n)
 
 
-def _scorer(handle: ModelHandle, target: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Sigmoid score of the target for model-input images [N, S, S] (batched)."""
-    def score(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = []
-            for start in range(0, len(images), 64):
-                x = torch.from_numpy(np.asarray(images[start:start + 64], np.float32)).unsqueeze(1)
-                out.append(torch.sigmoid(handle.module(x.to(handle.device))[:, target]).float().cpu().numpy())
-        return np.concatenate(out)
-    return score
+class CaseMemo:
+    """What the maps of one case share. Model scores: sigmoid probabilities of every label for model-input images
+    [N, S, S], batched and remembered by image content, so images common to several methods and findings (the
+    original, the baseline, the blurred image, faithfulness-correlation subsets drawn with a fixed seed) go through
+    the model once. PIC bokeh images and their WebP sizes, by kept-pixel set."""
+
+    BATCH = 32  # the fastest CPU batch for demo's forward (2 cores, channels-last)
+
+    def __init__(self, handle: ModelHandle) -> None:
+        self.handle = handle
+        self.known: dict[bytes, np.ndarray] = {}
+        self.model_images = 0
+        self.bokehs: dict[bytes, tuple[np.ndarray, int]] = {}
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        import hashlib
+
+        images = np.ascontiguousarray(images, np.float32)
+        keys = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.known))
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            batch = images[[first[k] for k in missing]]
+            with torch.inference_mode():
+                for start in range(0, len(batch), self.BATCH):
+                    x = torch.from_numpy(batch[start:start + self.BATCH]).unsqueeze(1).to(self.handle.device)
+                    probabilities = torch.sigmoid(self.handle.module(x).float()).cpu().numpy()
+                    for key, row in zip(missing[start:start + self.BATCH], probabilities, strict=True):
+                        self.known[key] = row
+            self.model_images += len(missing)
+        return np.stack([self.known[k] for k in keys])
+
+    def for_target(self, target: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A scorer of one label: images [N, S, S] -> probabilities [N]."""
+        return lambda images: self.probabilities(images)[:, target]
 
 
 def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: np.ndarray,
-                  metrics: set[str], pic_mask: np.ndarray, gaze_sigma: float) -> dict[str, float]:
-    """Every requested metric of one map."""
+                  metrics: set[str], pic_mask: np.ndarray, gaze_sigma: float,
+                  memo: CaseMemo | None = None) -> dict[str, float]:
+    """Every requested metric of one map (`memo`: work shared by the maps of one case)."""
     out: dict[str, float] = {}
     target = handle.card.labels.index(finding)
+    memo = memo or CaseMemo(handle)
+    score = memo.for_target(target)
     mask = case.masks.get(finding)
     a, m = relevance[None], None if mask is None else mask[None]
     if m is not None:
@@ -159,28 +187,21 @@ def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: 
     if metrics & {"deletion_auc", "insertion_auc", "faithfulness_corr"}:
         from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
 
-        score, baseline = _scorer(handle, target), np.zeros_like(x)
+        baseline = np.zeros_like(x)
         if metrics & {"deletion_auc", "insertion_auc"}:
             out.update(deletion_insertion(x, relevance, score, baseline))
         if "faithfulness_corr" in metrics:
             out["faithfulness_corr"] = faithfulness_correlation(x, relevance, score, baseline)
     if metrics & {"sic_auc", "aic_auc"}:
-        from xai_core.metrics.pic import PicSkip, pic_curve
+        from xai_core.metrics.pic import sic_aic
 
         image_u8 = (np.clip(case.image, 0, 1) * 255).round().astype(np.uint8)
-        score = _scorer(handle, target)
-        threshold = handle.card.thresholds.get(finding, 0.5)
-
-        def on_u8(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-            return lambda images: fn(to_model_input(np.asarray(images, np.float32) / 255.0))
-
-        for name, predict in (("sic_auc", on_u8(score)),
-                              ("aic_auc", on_u8(lambda imgs: (score(imgs) >= threshold).astype(float)))):
+        curves = sic_aic(image_u8, relevance, lambda images: score(to_model_input(np.asarray(images, np.float32)
+                                                                                  / 255.0)),
+                         pic_mask, handle.card.thresholds.get(finding, 0.5), cache=memo.bokehs)
+        for name, curve in (("sic_auc", curves["sic"]), ("aic_auc", curves["aic"])):
             if name in metrics:
-                try:
-                    out[name] = pic_curve(image_u8, relevance, predict, pic_mask).auc
-                except PicSkip:
-                    out[name] = float("nan")
+                out[name] = float("nan") if isinstance(curve, Exception) else curve.auc
     if case.fixations is not None and metrics & set(METRIC_GROUPS["gaze"]):
         from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, sim
 
@@ -213,19 +234,75 @@ def resolve_metrics(spec: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metrics: list[str], *, seed: int = 0,
+                  gaze_sigma: float = 6.0, done: set[tuple[str, str, str]] | frozenset = frozenset()
+                  ) -> list[dict[str, Any]]:
+    """Per-image rows (case_id, finding, method, seconds, metrics...) of one case's positive findings not in
+    `done`. Each method explains all of the case's findings in one call, so per-image work is shared."""
+    from xai_core.metrics.pic import random_mask
+
+    size = handle.card.input.size
+    positives = [f for f in case.labels if f in handle.card.labels]
+    x = torch.from_numpy(to_model_input(case.image).astype(np.float32))[None, None].to(handle.device)
+    pic_mask = random_mask((size, size), 0.01, seed=_stable_seed(case.case_id, seed))
+    memo = CaseMemo(handle)
+    rows = []
+    for method in methods:
+        pending = [f for f in positives if (case.case_id, f, method) not in done]
+        if not pending:
+            continue
+        targets = torch.tensor([handle.card.labels.index(f) for f in pending])
+        start = time.perf_counter()
+        maps = get_explainer(method).explain(handle, x.expand(len(pending), *x.shape[1:]), targets)
+        seconds = (time.perf_counter() - start) / len(pending)
+        for finding, relevance in zip(pending, maps.detach().float().cpu().numpy(), strict=True):
+            values = image_metrics(handle, case, finding, relevance, set(metrics), pic_mask, gaze_sigma, memo)
+            rows.append({"case_id": case.case_id, "finding": finding, "method": method,
+                         "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics}})
+    return rows
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(model: str, device: str, allow_random_weights: bool, threads: int, options: dict[str, Any]) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["handle"] = load_model(model, device, allow_random_weights=allow_random_weights)
+    _WORKER["options"] = options
+
+
+def _worker_case(case: EvalCase) -> list[dict[str, Any]]:
+    return evaluate_case(_WORKER["handle"], case, **_WORKER["options"])
+
+
+def default_workers(device: str) -> int:
+    """Processes for `evaluate`: one per core on CPU (explainers, bokeh images and WebP encoding are largely
+    single-threaded, so cases in parallel beat one case on many threads), one on a GPU."""
+    import os
+
+    return 1 if device != "cpu" else max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
 def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: list[str], out: Path, *,
                    seed: int = 0, device: str | None = None, gaze_sigma: float = 6.0, progress: bool = True,
                    on_progress: Callable[[int, int], None] | None = None,
-                   allow_random_weights: bool = False) -> dict[str, Any]:
-    """Evaluate `methods` on the positive findings of `n` cases; resumes from `out/per_image.csv`."""
+                   allow_random_weights: bool = False, workers: int = 1) -> dict[str, Any]:
+    """Evaluate `methods` on the positive findings of `n` cases, over `workers` processes (0: one per core);
+    resumes from `out/per_image.csv`."""
+    import multiprocessing
+    import os
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     from xai_core.engine import pick_device
-    from xai_core.metrics.pic import random_mask
 
     for method in methods:
         get_explainer(method)
-    handle = load_model(model, pick_device(device), allow_random_weights=allow_random_weights)
+    chosen = pick_device(device)
+    handle = load_model(model, chosen, allow_random_weights=allow_random_weights)
+    workers = default_workers(chosen.type) if workers == 0 else workers
     size = handle.card.input.size
     out.mkdir(parents=True, exist_ok=True)
     table = out / "per_image.csv"
@@ -237,39 +314,51 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
             if reader.fieldnames != columns:
                 raise KeyError(f"{table} was written with other metrics ({reader.fieldnames}); use another --out")
             done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
+    options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_sigma": gaze_sigma, "done": done}
     new_file = not table.is_file()
     skipped_no_positive = 0
-    with table.open("a", newline="") as sink:
-        writer = csv.DictWriter(sink, columns)
-        if new_file:
-            writer.writeheader()
-        bar = tqdm(total=n, desc=f"evaluate {model}", unit="case", disable=not progress)
-        for i, case in enumerate(cases_from(data, n, seed, size)):
-            positives = [f for f in case.labels if f in handle.card.labels]
-            if not positives:
-                skipped_no_positive += 1
-            x = torch.from_numpy(to_model_input(case.image).astype(np.float32))[None, None].to(handle.device)
-            pic_mask = random_mask((size, size), 0.01, seed=_stable_seed(case.case_id, seed))
-            for finding in positives:
-                for method in methods:
-                    if (case.case_id, finding, method) in done:
-                        continue
-                    explainer = get_explainer(method)
-                    start = time.perf_counter()
-                    relevance = explainer.explain(handle, x, torch.tensor([handle.card.labels.index(finding)]))
-                    seconds = time.perf_counter() - start
-                    relevance = relevance[0].detach().float().cpu().numpy()
-                    values = image_metrics(handle, case, finding, relevance, set(metrics), pic_mask, gaze_sigma)
-                    writer.writerow({"case_id": case.case_id, "finding": finding, "method": method,
-                                     "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics}})
-                    sink.flush()
-            bar.update(1)
-            if on_progress:
-                on_progress(i + 1, n)
-        bar.close()
+    pool = None
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker,
+                                   initargs=(model, str(chosen), allow_random_weights, threads, options))
+    try:
+        with table.open("a", newline="") as sink:
+            writer = csv.DictWriter(sink, columns)
+            if new_file:
+                writer.writeheader()
+            bar = tqdm(total=n, desc=f"evaluate {model}", unit="case", disable=not progress)
+            finished = 0
+
+            def write(rows: list[dict[str, Any]]) -> None:
+                nonlocal finished
+                writer.writerows(rows)
+                sink.flush()
+                finished += 1
+                bar.update(1)
+                if on_progress:
+                    on_progress(finished, n)
+
+            in_flight: deque = deque()  # bounded, so a large folder is never held in memory at once
+            for case in cases_from(data, n, seed, size):
+                if not any(f in handle.card.labels for f in case.labels):
+                    skipped_no_positive += 1
+                if pool is None:
+                    write(evaluate_case(handle, case, **options))
+                    continue
+                in_flight.append(pool.submit(_worker_case, case))
+                while len(in_flight) > 2 * workers or (in_flight and in_flight[0].done()):
+                    write(in_flight.popleft().result())
+            while in_flight:
+                write(in_flight.popleft().result())
+            bar.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     summary = summarise_table(table, methods, metrics)
-    summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "cases_without_positives":
-                   skipped_no_positive, "summary": summary}
+    summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "workers": workers,
+                   "cases_without_positives": skipped_no_positive, "summary": summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "run.json").write_text(json.dumps(summary_doc, indent=2) + "\n")
     write_plots(table, methods, metrics, out)

@@ -53,20 +53,25 @@ class ScoreCAM(Explainer):
                 handle.module(x)
             activations = store["activations"].float()
             maps = []
+            masked_logits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (image, channels, logits)
             for b in range(x.shape[0]):
-                channels = activations[b]
-                if p["top_k"]:
-                    keep = channels.mean((1, 2)).topk(min(int(p["top_k"]), channels.shape[0])).indices
-                    channels = channels[keep]
-                masks = channel_masks(channels, x.shape[-2:])
-                scores = torch.empty(len(masks), device=x.device)
-                for start in range(0, len(masks), int(p["batch"])):
-                    chunk = masks[start:start + int(p["batch"])]
-                    inputs = x[b:b + 1] * chunk.unsqueeze(1)
-                    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
-                        logits = handle.module(inputs)
-                    scores[start:start + len(chunk)] = target_logits(logits.float(), targets[b].repeat(len(chunk)))
-                weights = scores.softmax(0)
+                # the masked forwards score every label at once: a repeated image (several targets) reuses them
+                seen = next((entry for entry in masked_logits if torch.equal(entry[0], x[b])), None)
+                if seen is None:
+                    channels = activations[b]
+                    if p["top_k"]:
+                        keep = channels.mean((1, 2)).topk(min(int(p["top_k"]), channels.shape[0])).indices
+                        channels = channels[keep]
+                    masks = channel_masks(channels, x.shape[-2:])
+                    logits = []
+                    for start in range(0, len(masks), int(p["batch"])):
+                        inputs = x[b:b + 1] * masks[start:start + int(p["batch"])].unsqueeze(1)
+                        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
+                            logits.append(handle.module(inputs).float())
+                    seen = (x[b], channels, torch.cat(logits))
+                    masked_logits.append(seen)
+                _, channels, logits = seen
+                weights = target_logits(logits, targets[b].repeat(len(logits))).softmax(0)
                 maps.append(torch.relu((weights[:, None, None] * channels).sum(0)))
             cams = torch.stack(maps)
         return upsample(cams, x.shape[-2:]).clamp_min(0)

@@ -84,6 +84,7 @@ class XRAI(Explainer):
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
         maps = []
+        segmented: list[tuple[torch.Tensor, np.ndarray]] = []  # a repeated image (several targets) is cut once
         for b in range(x.shape[0]):
             image = x[b:b + 1]
             attribution = torch.zeros_like(image, device=handle.device)
@@ -92,7 +93,10 @@ class XRAI(Explainer):
                 attribution += integrated_gradients(handle, image, targets[b:b + 1], baseline, p["steps"],
                                                     p["rule"], p["batch"])
             attribution = (attribution / 2).max(1).values[0].cpu().numpy()  # channel max, as the reference
-            masks = segments(image[0].mean(0).cpu().numpy())
+            masks = next((m for seen, m in segmented if torch.equal(seen, x[b])), None)
+            if masks is None:
+                masks = segments(image[0].mean(0).cpu().numpy())
+                segmented.append((x[b], masks))
             maps.append(greedy_regions(attribution, masks, p["min_pixel_diff"]))
         result = torch.from_numpy(np.stack(maps).astype(np.float32)).to(handle.device)
         return result - result.amin(dim=(1, 2), keepdim=True)  # non-negative; the order of regions is kept

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -78,30 +79,79 @@ def pic_curve(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.nd
               monotone: bool = True) -> PicResult:
     """One image's information curve: `predict` maps uint8 images [N, H, W] to scores [N] (SIC: the target's
     probability; AIC: 1.0 if the finding is still predicted, else 0.0). Raises PicSkip per the skip rules."""
+    result = pic_curves(image, relevance, predict, mask, {"curve": lambda s: s}, thresholds=thresholds,
+                        min_score=min_score, monotone=monotone)["curve"]
+    if isinstance(result, PicSkip):
+        raise result
+    return result
+
+
+def sic_aic(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
+            mask: np.ndarray, decision_threshold: float, **options: Any) -> dict[str, PicResult | PicSkip]:
+    """SIC (the probability itself) and AIC (probability >= the model's operating point) of one map from the same
+    bokeh images and the same model scores: half the interpolation and model calls of two `pic_curve`s."""
+    return pic_curves(image, relevance, predict, mask,
+                      {"sic": lambda s: s, "aic": lambda s: (s >= decision_threshold).astype(np.float64)},
+                      **options)
+
+
+def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
+               mask: np.ndarray, curves: dict[str, Callable[[np.ndarray], np.ndarray]], *,
+               thresholds: tuple[float, ...] = THRESHOLDS, min_score: float = 0.5, monotone: bool = True,
+               cache: dict[bytes, tuple[np.ndarray, int]] | None = None) -> dict[str, PicResult | PicSkip]:
+    """Information curves of one map for several read-outs of the same model score (name -> scores -> curve
+    scores); each entry is the curve or the PicSkip that excluded it. Bokeh images, their WebP sizes and the model
+    calls are shared, and built only when some curve survives the skip rules. `cache` (one dict per image) keeps
+    bokeh images and sizes by kept-pixel set across the maps of that image."""
     if image.dtype != np.uint8:
         raise ValueError(f"PIC needs a uint8 image; got {image.dtype}")
-    blurred = bokeh(image, mask)
-    fully_blurred, original = np.asarray(predict(np.stack([blurred, image])), np.float64)
-    if original < min_score:
-        raise PicSkip(f"original score {original:.3f} < {min_score}")
-    if fully_blurred >= original:
-        raise PicSkip(f"blurred score {fully_blurred:.3f} >= original {original:.3f}")
-    info_original, info_blurred = webp_size(image), webp_size(blurred)
+    cache = {} if cache is None else cache
+
+    def bokeh_and_size(keep: np.ndarray) -> tuple[np.ndarray, int]:
+        key = np.packbits(keep).tobytes()
+        if key not in cache:
+            rebuilt = bokeh(image, keep)
+            cache[key] = (rebuilt, webp_size(rebuilt))
+        return cache[key]
+
+    blurred, info_blurred = bokeh_and_size(mask)
+    raw_ends = np.asarray(predict(np.stack([blurred, image])), np.float64)
+    results: dict[str, PicResult | PicSkip] = {}
+    ends: dict[str, np.ndarray] = {}
+    for name, read_out in curves.items():
+        fully_blurred, original = read_out(raw_ends)
+        if original < min_score:
+            results[name] = PicSkip(f"original score {original:.3f} < {min_score}")
+        elif fully_blurred >= original:
+            results[name] = PicSkip(f"blurred score {fully_blurred:.3f} >= original {original:.3f}")
+        else:
+            ends[name] = np.array([fully_blurred, original])
+    if not ends:
+        return results
+    info_original = bokeh_and_size(np.ones_like(mask))[1]
     if info_blurred >= info_original:
-        raise PicSkip("the blurred image holds as much information as the original")
-    bokehs = [bokeh(image, (relevance >= np.quantile(relevance, 1 - t)) | mask) for t in thresholds]
-    scores = np.concatenate([[fully_blurred], np.asarray(predict(np.stack(bokehs)), np.float64), [original]])
-    xs, ys, best = [0.0, 1.0], [0.0, 1.0], 0.0
-    for b, score in zip(bokehs, scores[1:-1], strict=True):
-        x = np.clip((webp_size(b) - info_blurred) / (info_original - info_blurred), 0.0, 1.0)
-        y = np.clip((score - fully_blurred) / (original - fully_blurred), 0.0, 1.0)
-        best = max(best, y)
-        xs.append(float(x))
-        ys.append(float(best if monotone else y))
+        skip = PicSkip("the blurred image holds as much information as the original")
+        return {**results, **dict.fromkeys(ends, skip)}
+    rebuilt = [bokeh_and_size((relevance >= np.quantile(relevance, 1 - t)) | mask) for t in thresholds]
+    raw = np.asarray(predict(np.stack([b for b, _ in rebuilt])), np.float64)
+    info = np.clip((np.array([size for _, size in rebuilt]) - info_blurred) / (info_original - info_blurred),
+                   0.0, 1.0)
+    for name, (fully_blurred, original) in ends.items():
+        scores = curves[name](raw)
+        results[name] = _curve(info, scores, fully_blurred, original, monotone)
+    return {name: results[name] for name in curves}
+
+
+def _curve(info: np.ndarray, scores: np.ndarray, fully_blurred: float, original: float,
+           monotone: bool) -> PicResult:
     from scipy.interpolate import interp1d
 
+    y = np.clip((scores - fully_blurred) / (original - fully_blurred), 0.0, 1.0)
+    if monotone:
+        y = np.maximum.accumulate(y)
+    xs, ys = np.concatenate([[0.0, 1.0], info]), np.concatenate([[0.0, 1.0], y])
     curve_x = np.append(np.linspace(0.0, 1.0, CURVE_POINTS, endpoint=False), 1.0)
     curve_y = interp1d(xs, ys)(curve_x)
     curve_y[-1] = 1.0
-    return PicResult(float(np.trapezoid(curve_y, curve_x)), curve_x, curve_y, scores)
-
+    return PicResult(float(np.trapezoid(curve_y, curve_x)), curve_x, curve_y,
+                     np.concatenate([[fully_blurred], scores, [original]]))
