@@ -128,7 +128,7 @@ def _ours(explainer, handle: ModelHandle, x: torch.Tensor, t: torch.Tensor, **pa
 
 def variants(method: str) -> list[dict]:
     """Our settings to time per method: the defaults, plus the documented fast modes."""
-    from xai_core.explainers.scorecam import bfloat16_supported
+    from xai_core.models.base import bfloat16_supported
 
     if method == "scorecam":
         exact = [{"precision": "float32"}] if bfloat16_supported(torch.device("cpu")) else []

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from ui import state
-from xai_core.evaluate import ALL_METRICS, METRIC_GROUPS, box_figure, run_evaluation
+from xai_core.evaluate import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, run_evaluation
 from xai_core.explainers import list_explainers
 from xai_core.imaging import RadiographError
 from xai_core.models import ModelError
@@ -58,6 +58,12 @@ def render() -> None:
     per_image = pd.read_csv(shown / "per_image.csv")
     st.plotly_chart(box_figure(per_image, list(summary), [m for m in ALL_METRICS if m in per_image]),
                     width="stretch", key="eval_boxes")
+    curves_file = shown / "pic_curves.json"
+    curves = json.loads(curves_file.read_text()) if curves_file.is_file() else {}
+    if curves:
+        st.caption("SIC/AIC aggregated as median curves over the images the skip rules keep (AUC of the median "
+                   "curve in the legend); the table above gives the mean of per-image AUCs.")
+        st.plotly_chart(curve_figure(curves), width="stretch", key="eval_curves")
     st.download_button("Per-image CSV", per_image.to_csv(index=False), file_name="per_image.csv", key="eval_csv")
     st.download_button("Summary JSON", json.dumps(summary, indent=2), file_name="summary.json", key="eval_json")
 

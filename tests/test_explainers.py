@@ -150,7 +150,7 @@ def test_scorecam_top_k_is_a_cheaper_approximation(demo):
 
 
 def test_scorecam_bfloat16_matches_float32_or_says_why_not(demo):
-    from xai_core.explainers.scorecam import bfloat16_supported
+    from xai_core.models.base import bfloat16_supported
 
     x = phantom_batch(1, ["Mass"])
     explainer = get_explainer("scorecam")

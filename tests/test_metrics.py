@@ -177,7 +177,7 @@ def test_case_memo_sends_each_distinct_image_through_the_model_once():
     from xai_core.models import load_model
 
     handle = load_model("demo")
-    memo = CaseMemo(handle)
+    memo = CaseMemo(handle, "float32")
     images = np.random.default_rng(0).normal(0, 300, (3, 224, 224)).astype(np.float32)
     first = memo.probabilities(images[[0, 1, 0]])
     assert memo.model_images == 2 and np.array_equal(first[0], first[2])
@@ -186,6 +186,9 @@ def test_case_memo_sends_each_distinct_image_through_the_model_once():
     np.testing.assert_allclose(memo.probabilities(images), direct, atol=1e-5)
     assert memo.model_images == 3
     np.testing.assert_allclose(memo.for_target(2)(images[2:]), direct[2:, 2], atol=1e-5)
+    fast = CaseMemo(handle, "auto")
+    if fast.bfloat16:  # where bfloat16 scoring is the default, it stays close to float32
+        np.testing.assert_allclose(fast.probabilities(images), direct, atol=0.01)
 
 
 def test_evaluate_runner_end_to_end_and_resume(tmp_path):
@@ -221,3 +224,22 @@ def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
         return [row.split(",")[:3] + row.split(",")[4:] for row in rows]
 
     assert len(without_seconds("1")) > 3 and without_seconds("1") == without_seconds("2")
+
+
+def test_pic_median_curves_from_stored_per_image_curves(tmp_path):
+    from xai_core.evaluate import CURVE_SAMPLES, median_curves, write_curve_plots
+
+    x = np.linspace(0, 1, CURVE_SAMPLES)
+    lines = [{"case_id": f"c{i}", "finding": "Mass", "method": "gradcam", "kind": "sic", "y": list(x ** power)}
+             for i, power in enumerate((1.0, 2.0, 3.0))]
+    lines.append({**lines[0], "y": list(x ** 0.5)})  # a resumed run rewrote c0: the last record counts
+    curve_file = tmp_path / "pic_curves.jsonl"
+    curve_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    curves = median_curves(curve_file, ["gradcam", "random"])
+    sic = curves["gradcam"]["sic"]
+    assert sic["n"] == 3 and set(curves) == {"gradcam"}  # no curves for random, no aic
+    np.testing.assert_allclose(sic["y"], x ** 2, atol=1e-4)  # pointwise median of x^0.5, x^2, x^3
+    assert sic["median_curve_auc"] == pytest.approx(1 / 3, abs=1e-3)
+    assert sic["ci_low"] <= sic["median_curve_auc"] <= sic["ci_high"]
+    write_curve_plots(curves, tmp_path)
+    assert (tmp_path / "pic_curves.html").is_file() and (tmp_path / "pic_curves.png").stat().st_size > 1000

@@ -227,8 +227,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = resolve_metrics(args.metrics)
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
-                             device=args.device, gaze_sigma=args.gaze_sigma, workers=args.workers)
+                             device=args.device, gaze_sigma=args.gaze_sigma, workers=args.workers,
+                             precision=args.precision)
     print(print_summary(summary, metrics))
+    run = json.loads((Path(args.out) / "run.json").read_text())
+    for method, kinds in run.get("pic_median_curves", {}).items():
+        print(f"{method:<10} median-curve AUC " + ", ".join(
+            f"{kind.upper()} {c['median_curve_auc']:.3f} [{c['ci_low']:.3f},{c['ci_high']:.3f}] (n={c['n']})"
+            for kind, c in kinds.items()))
     print(f"per-image rows: {Path(args.out) / 'per_image.csv'}; summary: {Path(args.out) / 'summary.json'}")
     return 0
 
@@ -338,8 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gaze-sigma", type=float, default=6.0, help="gaze heatmap blur in pixels (model grid)")
     evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
     evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--workers", type=int, default=0,
-                          help="processes, each on its own cases (default 0: one per core on CPU, one on a GPU)")
+    evaluate.add_argument("--workers", type=int, default=1,
+                          help="processes, each on its own cases (0: one per core on CPU, one on a GPU; on 2 cores "
+                               "this gained nothing over 1)")
+    evaluate.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                          help="of the metrics' model calls: auto = bfloat16 where the hardware runs it fast")
     evaluate.set_defaults(run=_cmd_evaluate)
 
     annotate = sub.add_parser("annotate-neurons", help="MAMMI: name what a layer's neurons respond to (resumable)")

@@ -43,25 +43,41 @@ def baseline_for(x: torch.Tensor, kind: str, value_range: tuple[float, float]) -
 
 def integrated_gradients(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, baseline: torch.Tensor,
                          steps: int, rule: str, batch: int) -> torch.Tensor:
-    """Signed attributions [B, C, H, W]: (x - baseline) * sum_i w_i d logit / d x at the quadrature nodes."""
+    """Signed attributions [B, C, H, W]: (x - baseline) * sum_i w_i d logit / d x at the quadrature nodes.
+
+    Rows with the same image and baseline (one image, several targets) share the forward passes: each extra
+    target costs one more backward pass over the same graph."""
     device = handle.device
     x, baseline, targets = x.to(device), baseline.to(device), targets.to(device)
     nodes, weights = quadrature(steps, rule)
     alphas = torch.tensor(nodes, dtype=x.dtype, device=device)
     w = torch.tensor(weights, dtype=x.dtype, device=device)
+    groups: list[list[int]] = []  # batch rows with identical image and baseline; the first one is evaluated
+    for row in range(x.shape[0]):
+        group = next((g for g in groups if torch.equal(x[g[0]], x[row]) and torch.equal(baseline[g[0]],
+                                                                                        baseline[row])), None)
+        if group is None:
+            groups.append([row])
+        else:
+            group.append(row)
     total = torch.zeros_like(x)
-    b, m = x.shape[0], steps
-    pairs = [(i, j) for i in range(b) for j in range(m)]  # (image, step) rows, evaluated `batch` at a time
+    pairs = [(g, j) for g in range(len(groups)) for j in range(steps)]  # (group, step), `batch` at a time
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
-        image = torch.tensor([i for i, _ in chunk], device=device)
+        members = [groups[g] for g, _ in chunk]
+        first = torch.tensor([m[0] for m in members], device=device)
         step = torch.tensor([j for _, j in chunk], device=device)
         a = alphas[step].view(-1, 1, 1, 1)
-        inputs = (baseline[image] + a * (x[image] - baseline[image])).requires_grad_(True)
+        inputs = (baseline[first] + a * (x[first] - baseline[first])).requires_grad_(True)
+        widest = max(len(m) for m in members)
         with torch.enable_grad():
-            scores = target_logits(handle.module(inputs), targets[image])
-            (grads,) = torch.autograd.grad(scores.sum(), inputs)
-        total.index_add_(0, image, grads * w[step].view(-1, 1, 1, 1))
+            logits = handle.module(inputs)
+            for position in range(widest):  # one backward per target position within the groups
+                valid = torch.tensor([len(m) > position for m in members], device=device)
+                rows = torch.tensor([m[min(position, len(m) - 1)] for m in members], device=device)
+                scores = target_logits(logits, targets[rows]) * valid
+                (grads,) = torch.autograd.grad(scores.sum(), inputs, retain_graph=position < widest - 1)
+                total.index_add_(0, rows[valid], (grads * w[step].view(-1, 1, 1, 1))[valid])
     return (x - baseline) * total
 
 

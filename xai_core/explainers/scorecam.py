@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from xai_core.explainers.base import Explainer, capture_activations, register, target_logits, upsample
 from xai_core.models import ModelHandle
+from xai_core.models.base import use_bfloat16
 
 
 def channel_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -17,15 +18,6 @@ def channel_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     flat = up.flatten(1)
     lo, hi = flat.min(1).values, flat.max(1).values
     return ((up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None])
-
-
-def bfloat16_supported(device: torch.device) -> bool:
-    """Whether bfloat16 autocast is fast here: a CUDA GPU with bf16, or a CPU with oneDNN bf16 (AVX512-BF16/AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # torch's own check for oneDNN bf16 kernels (private, but what torch uses to pick them)
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and \
-        bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @register
@@ -40,14 +32,8 @@ class ScoreCAM(Explainer):
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
-        if p["precision"] not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"precision must be auto, float32 or bfloat16, got {p['precision']!r}")
         x = x.to(handle.device)
-        supported = bfloat16_supported(x.device)
-        fast = p["precision"] == "bfloat16" or (p["precision"] == "auto" and supported)
-        if fast and not supported:
-            raise ValueError(f"bfloat16 Score-CAM needs a CPU with AVX512-BF16/AMX or a CUDA GPU; {x.device} has "
-                             f"neither: use precision='float32'")
+        fast = use_bfloat16(p["precision"], x.device)
         with torch.inference_mode():
             with capture_activations(handle.layer(p["layer"] or handle.card.cam_layer)) as store:
                 handle.module(x)

@@ -83,20 +83,19 @@ class XRAI(Explainer):
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
+        x = x.to(handle.device)
+        low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)  # the reference's two constant baselines
+        high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
+        attribution = sum(integrated_gradients(handle, x, targets, baseline, p["steps"], p["rule"], p["batch"])
+                          for baseline in (low, high))
+        attribution = (attribution / 2).max(1).values.cpu().numpy()  # channel max, as the reference
         maps = []
         segmented: list[tuple[torch.Tensor, np.ndarray]] = []  # a repeated image (several targets) is cut once
         for b in range(x.shape[0]):
-            image = x[b:b + 1]
-            attribution = torch.zeros_like(image, device=handle.device)
-            for value in (image.min(), image.max()):  # the reference's two constant baselines
-                baseline = torch.full_like(image, float(value))
-                attribution += integrated_gradients(handle, image, targets[b:b + 1], baseline, p["steps"],
-                                                    p["rule"], p["batch"])
-            attribution = (attribution / 2).max(1).values[0].cpu().numpy()  # channel max, as the reference
             masks = next((m for seen, m in segmented if torch.equal(seen, x[b])), None)
             if masks is None:
-                masks = segments(image[0].mean(0).cpu().numpy())
+                masks = segments(x[b].mean(0).cpu().numpy())
                 segmented.append((x[b], masks))
-            maps.append(greedy_regions(attribution, masks, p["min_pixel_diff"]))
+            maps.append(greedy_regions(attribution[b], masks, p["min_pixel_diff"]))
         result = torch.from_numpy(np.stack(maps).astype(np.float32)).to(handle.device)
         return result - result.amin(dim=(1, 2), keepdim=True)  # non-negative; the order of regions is kept

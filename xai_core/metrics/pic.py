@@ -10,8 +10,11 @@ no interior and cost what the reference costs. Agreement: tests/test_metrics.py;
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +53,11 @@ def webp_size(image: np.ndarray) -> int:
     return buffer.tell()
 
 
+@functools.cache
+def _encoder_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0))), thread_name_prefix="webp")
+
+
 def bokeh(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The image rebuilt from the kept pixels (and the 4 corners) by linear interpolation over a Delaunay
     triangulation of the kept pixels that border removed ones; removed pixels outside the hull take the mean."""
@@ -66,7 +74,11 @@ def bokeh(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     points = np.argwhere(border)
     unknown = np.argwhere(~keep)
     values = image[tuple(points.T)].astype(np.float64)
-    interpolator = LinearNDInterpolator(points, values, fill_value=float(image.mean()))
+    # Pixel grids are full of co-circular points, which qhull resolves by merging facets; a fixed 0.001-pixel
+    # jitter breaks those ties (as arbitrarily as qhull does) and makes the triangulation of a scattered map 2.4x
+    # faster. Interpolated values move by well under a grey level on average.
+    jitter = np.random.default_rng(0).uniform(-1e-3, 1e-3, points.shape)
+    interpolator = LinearNDInterpolator(points + jitter, values, fill_value=float(image.mean()))
     out = image.astype(np.float64) * keep
     out[tuple(unknown.T)] = interpolator(unknown)
     if np.issubdtype(image.dtype, np.integer):
@@ -107,12 +119,19 @@ def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.n
         raise ValueError(f"PIC needs a uint8 image; got {image.dtype}")
     cache = {} if cache is None else cache
 
+    def bokehs_and_sizes(keeps: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        keys = [np.packbits(keep).tobytes() for keep in keeps]
+        pending = {}
+        for key, keep in zip(keys, keeps, strict=True):
+            if key not in cache and key not in pending:
+                rebuilt = bokeh(image, keep)
+                # the encoder releases the GIL: it runs while the next bokeh image is interpolated
+                pending[key] = (rebuilt, _encoder_pool().submit(webp_size, rebuilt))
+        cache.update({key: (rebuilt, size.result()) for key, (rebuilt, size) in pending.items()})
+        return [cache[key] for key in keys]
+
     def bokeh_and_size(keep: np.ndarray) -> tuple[np.ndarray, int]:
-        key = np.packbits(keep).tobytes()
-        if key not in cache:
-            rebuilt = bokeh(image, keep)
-            cache[key] = (rebuilt, webp_size(rebuilt))
-        return cache[key]
+        return bokehs_and_sizes([keep])[0]
 
     blurred, info_blurred = bokeh_and_size(mask)
     raw_ends = np.asarray(predict(np.stack([blurred, image])), np.float64)
@@ -132,7 +151,7 @@ def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.n
     if info_blurred >= info_original:
         skip = PicSkip("the blurred image holds as much information as the original")
         return {**results, **dict.fromkeys(ends, skip)}
-    rebuilt = [bokeh_and_size((relevance >= np.quantile(relevance, 1 - t)) | mask) for t in thresholds]
+    rebuilt = bokehs_and_sizes([(relevance >= np.quantile(relevance, 1 - t)) | mask for t in thresholds])
     raw = np.asarray(predict(np.stack([b for b, _ in rebuilt])), np.float64)
     info = np.clip((np.array([size for _, size in rebuilt]) - info_blurred) / (info_original - info_blurred),
                    0.0, 1.0)

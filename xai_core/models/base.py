@@ -172,6 +172,30 @@ def load_model(name: str, device: torch.device | str = "cpu", *, allow_random_we
     return handle
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def bfloat16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is fast here: a CUDA GPU with bf16, or a CPU with oneDNN bf16 (AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # torch's own check for oneDNN bf16 kernels (private, but what torch uses to pick them)
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and \
+        bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_bfloat16(precision: str, device: torch.device) -> bool:
+    """Whether to run forwards under bfloat16 autocast: 'auto' where the hardware runs it fast, 'float32' never,
+    'bfloat16' always (an error where it would be slow)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    supported = bfloat16_supported(device)
+    if precision == "bfloat16" and not supported:
+        raise ValueError(f"bfloat16 needs a CPU with AVX512-BF16/AMX or a CUDA GPU; {device} has neither: use "
+                         f"precision='float32'")
+    return precision == "bfloat16" or (precision == "auto" and supported)
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MB blocks."""
     digest = hashlib.sha256()
