@@ -78,3 +78,46 @@ def test_calibration_is_reproducible_and_finds_a_separating_threshold():
     assert 0.45 < first["threshold"] < 0.65
     with pytest.raises(ValueError, match="both true and false"):
         calibrate(certainty, np.ones(200, bool))
+
+
+def test_xrv_pspnet_segmenter_names_every_structure_the_table_uses(tmp_path, monkeypatch):
+    import torch
+
+    from xai_core.models import MissingWeightsError, get_card, load_model
+    from xai_core.models.segmenters import segment
+    from xai_core.segx import FALLBACK
+
+    card = get_card("xrv-pspnet")
+    assert card.family == "segmenter" and card.input.size == 512 and len(card.labels) == 14
+    used = {s for structures, _ in REGIONS["xrv-pspnet"].values() for s in structures} | set(FALLBACK["xrv-pspnet"][0])
+    assert used <= set(card.labels)
+    monkeypatch.setenv("XAI_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("XRV_DATA_DIR", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match=r"pspnet_chestxray_best_model_4\.pth"):
+        load_model("xrv-pspnet")
+    handle = load_model("xrv-pspnet", allow_random_weights=True)  # no weights can be fetched here
+    assert handle.random_weights
+    x = torch.linspace(-1024, 1024, 128 * 128).reshape(1, 1, 128, 128)  # any size works; 512 is its native one
+    masks = segment(handle, x)
+    assert list(masks) == card.labels and all(m.shape == (1, 128, 128) and m.dtype == torch.bool
+                                              for m in masks.values())
+    named = {name: m[0].numpy() for name, m in masks.items()}
+    assert region_for("Cardiomegaly", "xrv-pspnet", named).structures == ("Heart",)
+    assert region_for("Hernia", "xrv-pspnet", named).structures == ("Facies Diaphragmatica", "Mediastinum")
+
+
+def test_segx_iou_metric_keeps_the_top_pixels_inside_the_anatomy():
+    from xai_core.evaluate import EvalCase, image_metrics
+    from xai_core.models import load_model
+
+    handle = load_model("demo")
+    lesion = square(100, 40, 40, 22)  # 484 px, ~5% of the image
+    region = square(100, 30, 30, 40)
+    relevance = np.zeros((100, 100), np.float32)
+    relevance[0:10, 0:30] = 2.0  # the strongest 300 px lie outside the anatomy
+    relevance[lesion] = 1.0
+    case = EvalCase("c", np.zeros((100, 100), np.float32), ["Mass"], {"Mass": lesion})
+    values = image_metrics(handle, case, "Mass", relevance, {"iou_at_5", "segx_iou_at_5"}, np.zeros((100, 100), bool),
+                           6.0, region=region)
+    assert values["iou_at_5"] == pytest.approx(200 / (500 + 484 - 200))  # top 500: 300 outside + 200 of the lesion
+    assert values["segx_iou_at_5"] == pytest.approx(484 / 500)  # refined: the whole lesion + 16 region pixels

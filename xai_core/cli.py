@@ -228,7 +228,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = resolve_metrics(args.metrics)
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
                              device=args.device, gaze_sigma=args.gaze_sigma, workers=args.workers,
-                             precision=args.precision)
+                             precision=args.precision, segmenter=args.segmenter)
     print(print_summary(summary, metrics))
     run = json.loads((Path(args.out) / "run.json").read_text())
     for method, kinds in run.get("pic_median_curves", {}).items():
@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=1,
                           help="processes, each on its own cases (0: one per core on CPU, one on a GPU; on 2 cores "
                                "this gained nothing over 1)")
+    evaluate.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for the segx metric")
     evaluate.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                           help="of the metrics' model calls: auto = bfloat16 where the hardware runs it fast")
     evaluate.set_defaults(run=_cmd_evaluate)

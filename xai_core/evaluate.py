@@ -26,6 +26,7 @@ from xai_core.metrics import (
     summarise,
 )
 from xai_core.models import ModelHandle, load_model
+from xai_core.segx import region_for
 from xai_core.training.common import to_model_input
 
 METRIC_GROUPS = {
@@ -33,6 +34,7 @@ METRIC_GROUPS = {
     "shape": ("complexity", "sparseness"),
     "faithfulness": ("deletion_auc", "insertion_auc", "faithfulness_corr"),
     "pic": ("sic_auc", "aic_auc"),
+    "segx": ("segx_iou_at_5",),
     "gaze": ("gaze_kl", "gaze_nss", "gaze_cc", "gaze_sim"),
 }
 ALL_METRICS = tuple(m for group in METRIC_GROUPS.values() for m in group)
@@ -173,9 +175,10 @@ class CaseMemo:
 
 def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: np.ndarray,
                   metrics: set[str], pic_mask: np.ndarray, gaze_sigma: float,
-                  memo: CaseMemo | None = None, curves: dict[str, list[float]] | None = None) -> dict[str, float]:
+                  memo: CaseMemo | None = None, curves: dict[str, list[float]] | None = None,
+                  region: np.ndarray | None = None) -> dict[str, float]:
     """Every requested metric of one map (`memo`: work shared by the maps of one case; `curves`: receives the
-    SIC/AIC curves at CURVE_SAMPLES points)."""
+    SIC/AIC curves at CURVE_SAMPLES points; `region`: the finding's anatomy, for SegX)."""
     out: dict[str, float] = {}
     target = handle.card.labels.index(finding)
     memo = memo or CaseMemo(handle)
@@ -189,6 +192,10 @@ def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: 
                 out[name] = float(fn(a, m)[0])
         if "iou_at_5" in metrics:
             out["iou_at_5"] = float(iou_at(a, m, 5.0)[0])
+        if "segx_iou_at_5" in metrics and region is not None:
+            from xai_core.segx import refine
+
+            out["segx_iou_at_5"] = float(iou_at(refine(relevance, region, "soft")[None], m, 5.0)[0])
     if "complexity" in metrics:
         out["complexity"] = float(complexity(a)[0])
     if "sparseness" in metrics:
@@ -249,11 +256,12 @@ def resolve_metrics(spec: str) -> list[str]:
 
 def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metrics: list[str], *, seed: int = 0,
                   gaze_sigma: float = 6.0, done: set[tuple[str, str, str]] | frozenset = frozenset(),
-                  precision: str = "auto") -> list[dict[str, Any]]:
+                  precision: str = "auto", segmenter: ModelHandle | None = None) -> list[dict[str, Any]]:
     """Per-image rows (case_id, finding, method, seconds, metrics..., and "curves": the SIC/AIC curves) of one
     case's positive findings not in
     `done`. Each method explains all of the case's findings in one call, so per-image work is shared.
-    `precision`: of the metrics' model scores (see CaseMemo); explainers run at their own defaults."""
+    `precision`: of the metrics' model scores (see CaseMemo); explainers run at their own defaults. `segmenter`:
+    the anatomy model for the SegX metric (SegX IoU@5%: the soft-refined map's top 5% against the lesion)."""
     from xai_core.metrics.pic import random_mask
 
     size = handle.card.input.size
@@ -261,6 +269,8 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
     x = torch.from_numpy(to_model_input(case.image).astype(np.float32))[None, None].to(handle.device)
     pic_mask = random_mask((size, size), 0.01, seed=_stable_seed(case.case_id, seed))
     memo = CaseMemo(handle, precision)
+    anatomy = case_anatomy(segmenter, case.image, size) if segmenter is not None and "segx_iou_at_5" in metrics \
+        else None
     rows = []
     for method in methods:
         pending = [f for f in positives if (case.case_id, f, method) not in done]
@@ -272,21 +282,39 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
         seconds = (time.perf_counter() - start) / len(pending)
         for finding, relevance in zip(pending, maps.detach().float().cpu().numpy(), strict=True):
             curves: dict[str, list[float]] = {}
+            region = None if anatomy is None else region_for(finding, segmenter.card.name, anatomy).mask
             values = image_metrics(handle, case, finding, relevance, set(metrics), pic_mask, gaze_sigma, memo,
-                                   curves)
+                                   curves, region)
             rows.append({"case_id": case.case_id, "finding": finding, "method": method,
                          "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics},
                          "curves": curves})
     return rows
 
 
+def case_anatomy(segmenter: ModelHandle, image: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """The segmenter's named masks of a case image ([S, S] in [0, 1]) on the classifier's [size, size] grid."""
+    import cv2
+
+    from xai_core.models.segmenters import segment
+
+    side = segmenter.card.input.size
+    pixels = cv2.resize(image.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(to_model_input(pixels).astype(np.float32))[None, None]
+    masks = {name: m[0].cpu().numpy().astype(np.uint8) for name, m in segment(segmenter, x).items()}
+    return {name: cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+            for name, m in masks.items()}
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(model: str, device: str, allow_random_weights: bool, threads: int, options: dict[str, Any]) -> None:
+def _start_worker(model: str, device: str, allow_random_weights: bool, threads: int, options: dict[str, Any],
+                  segmenter: str | None) -> None:
     torch.set_num_threads(threads)
     _WORKER["handle"] = load_model(model, device, allow_random_weights=allow_random_weights)
-    _WORKER["options"] = options
+    segmenter_handle = None if segmenter is None else load_model(segmenter, device,
+                                                                 allow_random_weights=allow_random_weights)
+    _WORKER["options"] = {**options, "segmenter": segmenter_handle}
 
 
 def _worker_case(case: EvalCase) -> list[dict[str, Any]]:
@@ -304,7 +332,8 @@ def default_workers(device: str) -> int:
 def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: list[str], out: Path, *,
                    seed: int = 0, device: str | None = None, gaze_sigma: float = 6.0, progress: bool = True,
                    on_progress: Callable[[int, int], None] | None = None,
-                   allow_random_weights: bool = False, workers: int = 1, precision: str = "auto") -> dict[str, Any]:
+                   allow_random_weights: bool = False, workers: int = 1, precision: str = "auto",
+                   segmenter: str = "demo-anatomy") -> dict[str, Any]:
     """Evaluate `methods` on the positive findings of `n` cases, over `workers` processes (0: one per core);
     resumes from `out/per_image.csv`."""
     import multiprocessing
@@ -337,6 +366,9 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
             done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
     options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_sigma": gaze_sigma, "done": done,
                "precision": precision}
+    segmenter_name = segmenter if "segx_iou_at_5" in metrics else None
+    segmenter_handle = None if segmenter_name is None else load_model(segmenter_name, chosen,
+                                                                      allow_random_weights=allow_random_weights)
     new_file = not table.is_file()
     skipped_no_positive = 0
     pool = None
@@ -344,7 +376,8 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker,
-                                   initargs=(model, str(chosen), allow_random_weights, threads, options))
+                                   initargs=(model, str(chosen), allow_random_weights, threads, options,
+                                             segmenter_name))
     try:
         with table.open("a", newline="") as sink, curve_file.open("a") as curve_sink:
             writer = csv.DictWriter(sink, columns)
@@ -372,7 +405,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
                 if not any(f in handle.card.labels for f in case.labels):
                     skipped_no_positive += 1
                 if pool is None:
-                    write(evaluate_case(handle, case, **options))
+                    write(evaluate_case(handle, case, **options, segmenter=segmenter_handle))
                     continue
                 in_flight.append(pool.submit(_worker_case, case))
                 while len(in_flight) > 2 * workers or (in_flight and in_flight[0].done()):
@@ -385,6 +418,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
             pool.shutdown(cancel_futures=True)
     summary = summarise_table(table, methods, metrics)
     summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "workers": workers,
+                   "segmenter": segmenter_name,
                    "scoring_bfloat16": scoring_bfloat16,
                    "cases_without_positives": skipped_no_positive, "summary": summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -81,6 +81,13 @@ def _xrv_card(name: str, key: str) -> ModelCard:
 
 def _weights_path(card: ModelCard) -> Path | None:
     path = find_weights(card.weights_file)
+    if path is None and os.environ.get("XAI_DOWNLOAD_WEIGHTS") == "1" and card.family == "segmenter":
+        import torchxrayvision as xrv
+
+        path = weights_dirs()[0] / card.weights_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        xrv.utils.download(card.provenance["weights_url"], str(path))
+        return path
     if path is None and os.environ.get("XAI_DOWNLOAD_WEIGHTS") == "1":
         import torchxrayvision as xrv
 
@@ -124,3 +131,55 @@ def _load_xrv(card: ModelCard, device: torch.device, allow_random_weights: bool)
 
 for _name, _key in XRV_CLASSIFIERS.items():
     register_model(_xrv_card(_name, _key), _load_xrv)
+
+
+PSPNET_URL = "https://github.com/mlmed/torchxrayvision/releases/download/v1/pspnet_chestxray_best_model_4.pth"
+PSPNET_STRUCTURES = ["Left Clavicle", "Right Clavicle", "Left Scapula", "Right Scapula", "Left Lung", "Right Lung",
+                     "Left Hilus Pulmonis", "Right Hilus Pulmonis", "Heart", "Aorta", "Facies Diaphragmatica",
+                     "Mediastinum", "Weasand", "Spine"]
+
+
+class PSPNetLogits(nn.Module):
+    """torchxrayvision's ChestX-Det PSPNet without its download-on-construction wrapper: [-1024, 1024] input at
+    512 px -> one logit map per structure (sigmoid >= 0.5 is the structure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
+
+        self.net = pspnet(len(PSPNET_STRUCTURES))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = ((x + 1024) / 2048).expand(-1, 3, -1, -1)  # the ImageNet-normalised RGB torchxrayvision feeds it
+        return self.net((x - self.mean) / self.std)
+
+
+def _pspnet_card() -> ModelCard:
+    return ModelCard(
+        name="xrv-pspnet",
+        labels=list(PSPNET_STRUCTURES),
+        input=InputSpec(channels=1, size=512, value_range=(-1024.0, 1024.0)),
+        cam_layer="",
+        feature_layer="",
+        thresholds=dict.fromkeys(PSPNET_STRUCTURES, 0.5),
+        provenance={"source": "torchxrayvision (ChestX-Det PSPNet, Lian et al. 2021)", "weights_url": PSPNET_URL},
+        intended_use="Research and education: anatomy masks for SegX/SegU. Not a medical device.",
+        family="segmenter",
+        weights_file=os.path.basename(PSPNET_URL),
+    )
+
+
+def _load_pspnet(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
+    module = PSPNetLogits()
+    path = _weights_path(card)
+    if path is None and not allow_random_weights:
+        raise _missing(card)
+    if path is not None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    return ModelHandle(card=card, module=module.to(device), device=device, random_weights=path is None)
+
+
+register_model(_pspnet_card(), _load_pspnet)
