@@ -66,8 +66,12 @@ def render() -> None:
     with c2:
         methods = [m for m in list_explainers() if state.method_available(model, m)]
         st.selectbox("Method", methods, key="refine_method", index=methods.index("gradcam"))
+    if st.session_state.get("segmenter") not in SEGMENTERS:  # the phantom's anatomy for demo, real anatomy else
+        st.session_state["segmenter"] = "demo-anatomy" if model.startswith("demo") else "xrv-pspnet"
     with c3:
-        st.selectbox("Anatomy model", SEGMENTERS, key="segmenter")
+        st.selectbox("Anatomy model", SEGMENTERS, key="segmenter",
+                     help="demo-anatomy knows the synthetic phantom; xrv-pspnet (torchxrayvision, 14 structures) "
+                          "is for real radiographs and needs its weights file")
     with c4:
         mode = st.radio("SegX mode", ["soft", "binary"], key="segx_mode", horizontal=True,
                         help="soft: the map inside the region, rescaled; binary: the top-p% pixels inside it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xai_core.segx import REGIONS, calibrate, refine, region_for, segu
+from xai_core.segx import REGIONS, by_label, calibrate, refine, region_for, segu
 
 
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -121,3 +121,19 @@ def test_segx_iou_metric_keeps_the_top_pixels_inside_the_anatomy():
                            6.0, region=region)
     assert values["iou_at_5"] == pytest.approx(200 / (500 + 484 - 200))  # top 500: 300 outside + 200 of the lesion
     assert values["segx_iou_at_5"] == pytest.approx(484 / 500)  # refined: the whole lesion + 16 region pixels
+
+
+def test_true_and_false_positives_compared_within_each_finding():
+    # pooled, the large-region finding's false positives look more certain than the small-region true positives;
+    # within each finding, true positives are the more certain ones
+    certainty = np.array([0.2, 0.3, 0.1, 0.7, 0.8, 0.6, 0.5])
+    correct = np.array([True, True, False, True, True, False, False])
+    labels = ["Cardiomegaly"] * 3 + ["Nodule"] * 4
+    result = by_label(certainty, correct, labels)
+    assert result["per_label"]["Cardiomegaly"]["auroc"] == 1.0 and result["per_label"]["Nodule"]["auroc"] == 1.0
+    assert result["within_label_auroc"] == 1.0 and result["within_label_pairs"] == 2 + 4
+    assert calibrate(certainty, correct)["auroc"] < 0.8
+    single = by_label(np.array([0.5, 0.5]), np.array([True, False]), ["Mass", "Mass"])
+    assert single["per_label"]["Mass"]["auroc"] == 0.5
+    no_false = by_label(np.array([0.5]), np.array([True]), ["Mass"])
+    assert "auroc" not in no_false["per_label"]["Mass"] and np.isnan(no_false["within_label_auroc"])

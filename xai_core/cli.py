@@ -171,12 +171,12 @@ def _cmd_segu(args: argparse.Namespace) -> int:
     from xai_core.engine import Engine
     from xai_core.imaging import Radiograph
     from xai_core.phantom import generate_case
-    from xai_core.segx import calibrate, store_calibration
+    from xai_core.segx import by_label, calibrate, store_calibration
 
     split = _phantom_split(args.data)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     handle = engine.model(args.model)
-    certainty, correct = [], []
+    certainty, correct, labels = [], [], []
     for index in tqdm(range(args.n), desc=f"segu {args.model}/{args.method}", unit="case", disable=args.json):
         case = generate_case(split, index, seed=args.seed, size=256)
         radiograph = Radiograph.from_array(case.image, source_name=case.case_id)
@@ -186,6 +186,7 @@ def _cmd_segu(args: argparse.Namespace) -> int:
             scores = engine.certainty(radiograph, args.model, args.method, label, segmenter=args.segmenter)
             certainty.append(scores["certainty"])
             correct.append(label in case.labels)
+            labels.append(label)
     result = {"model": args.model, "method": args.method, "data": args.data, "n_cases": args.n,
               "n_positive_findings": len(certainty),
               "mean_certainty": {"true_positive": float(np.nanmean([c for c, t in zip(certainty, correct,
@@ -194,6 +195,7 @@ def _cmd_segu(args: argparse.Namespace) -> int:
                                                                                     strict=True) if not t]
                                                                     or [np.nan]))}}
     result["calibration"] = calibrate(np.array(certainty), np.array(correct), seed=args.seed)
+    result["by_label"] = by_label(np.array(certainty), np.array(correct), labels)
     if args.calibrate:
         store_calibration(args.model, args.method, {**result["calibration"], "data": args.data, "n_cases": args.n,
                                                     "segmenter": args.segmenter})

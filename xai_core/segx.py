@@ -132,6 +132,31 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
             "threshold": float(min(thresholds[best], 1.0)), "n_true": int(y.sum()), "n_false": int((~y).sum())}
 
 
+def by_label(certainty: np.ndarray, correct: np.ndarray, labels: list[str]) -> dict[str, object]:
+    """True vs false positives compared within each finding: per label the counts, mean certainties and AUROC,
+    and the within-label AUROC (the chance that a true positive is more certain than a false positive of the same
+    finding; ties count half). Pooled AUROC mixes findings whose regions differ in size, and so in certainty."""
+    c = np.asarray(certainty, np.float64)
+    y = np.asarray(correct, bool)
+    names = np.asarray(labels)
+    per_label: dict[str, dict[str, float]] = {}
+    wins = pairs = 0.0
+    for label in sorted(set(labels)):
+        keep = (names == label) & np.isfinite(c)
+        true, false = c[keep & y], c[keep & ~y]
+        entry = {"n_true": len(true), "n_false": len(false),
+                 "mean_true": float(true.mean()) if len(true) else float("nan"),
+                 "mean_false": float(false.mean()) if len(false) else float("nan")}
+        if len(true) and len(false):
+            difference = true[:, None] - false[None, :]
+            label_wins = float((difference > 0).sum() + 0.5 * (difference == 0).sum())
+            entry["auroc"] = label_wins / difference.size
+            wins, pairs = wins + label_wins, pairs + difference.size
+        per_label[label] = entry
+    return {"per_label": per_label, "within_label_auroc": wins / pairs if pairs else float("nan"),
+            "within_label_pairs": int(pairs)}
+
+
 def stored_calibration(model: str, method: str) -> dict[str, float] | None:
     """The SegU calibration of a model and method kept in the weights manifest (None if never calibrated)."""
     from xai_core.models.demo import _manifest_entries
