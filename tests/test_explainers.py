@@ -90,16 +90,20 @@ def test_gradcam_family_on_densenet121_with_inplace_relu(method):
     assert maps.shape == (2, 224, 224) and torch.isfinite(maps).all()
 
 
+@pytest.mark.parametrize("model", ["demo", "xrv-densenet121-all"])
 @pytest.mark.parametrize("ours,theirs", [("gradcam", "GradCAM"), ("gradcampp", "GradCAMPlusPlus")])
-def test_gradcam_matches_pytorch_grad_cam(demo, ours, theirs):
+def test_gradcam_matches_pytorch_grad_cam(model, ours, theirs):
+    """On trained demo weights and on a random-weight DenseNet121, whose tiny gradients make Grad-CAM++'s epsilon
+    matter."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    handle = load_model(model, allow_random_weights=True)
     x = phantom_batch(3, ["Cardiomegaly", "Effusion"])
     targets = [1, 3, 1]
-    mine = get_explainer(ours).explain(demo, x, torch.tensor(targets)).numpy()
-    layer = demo.layer(demo.card.cam_layer)
-    with getattr(pytorch_grad_cam, theirs)(model=demo.module, target_layers=[layer]) as cam:
+    mine = get_explainer(ours).explain(handle, x, torch.tensor(targets)).numpy()
+    layer = handle.layer(handle.card.cam_layer)
+    with getattr(pytorch_grad_cam, theirs)(model=handle.module, target_layers=[layer]) as cam:
         # the peer backpropagates from the input; our loaded models have frozen parameters
         reference = cam(input_tensor=x.clone().requires_grad_(True),
                         targets=[ClassifierOutputTarget(t) for t in targets])
