@@ -134,6 +134,29 @@ def test_ig_completeness_improves_with_steps(demo):
     assert fine <= coarse + 1e-3
 
 
+def test_xrai_reuses_the_ig_methods_integral_inside_shared_integrals(demo, monkeypatch):
+    from xai_core.explainers import ig as ig_module
+
+    x = phantom_batch(1, ["Effusion", "Nodule"]).expand(2, -1, -1, -1)
+    assert x.min().item() == demo.card.input.value_range[0]  # XRAI's low baseline is then the black one
+    targets = torch.tensor([3, 5])
+    params = {"steps": 4, "batch": 8}
+    alone = get_explainer("xrai").explain(demo, x, targets, **params)
+    integrals = []
+    real = ig_module._integrate
+    monkeypatch.setattr(ig_module, "_integrate", lambda *a: integrals.append(a[4]) or real(*a))
+    with ig_module.shared_integrals():
+        ig_map = get_explainer("ig").explain(demo, x, targets, **params)
+        shared = get_explainer("xrai").explain(demo, x, targets, **params)
+    assert len(integrals) == 2  # ig's black baseline, then only XRAI's high baseline (not 3)
+    torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+    torch.testing.assert_close(ig_map, get_explainer("ig").explain(demo, x, targets, **params), rtol=0, atol=0)
+    assert len(integrals) == 3  # outside the block nothing is remembered
+    with ig_module.shared_integrals():
+        get_explainer("ig").explain(demo, x, torch.tensor([3, 4]), **params)  # other targets: computed anew
+    assert len(integrals) == 4
+
+
 def test_scorecam_matches_pytorch_grad_cam(demo):
     from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -20,7 +20,7 @@ from xai_core.metrics import (
 )
 from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
 from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, read_fixations, sim
-from xai_core.metrics.pic import PicSkip, bokeh, pic_curve, random_mask
+from xai_core.metrics.pic import PicSkip, bokeh, pic_curve, random_mask, rasterize_linear
 
 
 def box(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -132,6 +132,24 @@ def test_pic_agrees_with_saliency_metrics_pic(reference_pic):
         ours = pic_curve(image, saliency_map, predict, mask, min_score=0.0)
         theirs = reference_pic.compute_pic_metric(image, saliency_map, mask, predict, thresholds, min_pred_value=0.0)
         assert abs(ours.auc - theirs.auc) < 0.02
+
+
+@pytest.mark.parametrize("kept_fraction", [0.02, 0.5, 0.9])
+def test_rasterized_interpolation_equals_scipy(kept_fraction):
+    from scipy.interpolate import LinearNDInterpolator
+    from scipy.spatial import Delaunay
+
+    rng = np.random.default_rng(1)
+    keep = rng.random((64, 80)) < kept_fraction
+    points = np.argwhere(keep) + rng.uniform(-1e-3, 1e-3, (keep.sum(), 2))
+    values = rng.random(len(points)) * 255
+    triangulation = Delaunay(points)
+    ours = rasterize_linear(points, triangulation.simplices, values, ~keep, fill=-1.0)
+    unknown = np.argwhere(~keep)
+    theirs = LinearNDInterpolator(triangulation, values, fill_value=-1.0)(unknown)
+    np.testing.assert_allclose(ours[tuple(unknown.T)], theirs, atol=1e-9)
+    assert (ours[keep] == -1.0).all()  # only the wanted pixels are written
+    assert (theirs == -1.0).any()  # some removed pixels lie outside the hull and keep the fill
 
 
 def test_pic_skip_rules():

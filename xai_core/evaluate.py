@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from xai_core.explainers import get_explainer
+from xai_core.explainers.ig import shared_integrals
 from xai_core.metrics import (
     auitc,
     complexity,
@@ -259,7 +260,9 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
                   precision: str = "auto", segmenter: ModelHandle | None = None) -> list[dict[str, Any]]:
     """Per-image rows (case_id, finding, method, seconds, metrics..., and "curves": the SIC/AIC curves) of one
     case's positive findings not in
-    `done`. Each method explains all of the case's findings in one call, so per-image work is shared.
+    `done`. Each method explains all of the case's findings in one call, so per-image work is shared, and
+    integrals are shared across methods (XRAI's low-baseline IG is `ig`'s when the image reaches the range's low
+    end; its `seconds` then exclude that integral).
     `precision`: of the metrics' model scores (see CaseMemo); explainers run at their own defaults. `segmenter`:
     the anatomy model for the SegX metric (SegX IoU@5%: the soft-refined map's top 5% against the lesion)."""
     from xai_core.metrics.pic import random_mask
@@ -272,22 +275,23 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
     anatomy = case_anatomy(segmenter, case.image, size) if segmenter is not None and "segx_iou_at_5" in metrics \
         else None
     rows = []
-    for method in methods:
-        pending = [f for f in positives if (case.case_id, f, method) not in done]
-        if not pending:
-            continue
-        targets = torch.tensor([handle.card.labels.index(f) for f in pending])
-        start = time.perf_counter()
-        maps = get_explainer(method).explain(handle, x.expand(len(pending), *x.shape[1:]), targets)
-        seconds = (time.perf_counter() - start) / len(pending)
-        for finding, relevance in zip(pending, maps.detach().float().cpu().numpy(), strict=True):
-            curves: dict[str, list[float]] = {}
-            region = None if anatomy is None else region_for(finding, segmenter.card.name, anatomy).mask
-            values = image_metrics(handle, case, finding, relevance, set(metrics), pic_mask, gaze_sigma, memo,
-                                   curves, region)
-            rows.append({"case_id": case.case_id, "finding": finding, "method": method,
-                         "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics},
-                         "curves": curves})
+    with shared_integrals():  # XRAI reuses the `ig` method's integral where they coincide
+        for method in methods:
+            pending = [f for f in positives if (case.case_id, f, method) not in done]
+            if not pending:
+                continue
+            targets = torch.tensor([handle.card.labels.index(f) for f in pending])
+            start = time.perf_counter()
+            maps = get_explainer(method).explain(handle, x.expand(len(pending), *x.shape[1:]), targets)
+            seconds = (time.perf_counter() - start) / len(pending)
+            for finding, relevance in zip(pending, maps.detach().float().cpu().numpy(), strict=True):
+                curves: dict[str, list[float]] = {}
+                region = None if anatomy is None else region_for(finding, segmenter.card.name, anatomy).mask
+                values = image_metrics(handle, case, finding, relevance, set(metrics), pic_mask, gaze_sigma, memo,
+                                       curves, region)
+                rows.append({"case_id": case.case_id, "finding": finding, "method": method,
+                             "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics},
+                             "curves": curves})
     return rows
 
 
