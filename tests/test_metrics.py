@@ -244,6 +244,19 @@ def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
     assert len(without_seconds("1")) > 3 and without_seconds("1") == without_seconds("2")
 
 
+def test_default_workers_one_per_core_on_cpu_only_for_runs_worth_the_start_up(monkeypatch):
+    import os
+
+    from xai_core.evaluate import MIN_CASES_PER_EXTRA_WORKER, default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    assert default_workers("cpu", 200) == 8, "one per core, at most 8"
+    assert default_workers("cpu", MIN_CASES_PER_EXTRA_WORKER - 1) == 1
+    assert default_workers("cuda", 200) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers("cpu", MIN_CASES_PER_EXTRA_WORKER) == 2
+
+
 def test_pic_median_curves_from_stored_per_image_curves(tmp_path):
     from xai_core.evaluate import CURVE_SAMPLES, median_curves, write_curve_plots
 

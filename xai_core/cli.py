@@ -346,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gaze-sigma", type=float, default=6.0, help="gaze heatmap blur in pixels (model grid)")
     evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
     evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--workers", type=int, default=1,
-                          help="processes, each on its own cases (0: one per core on CPU, one on a GPU; on 2 cores "
-                               "this gained nothing over 1)")
+    evaluate.add_argument("--workers", type=int, default=0,
+                          help="processes, each on its own cases (default 0: one per core on CPU for 8 cases or "
+                               "more, else one)")
     evaluate.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for the segx metric")
     evaluate.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                           help="of the metrics' model calls: auto = bfloat16 where the hardware runs it fast")

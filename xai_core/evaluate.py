@@ -325,12 +325,20 @@ def _worker_case(case: EvalCase) -> list[dict[str, Any]]:
     return evaluate_case(_WORKER["handle"], case, **_WORKER["options"])
 
 
-def default_workers(device: str) -> int:
-    """Processes for `evaluate`: one per core on CPU (explainers, bokeh images and WebP encoding are largely
-    single-threaded, so cases in parallel beat one case on many threads), one on a GPU."""
+# Below this many cases, starting more processes (each imports torch and loads the models, ~10 s) costs more than
+# it gains.
+MIN_CASES_PER_EXTRA_WORKER = 8
+
+
+def default_workers(device: str, n_cases: int) -> int:
+    """Processes for `evaluate`: one per core on CPU, up to 8 (explainers, bokeh images and WebP encoding are
+    largely single-threaded, so cases in parallel beat one case on many threads: 200 phantom cases on 2 cores took
+    1990 s with 2 processes, 2404 s with 1), one on a GPU and for small runs."""
     import os
 
-    return 1 if device != "cpu" else max(1, min(len(os.sched_getaffinity(0)), 8))
+    if device != "cpu" or n_cases < MIN_CASES_PER_EXTRA_WORKER:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
 def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: list[str], out: Path, *,
@@ -355,7 +363,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     chosen = pick_device(device)
     handle = load_model(model, chosen, allow_random_weights=allow_random_weights)
     scoring_bfloat16 = use_bfloat16(precision, handle.device)  # checks `precision` before any work
-    workers = default_workers(chosen.type) if workers == 0 else workers
+    workers = default_workers(chosen.type, n) if workers == 0 else workers
     size = handle.card.input.size
     out.mkdir(parents=True, exist_ok=True)
     table = out / "per_image.csv"
