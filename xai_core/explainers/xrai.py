@@ -1,9 +1,11 @@
 """XRAI (Kapishnikov et al. 2019): IG attributions aggregated over a greedy cover of over-segmented regions.
 
-Same algorithm as the PAIR `saliency` reference. Faster in two ways: the IG steps are batched with a Gauss-Legendre
-rule (fewer steps for the same integral), and the greedy loop keeps each segment's uncovered-pixel count and
-attribution sum and updates them only for the pixels just covered, instead of recomputing every segment's gain
-over the whole image at every step.
+Same algorithm as the PAIR `saliency` reference. Faster in two ways: 32 batched right-Riemann IG steps per baseline
+instead of its 100 one at a time, and the greedy loop keeps each segment's uncovered-pixel count and attribution sum
+and updates them only for the pixels just covered, instead of recomputing every segment's gain over the whole image
+at every step. The rule matters: the top-10% regions at 32 right-Riemann steps agree with those at the reference's
+settings at IoU 0.94 on 18 phantom test positives, at 32 Gauss-Legendre steps only 0.79 (the region order flips on
+small attribution changes); `python -m xai_core bench explainers --xrai-agreement N` measures it.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def greedy_regions(attribution: np.ndarray, masks: np.ndarray, min_pixel_diff: i
 class XRAI(Explainer):
     name = "xrai"
     cost = "slow"
-    defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "gausslegendre", "batch": 32, "min_pixel_diff": 50}
+    defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "riemann_right", "batch": 32, "min_pixel_diff": 50}
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
