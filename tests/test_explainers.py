@@ -119,7 +119,7 @@ def test_ig_matches_captum(demo, rule, captum_method):
     x = phantom_batch(2, ["Nodule"])
     targets = torch.tensor([5, 5])
     baseline = torch.full_like(x, -1024.0)
-    ours = get_explainer("ig").attribute(demo, x, targets, steps=16, rule=rule, batch=32)
+    ours = get_explainer("ig").attribute(demo, x, targets, steps=16, rule=rule, batch=32, precision="float32")
     reference = IntegratedGradients(demo.module).attribute(x, baselines=baseline, target=targets, n_steps=16,
                                                            method=captum_method)
     error = (ours - reference).norm() / reference.norm()
@@ -129,9 +129,27 @@ def test_ig_matches_captum(demo, rule, captum_method):
 def test_ig_completeness_improves_with_steps(demo):
     explainer = get_explainer("ig")
     x = phantom_batch(1, ["Effusion"])
-    coarse = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=4).abs().item()
-    fine = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=32).abs().item()
+    coarse = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=4, precision="float32").abs().item()
+    fine = explainer.completeness_gap(demo, x, torch.tensor([3]), steps=32, precision="float32").abs().item()
     assert fine <= coarse + 1e-3
+
+
+def test_ig_auto_precision_stays_close_to_float32(demo):
+    """'auto' is bfloat16 autocast only where the hardware runs it fast; its maps stay close to the exact ones."""
+    from xai_core.models.base import bfloat16_supported
+
+    explainer = get_explainer("ig")
+    x = phantom_batch(2, ["Effusion", "Nodule"])
+    targets = torch.tensor([3, 5])
+    exact = explainer.explain(demo, x, targets, precision="float32").numpy()
+    auto = explainer.explain(demo, x, targets).numpy()
+    if bfloat16_supported(demo.device):
+        for a, b in zip(auto, exact, strict=True):
+            assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.98
+    else:
+        np.testing.assert_array_equal(auto, exact)
+    with pytest.raises(ValueError, match="precision"):
+        explainer.explain(demo, x, targets, steps=8, precision="half")
 
 
 def test_xrai_reuses_the_ig_methods_integral_inside_shared_integrals(demo, monkeypatch):
@@ -253,6 +271,7 @@ def test_xrai_matches_pair_saliency_at_the_same_ig_settings(demo):
     parameters = saliency.XRAIParameters(steps=8)
     theirs = saliency.XRAI().GetMask(x[0].permute(1, 2, 0).numpy(), call_model, batch_size=8,
                                      extra_parameters=parameters)
-    ours = get_explainer("xrai").explain(demo, x, torch.tensor([target]), steps=8, rule="linspace")[0].numpy()
+    ours = get_explainer("xrai").explain(demo, x, torch.tensor([target]), steps=8, rule="linspace",
+                                         precision="float32")[0].numpy()
     top_a, top_b = ours >= np.quantile(ours, 0.9), theirs >= np.quantile(theirs, 0.9)
     assert (top_a & top_b).sum() / (top_a | top_b).sum() >= 0.9

@@ -5,7 +5,10 @@ instead of its 100 one at a time, and the greedy loop keeps each segment's uncov
 and updates them only for the pixels just covered, instead of recomputing every segment's gain over the whole image
 at every step. The rule matters: the top-10% regions at 32 right-Riemann steps agree with those at the reference's
 settings at IoU 0.94 on 18 phantom test positives, at 32 Gauss-Legendre steps only 0.79 (the region order flips on
-small attribution changes); `python -m xai_core bench explainers --xrai-agreement N` measures it.
+small attribution changes); `python -m xai_core bench explainers --xrai-agreement N` measures it. Precision 'auto'
+(IG under bfloat16 autocast where the hardware runs it fast) is 1.3x faster again for `demo` and 2.6x for
+DenseNet121 on 2 AMX cores, at IoU 0.906 (demo, 18 images) and 0.904 (DenseNet121, 6) against the reference's
+settings; 'float32' keeps the exact integrals.
 """
 
 from __future__ import annotations
@@ -81,15 +84,16 @@ def greedy_regions(attribution: np.ndarray, masks: np.ndarray, min_pixel_diff: i
 class XRAI(Explainer):
     name = "xrai"
     cost = "slow"
-    defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "riemann_right", "batch": 32, "min_pixel_diff": 50}
+    defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "riemann_right", "batch": 32, "min_pixel_diff": 50,
+                                          "precision": "auto"}
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
         p = self.params(**params)
         x = x.to(handle.device)
         low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)  # the reference's two constant baselines
         high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
-        attribution = sum(integrated_gradients(handle, x, targets, baseline, p["steps"], p["rule"], p["batch"])
-                          for baseline in (low, high))
+        attribution = sum(integrated_gradients(handle, x, targets, baseline, p["steps"], p["rule"], p["batch"],
+                                               p["precision"]) for baseline in (low, high))
         attribution = (attribution / 2).max(1).values.cpu().numpy()  # channel max, as the reference
         maps = []
         segmented: list[tuple[torch.Tensor, np.ndarray]] = []  # a repeated image (several targets) is cut once
