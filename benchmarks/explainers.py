@@ -191,8 +191,8 @@ def xrai_agreement(model: str, n: int) -> dict:
     reference = explainer.explain(handle, x, t, steps=100, rule="linspace", precision="float32").detach().numpy()
     out = {"model": model, "images": n, "settings": {}}
     steps = explainer.defaults["steps"]
-    settings = [(explainer.defaults["rule"], "auto"), *((rule, "float32") for rule in
-                                                        ("riemann_right", "gausslegendre", "trapezoid"))]
+    settings = [(explainer.defaults["rule"], explainer.defaults["precision"]),
+                *((rule, "float32") for rule in ("riemann_right", "gausslegendre", "trapezoid"))]
     for rule, precision in settings:
         start = time.perf_counter()
         maps = explainer.explain(handle, x, t, steps=steps, rule=rule, precision=precision).detach().numpy()

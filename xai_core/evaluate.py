@@ -333,7 +333,7 @@ MIN_CASES_PER_EXTRA_WORKER = 8
 def default_workers(device: str, n_cases: int) -> int:
     """Processes for `evaluate`: one per core on CPU, up to 8 (explainers, bokeh images and WebP encoding are
     largely single-threaded, so cases in parallel beat one case on many threads: 200 phantom cases on 2 cores took
-    1990 s with 2 processes, 2404 s with 1), one on a GPU and for small runs."""
+    1990 s with 2 processes, 2404 s with 1, float32 IG), one on a GPU and for small runs."""
     import os
 
     if device != "cpu" or n_cases < MIN_CASES_PER_EXTRA_WORKER:
