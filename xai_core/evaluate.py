@@ -20,6 +20,7 @@ from xai_core.metrics import (
     auitc,
     complexity,
     iou_at,
+    pic,
     pointing_game,
     relevance_mass,
     relevance_rank,
@@ -211,12 +212,12 @@ def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: 
         if "faithfulness_corr" in metrics:
             out["faithfulness_corr"] = faithfulness_correlation(x, relevance, score, baseline)
     if metrics & {"sic_auc", "aic_auc"}:
-        from xai_core.metrics.pic import sic_aic
-
         image_u8 = (np.clip(case.image, 0, 1) * 255).round().astype(np.uint8)
-        pic_results = sic_aic(image_u8, relevance, lambda images: score(to_model_input(np.asarray(images, np.float32)
-                                                                                  / 255.0)),
-                         pic_mask, handle.card.thresholds.get(finding, 0.5), cache=memo.bokehs)
+        def pic_score(images: np.ndarray) -> np.ndarray:
+            return score(to_model_input(np.asarray(images, np.float32) / 255.0))
+
+        pic_results = pic.sic_aic(image_u8, relevance, pic_score, pic_mask, handle.card.thresholds.get(finding, 0.5),
+                                  cache=memo.bokehs)
         for kind, curve in pic_results.items():
             if f"{kind}_auc" in metrics:
                 out[f"{kind}_auc"] = float("nan") if isinstance(curve, Exception) else curve.auc
@@ -265,12 +266,10 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
     end; its `seconds` then exclude that integral).
     `precision`: of the metrics' model scores (see CaseMemo); explainers run at their own defaults. `segmenter`:
     the anatomy model for the SegX metric (SegX IoU@5%: the soft-refined map's top 5% against the lesion)."""
-    from xai_core.metrics.pic import random_mask
-
     size = handle.card.input.size
     positives = [f for f in case.labels if f in handle.card.labels]
     x = torch.from_numpy(to_model_input(case.image).astype(np.float32))[None, None].to(handle.device)
-    pic_mask = random_mask((size, size), 0.01, seed=_stable_seed(case.case_id, seed))
+    pic_mask = pic.random_mask((size, size), 0.01, seed=_stable_seed(case.case_id, seed))
     memo = CaseMemo(handle, precision)
     anatomy = case_anatomy(segmenter, case.image, size) if segmenter is not None and "segx_iou_at_5" in metrics \
         else None
@@ -315,6 +314,7 @@ _WORKER: dict[str, Any] = {}
 def _start_worker(model: str, device: str, allow_random_weights: bool, threads: int, options: dict[str, Any],
                   segmenter: str | None) -> None:
     torch.set_num_threads(threads)
+    pic.set_threads(threads)
     _WORKER["handle"] = load_model(model, device, allow_random_weights=allow_random_weights)
     segmenter_handle = None if segmenter is None else load_model(segmenter, device,
                                                                  allow_random_weights=allow_random_weights)
