@@ -174,6 +174,30 @@ def test_bokeh_rebuilds_a_linear_ramp_everywhere_including_the_image_edge(kind):
         assert pic._grid_delaunay(inner, (224, 224)) is None, "triangles that miss part of the image are refused"
 
 
+def test_pic_gives_the_same_curve_on_one_thread_and_on_several():
+    from xai_core.metrics import pic
+    from xai_core.phantom import generate_case
+
+    image = (np.clip(generate_case("test", 5, size=96).image, 0, 1) * 255).round().astype(np.uint8)
+    relevance = np.random.default_rng(4).random((96, 96))
+    mask = random_mask((96, 96), 0.01, seed=2)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return np.exp(-np.abs(np.asarray(images, np.float64) - image).mean((1, 2)) / 6.0)
+
+    before = pic.threads()
+    try:
+        curves = {}
+        for threads in (1, 3):
+            pic.set_threads(threads)
+            assert pic.threads() == threads
+            curves[threads] = pic_curve(image, relevance, predict, mask)
+    finally:
+        pic.set_threads(before)
+    np.testing.assert_array_equal(curves[1].curve_y, curves[3].curve_y)
+    assert 0 < curves[1].auc < 1
+
+
 def test_pic_skip_rules():
     image = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
     relevance = np.random.default_rng(1).random((32, 32))
