@@ -275,6 +275,57 @@ def test_evaluate_runner_end_to_end_and_resume(tmp_path):
         resolve_metrics("nope")
 
 
+def _worker_children(parent: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `parent` and that run a multiprocessing worker (Linux /proc)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and b"multiprocessing.spawn" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_evaluate_workers_exit_when_the_evaluate_process_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "xai_core", "evaluate", "--model", "demo", "--data", "phantom:test", "--n", "60",
+               "--methods", "gradcam", "--metrics", "relevance_mass", "--workers", "2", "--out", str(tmp_path / "out")]
+    run = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _worker_children(run.pid)) < 2:
+            assert run.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+    finally:
+        run.send_signal(signal.SIGTERM)  # no cleanup in the parent: its workers must notice on their own
+        run.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "worker processes outlived the evaluate process"
+
+
 def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
     from xai_core.evaluate import resolve_metrics, run_evaluation
 

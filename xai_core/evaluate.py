@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -311,8 +313,17 @@ def case_anatomy(segmenter: ModelHandle, image: np.ndarray, size: int) -> dict[s
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(model: str, device: str, allow_random_weights: bool, threads: int, options: dict[str, Any],
-                  segmenter: str | None) -> None:
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Ends this worker process once the evaluate process that started it is gone (killed before it could stop its
+    workers, e.g. by SIGTERM): otherwise the worker would wait for cases forever."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
+
+
+def _start_worker(parent: int, model: str, device: str, allow_random_weights: bool, threads: int,
+                  options: dict[str, Any], segmenter: str | None) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
     torch.set_num_threads(threads)
     pic.set_threads(threads)
     _WORKER["handle"] = load_model(model, device, allow_random_weights=allow_random_weights)
@@ -334,8 +345,6 @@ def default_workers(device: str, n_cases: int) -> int:
     """Processes for `evaluate`: one per core on CPU, up to 8 (explainers, bokeh images and WebP encoding are
     largely single-threaded, so cases in parallel beat one case on many threads: 200 phantom cases on 2 cores took
     1990 s with 2 processes, 2404 s with 1, float32 IG), one on a GPU and for small runs."""
-    import os
-
     if device != "cpu" or n_cases < MIN_CASES_PER_EXTRA_WORKER:
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), 8))
@@ -349,7 +358,6 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     """Evaluate `methods` on the positive findings of `n` cases, over `workers` processes (0: one per core);
     resumes from `out/per_image.csv`."""
     import multiprocessing
-    import os
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
@@ -388,7 +396,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker,
-                                   initargs=(model, str(chosen), allow_random_weights, threads, options,
+                                   initargs=(os.getpid(), model, str(chosen), allow_random_weights, threads, options,
                                              segmenter_name))
     try:
         with table.open("a", newline="") as sink, curve_file.open("a") as curve_sink:

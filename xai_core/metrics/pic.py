@@ -13,9 +13,9 @@ Agreement: tests/test_metrics.py; speed: benchmarks/pic.py.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,13 +57,18 @@ def webp_size(image: np.ndarray) -> int:
 
 
 _THREADS = max(1, len(os.sched_getaffinity(0)))
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def set_threads(threads: int) -> None:
-    """Threads that build one map's bokeh images (default: the cores this process may use)."""
-    global _THREADS
-    _THREADS = max(1, int(threads))
-    _pool.cache_clear()
+    """Threads that build one map's bokeh images (default: the cores this process may use; 1: no pool)."""
+    global _THREADS, _POOL
+    with _POOL_LOCK:
+        _THREADS = max(1, int(threads))
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)  # jobs already running finish; its idle threads exit
+            _POOL = None
 
 
 def threads() -> int:
@@ -71,9 +76,12 @@ def threads() -> int:
     return _THREADS
 
 
-@functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(_THREADS, thread_name_prefix="bokeh")
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="bokeh")
+        return _POOL
 
 
 def _bokeh_and_size(image: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
@@ -241,9 +249,13 @@ def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.n
         pending = {}
         for key, keep in zip(keys, keeps, strict=True):
             if key not in cache and key not in pending:
-                # triangulation, interpolation and encoding release the GIL: the thresholds run side by side
-                pending[key] = _pool().submit(_bokeh_and_size, image, keep)
-        cache.update({key: job.result() for key, job in pending.items()})
+                pending[key] = keep
+        if _THREADS == 1:
+            cache.update({key: _bokeh_and_size(image, keep) for key, keep in pending.items()})
+        else:
+            # triangulation, interpolation and encoding release the GIL: the thresholds run side by side
+            jobs = {key: _pool().submit(_bokeh_and_size, image, keep) for key, keep in pending.items()}
+            cache.update({key: job.result() for key, job in jobs.items()})
         return [cache[key] for key in keys]
 
     def bokeh_and_size(keep: np.ndarray) -> tuple[np.ndarray, int]:
