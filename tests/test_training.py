@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xai_core.training import common
-from xai_core.training.clip import impression_first
+from xai_core.training.clip import contrastive_targets, impression_first, training_text
 
 
 class Interrupted(Exception):
@@ -67,6 +67,32 @@ def test_record_model_writes_sha_and_command(tmp_path, monkeypatch):
 def test_clip_text_puts_the_impression_first():
     text = impression_first("FINDINGS: No pneumothorax. Small left effusion. IMPRESSION: Left pleural effusion.")
     assert text.startswith("IMPRESSION: Left pleural effusion.") and "No pneumothorax." in text
+
+
+def test_clip_concept_prompts_name_a_present_finding_and_only_with_findings():
+    from xai_core.mammi.match import CONCEPT_PROMPT
+
+    report = "FINDINGS: There is a 12 mm nodule. IMPRESSION: Cardiomegaly. Right lung nodule."
+    allowed = {CONCEPT_PROMPT.format(t) for t in ("nodule", "pulmonary nodule", "cardiomegaly")}
+    texts = [training_text(report, f"case-{i}", ["Cardiomegaly", "Nodule"], 1.0) for i in range(40)]
+    assert {text for text, _ in texts} <= allowed
+    assert {finding for _, finding in texts} == {"Cardiomegaly", "Nodule"}
+    assert all((finding == "Nodule") == ("nodule" in text) for text, finding in texts)
+    assert training_text(report, "case-0", ["Nodule"], 1.0) == training_text(report, "case-0", ["Nodule"], 1.0)
+    normal = "FINDINGS: Clear lungs. IMPRESSION: No acute cardiopulmonary abnormality."
+    assert all(training_text(normal, f"n-{i}", [], 1.0)[1] is None for i in range(10))
+    assert all(training_text(report, f"r-{i}", ["Nodule"], 0.0)[1] is None for i in range(10))
+
+
+def test_clip_targets_match_prompts_to_every_image_with_the_finding():
+    reports = ["IMPRESSION: Right lung nodule.", "IMPRESSION: No acute cardiopulmonary abnormality.",
+               "IMPRESSION: Cardiomegaly. Right lung nodule.", "IMPRESSION: No acute cardiopulmonary abnormality."]
+    present = [["Nodule"], [], ["Cardiomegaly", "Nodule"], []]
+    to_text, to_image = contrastive_targets(reports, present, ["Nodule", None, None, None])
+    # text 0 names Nodule: images 0 and 2 match it; the two normal reports match each other
+    expected = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.float32)
+    assert torch.allclose(to_text, expected / expected.sum(1, keepdim=True))
+    assert torch.allclose(to_image, expected.T / expected.T.sum(1, keepdim=True))
 
 
 def test_clip_training_chooses_prompts_on_val_and_records_them(tmp_path, monkeypatch):

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
+from xai_core.mammi.match import CONCEPT_PROMPT
 from xai_core.models.vlm import (
     CLINICAL_TERMS,
     DEFAULT_CLIP_ARCHITECTURE,
     PROMPT_FAMILIES,
     build_demo_clip,
+    clinical_term,
     grey_to_clip_input,
     tokenize,
 )
@@ -35,6 +37,7 @@ class ClipRecipe:
     data_seed: int = 0
     size: int = 224
     test_n: int = 1000
+    concept_prompts: float = 0.3  # share of training texts that are a concept prompt naming one present finding
     phantom_version: int = PHANTOM_VERSION
     architecture: dict[str, Any] = field(default_factory=lambda: DEFAULT_CLIP_ARCHITECTURE)
 
@@ -62,12 +65,29 @@ def report_view(report: str, case_id: str = "") -> str:
     return " ".join(chosen)
 
 
-def same_impression(reports: list[str]) -> torch.Tensor:
-    """Soft contrastive targets: reports with the same impression (e.g. all normals) are positives of each other,
-    not false negatives. Rows sum to 1."""
+def training_text(report: str, case_id: str, present: list[str], concept_share: float) -> tuple[str, str | None]:
+    """One case's training text and the finding it names when it is a concept prompt (else None).
+
+    With probability `concept_share` (cases with a finding only) the text is MAMMI's concept prompt ("A chest x-ray
+    image of a {term}") for one present finding, named by its label or its clinical phrase, so the text side learns
+    the prompt MAMMI matches neurons with; otherwise a `report_view`. Seeded by the case, like `report_view`."""
+    rng = np.random.default_rng(int(hashlib.sha256(f"prompt|{case_id}|{report}".encode()).hexdigest()[:12], 16))
+    if present and rng.random() < concept_share:
+        finding = present[rng.integers(len(present))]
+        terms = sorted({finding.replace("_", " ").lower(), clinical_term(finding)})
+        return CONCEPT_PROMPT.format(terms[rng.integers(len(terms))]), finding
+    return report_view(report, case_id), None
+
+
+def contrastive_targets(reports: list[str], present: list[list[str]], named: list[str | None]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft targets (image -> text, text -> image; rows sum to 1). Image i and report text j match when their
+    reports have the same impression (e.g. all normals are positives of each other, not false negatives); image i
+    and concept prompt j match when image i has the finding the prompt names."""
     keys = [r.split("IMPRESSION:", 1)[-1].strip() for r in reports]
-    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
-    return same / same.sum(1, keepdim=True)
+    match = torch.tensor([[keys[i] == keys[j] if named[j] is None else named[j] in present[i]
+                           for j in range(len(keys))] for i in range(len(keys))], dtype=torch.float32)
+    return match / match.sum(1, keepdim=True), match.T / match.T.sum(1, keepdim=True)
 
 
 def _pixels(batch: dict) -> torch.Tensor:
@@ -131,12 +151,14 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     def step_loss(batch: dict) -> torch.Tensor:
         image = F.normalize(model.encode_image(_pixels(batch).to(dev)), dim=-1)
-        text = tokenize([report_view(r, i) for r, i in zip(batch["report"], batch["case_id"], strict=True)],
-                        context).to(dev)
-        words = F.normalize(model.encode_text(text), dim=-1)
+        present = [[f for f, on in zip(FINDINGS, row, strict=True) if on] for row in batch["y"].tolist()]
+        pairs = [training_text(r, i, p, recipe.concept_prompts)
+                 for r, i, p in zip(batch["report"], batch["case_id"], present, strict=True)]
+        texts, named = [text for text, _ in pairs], [finding for _, finding in pairs]
+        words = F.normalize(model.encode_text(tokenize(texts, context).to(dev)), dim=-1)
         logits = model.logit_scale.exp() * image @ words.T
-        target = same_impression(batch["report"]).to(dev)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        to_text, to_image = contrastive_targets(batch["report"], present, named)
+        return (F.cross_entropy(logits, to_text.to(dev)) + F.cross_entropy(logits.T, to_image.to(dev))) / 2
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                            asdict(recipe), checkpoint_dir, progress)
@@ -155,7 +177,8 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
                     "terms": dict(CLINICAL_TERMS), "selected_on": f"val[0:{recipe.test_n}]",
                     "val_macro_auroc": prompts["val_macro_auroc"]},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
-        "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "text": "report"},
+        "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch],
+                           "text": "report views, concept prompts"},
                  "val": {"split": "val", "indices": [0, recipe.test_n], "use": "prompt choice"},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},
         "recipe": asdict(recipe),
