@@ -113,3 +113,28 @@ def test_preprocess_crops_centre_square_and_scales():
     assert torch.allclose(x, torch.full_like(x, 1024.0))
     x3, _ = preprocess(radiograph, InputSpec(3, 64, (0.0, 1.0)))
     assert x3.shape == (3, 64, 64) and float(x3.max()) == 1.0
+
+
+@pytest.mark.parametrize("name", ["demo", "xrv-densenet121-all", "xrv-resnet50-all"])
+def test_scoring_module_folds_batch_norms_and_keeps_the_logits(name):
+    handle = load_model(name, allow_random_weights=True)
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, handle.card.input.size, handle.card.input.size) * 2048 - 1024
+    folded = handle.scoring_module()
+    assert handle.scoring_module() is folded
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) < len([m for m in handle.module.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    with torch.inference_mode():
+        plain, fast = handle.module(x), folded(x)
+    assert torch.allclose(plain, fast, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
+
+
+def test_scoring_module_is_the_plain_module_when_tracing_fails():
+    from xai_core.models.base import ModelHandle
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum((1, 2, 3))[:, None] if x.sum() > 0 else -x.sum((1, 2, 3))[:, None]
+
+    handle = ModelHandle(card=get_card("demo"), module=Branchy(), device=torch.device("cpu"))
+    assert handle.scoring_module() is handle.module
