@@ -20,18 +20,8 @@ def real_cxr() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_nemt_decoder():
-    """`demo` has no bundled NEMt module yet (the trained one misses its localisation bar, so it is not shipped):
-    tests of NEMt's mechanics register a seeded, untrained decoder for `demo` on the CPU."""
-    import torch
-
+    """`demo`'s bundled NEMt decoder (assets/models/demo-nemt.pt), loaded once and sha256-checked."""
     from xai_core.models import load_model
-    from xai_core.nemt import NEMtDecoder, register_decoder, tap_channels
-    from xai_core.nemt import input_scale as decoder_input_scale
+    from xai_core.nemt import load_decoder
 
-    handle = load_model("demo")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        decoder = NEMtDecoder(tap_channels(handle.module, 1), len(handle.card.labels), 1,
-                              input_scale=decoder_input_scale(handle))
-    register_decoder(handle, decoder)
-    return decoder
+    return load_decoder(load_model("demo"))

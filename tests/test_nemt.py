@@ -107,6 +107,62 @@ def test_pyramid_works_for_torchxrayvision_densenet121():
     assert mask.shape == (2, 1, 224, 224) and ((mask >= 0) & (mask <= 1)).all()
 
 
+def test_cam_readout_starts_deletion_where_the_classifier_sees_the_target(demo):
+    """At initialisation the keep-logits are the keep bias minus the scaled class activation map: a positive
+    target's map is deleted around its lesion, a negative target keeps (nearly) everything."""
+    from xai_core.metrics import relevance_mass
+    from xai_core.nemt import explanation_from_taps
+    from xai_core.nemt.module import CAM_SCALE, KEEP_BIAS
+
+    torch.manual_seed(0)
+    decoder = NEMtDecoder(tap_channels(demo.module, 1), len(demo.card.labels))
+    decoder.init_cam_readout(demo.module.classifier, demo.module.outputs)
+    head = demo.module.classifier.weight[demo.module.outputs]
+    torch.testing.assert_close(decoder.cam.weight[:, :, 0, 0], CAM_SCALE * head)
+    for layer in (decoder.head, decoder.input_head):  # leave only the CAM path
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    decoder.eval()
+    case = next(c for c in (generate_case("test", i, size=224) for i in range(50)) if "Mass" in c.labels)
+    x = torch.from_numpy(to_model_input(case.image))[None, None]
+    with torch.inference_mode():
+        _, taps = pyramid_forward(demo.module, x)
+        cam = torch.einsum("lc,chw->lhw", head, taps[-1][0])
+        logits = decoder(taps, x, torch.tensor([4]))
+    expected = KEEP_BIAS - nn.functional.interpolate(CAM_SCALE * cam[4][None, None], size=(224, 224),
+                                                     mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    positive = explanation_from_taps(decoder, taps, x, torch.tensor([4]))[0].numpy()
+    negative_label = next(i for i, label in enumerate(demo.card.labels) if label not in case.labels)
+    negative = explanation_from_taps(decoder, taps, x, torch.tensor([negative_label]))[0].numpy()
+    assert positive.max() > 0.5 and negative.max() < 0.25
+    assert relevance_mass(positive[None], case.lesions["Mass"][None])[0] > 3 * case.lesions["Mass"].mean()
+
+
+def test_the_bundled_module_explains_each_target_on_its_own_lesion(demo, demo_nemt_decoder):
+    """A case with two findings: each target's map puts more of its relevance on its own lesion than on the other
+    one; a negative target's map is near-empty."""
+    from xai_core.metrics import relevance_mass
+    from xai_core.nemt import explanation_from_taps
+
+    localised = ("Atelectasis", "Consolidation", "Mass", "Pneumothorax")  # occluding an effusion moves nothing
+    case = next(c for c in (generate_case("test", i, size=224) for i in range(200))
+                if sum(f in localised for f in c.labels) == 2 and len(c.labels) == 2)
+    first, second = case.labels
+    x = torch.from_numpy(to_model_input(case.image))[None, None]
+    with torch.inference_mode():
+        _, taps = pyramid_forward(demo.module, x)
+    maps = {label: explanation_from_taps(demo_nemt_decoder, taps, x, torch.tensor([demo.card.labels.index(label)])
+                                         )[0].numpy() for label in demo.card.labels}
+    for own, other in ((first, second), (second, first)):
+        on_own = relevance_mass(maps[own][None], case.lesions[own][None])[0]
+        assert on_own > relevance_mass(maps[own][None], case.lesions[other][None])[0]
+        assert on_own > 3 * case.lesions[own].mean()
+    assert np.corrcoef(maps[first].ravel(), maps[second].ravel())[0, 1] < 0.5
+    for label in (label for label in demo.card.labels if label not in case.labels):
+        assert maps[label].mean() < 0.1 and (maps[label] > 0.5).mean() < 0.05, label
+
+
 def test_engine_reuses_the_prediction_forward(real_cxr, demo_nemt_decoder):
     from xai_core.engine import Engine
     from xai_core.imaging import load_radiograph

@@ -59,7 +59,8 @@ def load_decoder(handle: ModelHandle) -> NEMtDecoder:
                 raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or replaced.")
             config = entry["decoder"]
             decoder = NEMtDecoder(config["tap_channels"], config["num_labels"], config["in_channels"],
-                                  tuple(config["widths"]), config["embed_dim"], config["input_scale"])
+                                  tuple(config["widths"]), config["embed_dim"], config["input_scale"],
+                                  config.get("cam_readout", False))
             state = torch.load(path, map_location="cpu", weights_only=True)
             decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         decoder = decoder.to(handle.device).eval()
