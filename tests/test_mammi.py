@@ -7,6 +7,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 
 from xai_core.mammi import (
     AnnotationStore,
@@ -160,6 +161,22 @@ def test_annotation_resumes_from_cached_activations(tmp_path, monkeypatch):
     record = store.neuron(0)
     assert set(record.weights) == set(store.meta()["labels"]), "feature neurons carry their head weights"
     assert summary["validation"] is None
+
+
+def test_output_neurons_fire_as_probabilities_and_caches_are_not_mixed(tmp_path):
+    import xai_core.mammi.annotate as annotate
+    from xai_core.models import load_model
+
+    handle = load_model("demo")
+    probe = annotate.probe_set("phantom:train", 8)
+    x = annotate.to_model_range(probe.load(list(range(8)), handle.card.input.size), handle)
+    probabilities = annotate.layer_activations(handle, x, "output")
+    with torch.inference_mode():
+        torch.testing.assert_close(probabilities, torch.sigmoid(handle.module(x)))
+    cache = tmp_path / "acts.npz"
+    features = annotate.probe_activations(handle, probe, "features", cache=cache, progress=False)
+    output = annotate.probe_activations(handle, probe, "output", cache=cache, progress=False)
+    assert features.shape[1] != output.shape[1] and ((output >= 0) & (output <= 1)).all()
 
 
 def test_cli_annotate_neurons_json(tmp_path, capsys):
