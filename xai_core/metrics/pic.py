@@ -246,10 +246,7 @@ def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.n
 
     def bokehs_and_sizes(keeps: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         keys = [np.packbits(keep).tobytes() for keep in keeps]
-        pending = {}
-        for key, keep in zip(keys, keeps, strict=True):
-            if key not in cache and key not in pending:
-                pending[key] = keep
+        pending = {key: keep for key, keep in zip(keys, keeps, strict=True) if key not in cache}
         if _THREADS == 1:
             cache.update({key: _bokeh_and_size(image, keep) for key, keep in pending.items()})
         else:

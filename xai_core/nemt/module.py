@@ -80,13 +80,13 @@ class NEMtDecoder(nn.Module):
             self.cam.weight.copy_(scale * head.weight[outputs.to(head.weight.device)][:, :, None, None])
 
     def forward(self, taps: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        label = self.labels(targets.to(x.device))
+        targets = targets.to(x.device)
+        label = self.labels(targets)
         h = self.bottleneck(taps[-1])
         for block, skip in zip(self.blocks, reversed(taps[:-1]), strict=True):
             h = block(h, skip, label)
         logits = F.interpolate(self.head(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.cam is not None:
-            targets = targets.to(x.device)
             cam = self.cam(taps[-1]).gather(1, targets.view(-1, 1, 1, 1).expand(-1, 1, *taps[-1].shape[-2:]))
             cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
             logits = logits + self.keep_bias[targets].view(-1, 1, 1, 1) - cam
