@@ -42,9 +42,16 @@ def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(targets)
 
 
-def timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
-    """Median seconds over `repeats` calls (after one warm-up) and the last output."""
-    out = fn()
+# Fast methods take milliseconds: a first call after loading can take 4x the steady state (NEMt: 95 vs 24 ms) and
+# single calls vary by +-15% on a 2-core machine, so they get more warm-up calls and repeats (medians).
+FAST_WARMUPS = 3
+FAST_REPEATS = 15
+
+
+def timed(fn: Callable[[], np.ndarray], repeats: int, warmups: int = 1) -> tuple[float, np.ndarray]:
+    """Median seconds over `repeats` calls (after `warmups` calls) and the last output."""
+    for _ in range(warmups):
+        out = fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -147,18 +154,19 @@ def run(models: list[str], methods: list[str], batch: int, repeats: int) -> list
         for method in methods:
             explainer = get_explainer(method)
             n = batch if explainer.cost == "fast" else min(batch, SLOW_BATCH)
-            reps = repeats if explainer.cost == "fast" else 1
+            reps = max(repeats, FAST_REPEATS) if explainer.cost == "fast" else 1
             peer_runs: dict[str, tuple[float, float, np.ndarray]] = {}
             for params in variants(method):
-                ours_1, _ = timed(functools.partial(_ours, explainer, handle, x[:1], t[:1], **params), reps)
-                ours_n, map_n = timed(functools.partial(_ours, explainer, handle, x[:n], t[:n], **params), reps)
+                warm = FAST_WARMUPS if explainer.cost == "fast" else 1
+                ours_1, _ = timed(functools.partial(_ours, explainer, handle, x[:1], t[:1], **params), reps, warm)
+                ours_n, map_n = timed(functools.partial(_ours, explainer, handle, x[:n], t[:n], **params), reps, warm)
                 label = method + "".join(f"[{k}={v}]" for k, v in params.items())
                 row = {"model": model, "method": label, "params": params, "ours_s_per_image": ours_1, "batch": n,
                        "ours_images_per_s": n / ours_n, "peers": []}
                 for name, peer in peers(method, handle).items():
                     if name not in peer_runs:  # each peer is timed once and compared with every variant
-                        peer_1, _ = timed(functools.partial(peer, x[:1], t[:1]), reps)
-                        peer_n, peer_map_n = timed(functools.partial(peer, x[:n], t[:n]), reps)
+                        peer_1, _ = timed(functools.partial(peer, x[:1], t[:1]), reps, warm)
+                        peer_n, peer_map_n = timed(functools.partial(peer, x[:n], t[:n]), reps, warm)
                         peer_runs[name] = (peer_1, peer_n, peer_map_n)
                     peer_1, peer_n, peer_map_n = peer_runs[name]
                     agree = [agreement(method, a, b) for a, b in zip(map_n, peer_map_n, strict=True)]
@@ -227,10 +235,11 @@ def nemt_costs(model: str, batch: int, repeats: int) -> dict:
             return lambda: explanation_from_taps(decoder, taps, x[:n], t[:n])
 
         out = {"model": model}
+        reps = max(repeats, FAST_REPEATS)
         for n, taps in ((1, taps1), (batch, taps_n)):
-            f, _ = timed(forward(n), repeats)
-            p, _ = timed(from_pixels(n), repeats)
-            d, _ = timed(decoder_only(n, taps), repeats)
+            f, _ = timed(forward(n), reps, FAST_WARMUPS)
+            p, _ = timed(from_pixels(n), reps, FAST_WARMUPS)
+            d, _ = timed(decoder_only(n, taps), reps, FAST_WARMUPS)
             out[f"batch{n}"] = {"forward_s": f, "nemt_from_pixels_s": p, "nemt_after_predict_s": d,
                                 "from_pixels_over_forward": p / f, "images_per_s_from_pixels": n / p}
     b1 = out["batch1"]

@@ -11,7 +11,7 @@ from torch import nn
 
 from xai_core.models import load_model
 from xai_core.nemt import NEMtDecoder, keep_mask, nemt_loss, pyramid_forward, random_kernel, smooth, tap_channels
-from xai_core.nemt.module import box_filter
+from xai_core.nemt.module import LabelPointwise, Pointwise, box_filter
 from xai_core.phantom import generate_case
 from xai_core.training import common
 from xai_core.training.common import to_model_input
@@ -83,6 +83,49 @@ def test_box_filter_equals_average_pooling_and_random_kernels_sum_to_one():
     torch.testing.assert_close(smooth(constant, kernel), constant)
 
 
+def test_pointwise_is_a_1x1_convolution():
+    layer = Pointwise(6, 3)
+    x = torch.randn(2, 6, 9, 7)
+    torch.testing.assert_close(layer(x), nn.functional.conv2d(x, layer.weight, layer.bias))
+
+
+def test_a_label_head_applies_each_sample_its_targets_row():
+    head = LabelPointwise(5, 3)
+    x = torch.randn(2, 5, 6, 4)
+    out = head(x, torch.tensor([2, 0]))
+    for i, label in enumerate((2, 0)):
+        expected = nn.functional.conv2d(x[i:i + 1], head.weight[label].view(1, 5, 1, 1), head.bias[label:label + 1])
+        torch.testing.assert_close(out[i:i + 1], expected)
+    grey = LabelPointwise(1, 3)
+    y = torch.randn(2, 1, 6, 4)
+    torch.testing.assert_close(grey(y, torch.tensor([1, 1])), y * grey.weight[1] + grey.bias[1])
+
+
+def test_folding_the_batch_norms_keeps_the_logits():
+    torch.manual_seed(0)
+    channels = [8, 12, 16, 20, 24]
+    decoder = NEMtDecoder(channels, 3, widths=(8, 6))
+    for block in decoder.blocks:
+        for norm in (block.norm1, block.norm2):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(norm.weight)
+            nn.init.normal_(norm.bias)
+        nn.init.normal_(block.film.weight, std=0.1)
+    x = torch.randn(2, 1, 64, 64)
+    taps = [torch.randn(2, c, 32 // 2 ** i, 32 // 2 ** i) for i, c in enumerate(channels)]
+    targets = torch.tensor([0, 2])
+    with pytest.raises(RuntimeError, match="eval-mode"):
+        decoder.fold_norms()
+    decoder.eval()
+    with torch.inference_mode():
+        before = decoder(taps, x, targets)
+        after = decoder.fold_norms()(taps, x, targets)
+    assert before.shape == (2, 1, 64, 64) and len(decoder.skip_heads) == 2
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in decoder.modules())
+
+
 @pytest.fixture(scope="module")
 def demo(demo_nemt_decoder):
     return load_model("demo")
@@ -119,7 +162,7 @@ def test_cam_readout_starts_deletion_where_the_classifier_sees_the_target(demo):
     decoder.init_cam_readout(demo.module.classifier, demo.module.outputs)
     head = demo.module.classifier.weight[demo.module.outputs]
     torch.testing.assert_close(decoder.cam.weight[:, :, 0, 0], CAM_SCALE * head)
-    for layer in (decoder.head, decoder.input_head):  # leave only the CAM path
+    for layer in (decoder.head, decoder.input_head, *decoder.skip_heads):  # leave only the CAM path
         nn.init.zeros_(layer.weight)
         nn.init.zeros_(layer.bias)
     decoder.eval()
@@ -129,8 +172,9 @@ def test_cam_readout_starts_deletion_where_the_classifier_sees_the_target(demo):
         _, taps = pyramid_forward(demo.module, x)
         cam = torch.einsum("lc,chw->lhw", head, taps[-1][0])
         logits = decoder(taps, x, torch.tensor([4]))
-    expected = KEEP_BIAS - nn.functional.interpolate(CAM_SCALE * cam[4][None, None], size=(224, 224),
-                                                     mode="bilinear", align_corners=False)
+    expected = KEEP_BIAS - CAM_SCALE * cam[4][None, None]
+    for size in (14, 28, 56, 112, 224):  # the logits climb the pyramid one level at a time
+        expected = nn.functional.interpolate(expected, size=(size, size), mode="bilinear", align_corners=False)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     positive = explanation_from_taps(decoder, taps, x, torch.tensor([4]))[0].numpy()
     negative_label = next(i for i, label in enumerate(demo.card.labels) if label not in case.labels)

@@ -60,10 +60,11 @@ def load_decoder(handle: ModelHandle) -> NEMtDecoder:
             config = entry["decoder"]
             decoder = NEMtDecoder(config["tap_channels"], config["num_labels"], config["in_channels"],
                                   tuple(config["widths"]), config["embed_dim"], config["input_scale"],
-                                  config.get("cam_readout", False))
+                                  config.get("cam_readout", False),
+                                  config.get("input_kernel", 3))
             state = torch.load(path, map_location="cpu", weights_only=True)
             decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        decoder = decoder.to(handle.device).eval()
+        decoder = decoder.to(handle.device).eval().fold_norms()
         _DECODERS[key] = decoder
         return decoder
 

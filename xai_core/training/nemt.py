@@ -39,7 +39,7 @@ class NEMtRecipe:
     size: int = 224
     test_n: int = 400
     phantom_version: int = PHANTOM_VERSION
-    widths: list[int] = field(default_factory=lambda: [48, 24, 12, 6])
+    widths: list[int] = field(default_factory=lambda: [32])
     embed_dim: int = 32
     cam_readout: bool = True  # start deletion from the classifier's CAM (NEMtDecoder); False: the paper's decoder
 
