@@ -57,11 +57,7 @@ def load_decoder(handle: ModelHandle) -> NEMtDecoder:
                                           f"rebuild with `python -m xai_core train nemt --model {handle.card.name}`.")
             if sha256_file(path) != entry["sha256"]:
                 raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or replaced.")
-            config = entry["decoder"]
-            decoder = NEMtDecoder(config["tap_channels"], config["num_labels"], config["in_channels"],
-                                  tuple(config["widths"]), config["embed_dim"], config["input_scale"],
-                                  config.get("cam_readout", False),
-                                  config.get("input_kernel", 3))
+            decoder = NEMtDecoder.from_config(entry["decoder"])
             state = torch.load(path, map_location="cpu", weights_only=True)
             decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         decoder = decoder.to(handle.device).eval().fold_norms()

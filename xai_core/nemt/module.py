@@ -120,6 +120,14 @@ class NEMtDecoder(nn.Module):
         if self.cam is not None:
             nn.init.zeros_(self.cam.weight)
 
+    @classmethod
+    def from_config(cls, config: dict) -> NEMtDecoder:
+        """A decoder from its `config` (as stored in the manifest); keys that older configs lack take the values
+        those decoders had (no CAM readout, a 3x3 input head)."""
+        return cls(config["tap_channels"], config["num_labels"], config["in_channels"], tuple(config["widths"]),
+                   config["embed_dim"], config["input_scale"], config.get("cam_readout", False),
+                   config.get("input_kernel", 3))
+
     def fold_norms(self) -> NEMtDecoder:
         """For inference: fold the up-blocks' batch norms into their convolutions (same outputs, fewer ops)."""
         if self.training:
