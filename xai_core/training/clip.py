@@ -30,7 +30,7 @@ from xai_core.training.common import MODELS_DIR, PhantomStream, auroc_per_label,
 @dataclass
 class ClipRecipe:
     name: str = "demo-clip"
-    steps: int = 1000
+    steps: int = 2000  # 1000 steps left Nodule at 0.63 and Consolidation at 0.75 zero-shot AUROC
     batch: int = 32
     lr: float = 3e-4
     seed: int = 0
