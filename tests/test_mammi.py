@@ -90,6 +90,9 @@ def test_real_openi_concept_set_is_large_medical_and_free_of_generic_words():
                     "consolidation", "edema", "opacity", "emphysema"):
         assert finding in terms, finding
     assert not set(terms) & GENERIC_WORDS
+    for word in ("increase", "remainder", "appropriate", "better", "indicate", "subtle", "sequelae"):
+        assert word not in terms, f"'{word}' (report wording or a plural) is not a concept"
+    assert "sequela" in terms
     assert not any("xxxx" in t for t in terms), "anonymisation marks are not concepts"
 
 

@@ -51,10 +51,12 @@ increased decreased improved worsened resolved stable top upper-normal
 heart-size lungs-clear loss obscured obscuring overlying overlie overlies underlying possible mildly one two three
 consider reflect reflects cannot correlate correlation result results somewhat known along vague overt project
 projects projecting note notes concern diagnosis today complete confirm difference worse gross obscure location
-stability coarse indistinct aspect scan reason please
+stability coarse indistinct aspect scan reason please appropriate better characterization discrete etiology
+increase indicate notification outside remainder remote subtle redemonstration multilevel age-indeterminate round
 """)
 IRREGULAR_PLURALS = {"pneumothoraces": "pneumothorax", "apices": "apex", "sulci": "sulcus", "vertebrae": "vertebra",
-                     "bullae": "bulla", "hila": "hilum", "diaphragms": "diaphragm"}
+                     "bullae": "bulla", "hila": "hilum", "diaphragms": "diaphragm",
+                     "sequelae": "sequela"}
 # Adjective endings: such words open a two-word phrase ("pleural effusion") but are not concepts on their own.
 ADJECTIVE_SUFFIXES = ("al", "ic", "ac", "ar", "ary", "ous", "ive", "ed", "ing", "ly", "ful", "less", "able", "ible",
                       "ent", "ant", "oid", "like")
