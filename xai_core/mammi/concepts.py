@@ -55,8 +55,7 @@ stability coarse indistinct aspect scan reason please appropriate better charact
 increase indicate notification outside remainder remote subtle redemonstration multilevel age-indeterminate round
 """)
 IRREGULAR_PLURALS = {"pneumothoraces": "pneumothorax", "apices": "apex", "sulci": "sulcus", "vertebrae": "vertebra",
-                     "bullae": "bulla", "hila": "hilum", "diaphragms": "diaphragm",
-                     "sequelae": "sequela"}
+                     "bullae": "bulla", "hila": "hilum", "diaphragms": "diaphragm", "sequelae": "sequela"}
 # Adjective endings: such words open a two-word phrase ("pleural effusion") but are not concepts on their own.
 ADJECTIVE_SUFFIXES = ("al", "ic", "ac", "ar", "ary", "ous", "ive", "ed", "ing", "ly", "ful", "less", "able", "ible",
                       "ent", "ant", "oid", "like")
