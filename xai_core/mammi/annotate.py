@@ -102,9 +102,8 @@ def feature_maps(handle: ModelHandle, x: torch.Tensor, layer_path: str) -> tuple
 def layer_activations(handle: ModelHandle, x: torch.Tensor, layer: str) -> torch.Tensor:
     """One number per neuron per image, after the neuron's activation function: [B, K]. features: the card's feature
     layer after its ReLU, pooled per channel; output: each label's sigmoid probability. On logits, p=93 leaves the
-    output neurons of demo 1-22 representatives, mostly multi-finding outliers (hit rate 0.43 with the 1000-step
-    demo-clip); on probabilities every confident positive qualifies and the cap (50) applies (0.71 with that
-    demo-clip, 1.0 with the bundled one)."""
+    output neurons of demo 1-22 representatives, mostly multi-finding outliers; on probabilities every confident
+    positive qualifies and the cap (50) applies (hit rates of both: README, Measured)."""
     with torch.inference_mode():
         if layer == "output":
             return torch.sigmoid(handle.module(x.to(handle.device)).float()).cpu()
