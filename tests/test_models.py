@@ -138,3 +138,67 @@ def test_scoring_module_is_the_plain_module_when_tracing_fails():
 
     handle = ModelHandle(card=get_card("demo"), module=Branchy(), device=torch.device("cpu"))
     assert handle.scoring_module() is handle.module
+
+
+@pytest.mark.parametrize("name", ["demo", "xrv-densenet121-all", "xrv-resnet50-all"])
+def test_scorer_runs_float32_cpu_forwards_on_onnx_runtime_with_the_same_logits(name):
+    from xai_core.models.onnx_forward import OnnxForward
+
+    handle = load_model(name, allow_random_weights=True)
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, handle.card.input.size, handle.card.input.size) * 2048 - 1024
+    forward = handle.scorer()
+    assert isinstance(forward, OnnxForward) and handle.scorer() is forward  # built once per thread count
+    with torch.inference_mode():
+        plain = handle.module(x)
+    got = forward(x)
+    assert got.dtype == torch.float32 and got.shape == plain.shape
+    assert torch.allclose(got, plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
+
+
+def test_scorer_builds_one_onnx_session_per_thread_count():
+    from xai_core.models.onnx_forward import OnnxForward
+
+    handle = load_model("demo", allow_random_weights=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = handle.scorer()
+        torch.set_num_threads(2)
+        two = handle.scorer()
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(one, OnnxForward) and isinstance(two, OnnxForward) and one is not two
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert two.session.get_session_options().intra_op_num_threads == 2
+
+
+def test_scorer_keeps_pytorch_for_bfloat16_and_where_onnx_cannot_run_the_model(monkeypatch):
+    from xai_core.models import onnx_forward
+    from xai_core.models.base import ModelHandle
+
+    handle = load_model("demo", allow_random_weights=True)
+    x = torch.rand(2, 1, 224, 224) * 2048 - 1024
+    with torch.inference_mode():
+        plain = handle.module(x)
+        bf16 = handle.scorer(bfloat16=True)
+        assert not isinstance(bf16, onnx_forward.OnnxForward)
+        assert (bf16(x) - plain).abs().max() < 0.1 * float(plain.abs().max())  # bfloat16 rounding, same logits
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: the exporter fixes one branch
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((1, 2, 3))[:, None] if x.mean() > 0 else -x.mean((1, 2, 3))[:, None]
+
+    branchy = ModelHandle(card=get_card("demo"), module=Branchy(), device=torch.device("cpu"))
+    # the trace would fix the probe's branch: refused, so both branches still run right
+    forward = branchy.scorer()
+    assert not isinstance(forward, onnx_forward.OnnxForward)
+    for sign in (1, -1):
+        assert torch.allclose(forward(sign * x.abs()), branchy.module(sign * x.abs()))
+
+    monkeypatch.setattr(onnx_forward, "export_onnx", lambda *a: (_ for _ in ()).throw(RuntimeError("no export")))
+    fresh = load_model("demo", allow_random_weights=True)
+    fallback = fresh.scorer()
+    assert not isinstance(fallback, onnx_forward.OnnxForward)
+    with torch.inference_mode():
+        assert torch.allclose(fallback(x), plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))

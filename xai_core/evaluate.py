@@ -161,13 +161,11 @@ class CaseMemo:
         if missing:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             batch = images[[first[k] for k in missing]]
-            module = self.handle.scoring_module()
+            forward = self.handle.scorer(self.bfloat16)
             with torch.inference_mode():
                 for start in range(0, len(batch), self.BATCH):
-                    x = torch.from_numpy(batch[start:start + self.BATCH]).unsqueeze(1).to(self.handle.device)
-                    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
-                        logits = module(x)
-                    probabilities = torch.sigmoid(logits.float()).cpu().numpy()
+                    x = torch.from_numpy(batch[start:start + self.BATCH]).unsqueeze(1)
+                    probabilities = torch.sigmoid(forward(x)).cpu().numpy()
                     for key, row in zip(missing[start:start + self.BATCH], probabilities, strict=True):
                         self.known[key] = row
             self.model_images += len(missing)

@@ -49,11 +49,10 @@ class ScoreCAM(Explainer):
                         keep = channels.mean((1, 2)).topk(min(int(p["top_k"]), channels.shape[0])).indices
                         channels = channels[keep]
                     masks = channel_masks(channels, x.shape[-2:])
-                    logits, scoring = [], handle.scoring_module()
+                    logits, forward = [], handle.scorer(fast)
                     for start in range(0, len(masks), int(p["batch"])):
                         inputs = x[b:b + 1] * masks[start:start + int(p["batch"])].unsqueeze(1)
-                        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
-                            logits.append(scoring(inputs).float())
+                        logits.append(forward(inputs).to(x.device))
                     seen = (x[b], channels, torch.cat(logits))
                     masked_logits.append(seen)
                 _, channels, logits = seen

@@ -105,6 +105,7 @@ class ModelHandle:
     device: torch.device
     random_weights: bool = False
     _folded: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    _onnx: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def scoring_module(self) -> nn.Module:
         """The classifier for forward passes that need no hooks, built once: every batch norm that directly follows
@@ -119,6 +120,26 @@ class ModelHandle:
             except Exception:  # untraceable forward (data-dependent control flow): nothing is lost but speed
                 self._folded = self.module
         return self._folded
+
+    def scorer(self, bfloat16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fastest hook-free forward x -> float32 logits: on a CPU in float32, ONNX Runtime with as many
+        threads as torch has now (built once per thread count; see `onnx_forward`), else `scoring_module`, under
+        bfloat16 autocast when asked."""
+        if self.device.type == "cpu" and not bfloat16:
+            threads = torch.get_num_threads()
+            if threads not in self._onnx:
+                from xai_core.models.onnx_forward import onnx_forward
+
+                self._onnx[threads] = onnx_forward(self.module, self.card.input, threads)
+            if self._onnx[threads] is not None:
+                return self._onnx[threads]
+        module = self.scoring_module()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
+                return module(x.to(self.device)).float()
+
+        return forward
 
     def layer(self, path: str) -> nn.Module:
         """The sub-module at a dotted path (e.g. 'features.norm5')."""
