@@ -385,3 +385,18 @@ def test_pic_median_curves_from_stored_per_image_curves(tmp_path):
     assert sic["ci_low"] <= sic["median_curve_auc"] <= sic["ci_high"]
     write_curve_plots(curves, tmp_path)
     assert (tmp_path / "pic_curves.html").is_file() and (tmp_path / "pic_curves.png").stat().st_size > 1000
+
+
+def test_evaluate_workers_cap_the_blas_pools_of_numpy_and_scipy():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from xai_core.evaluate import _limit_blas_threads
+
+    before = {i["prefix"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    try:
+        _limit_blas_threads(1)
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert any("scipy" in i["filepath"] for i in blas)  # scipy's own BLAS was loaded before the cap
+        assert all(i["num_threads"] == 1 for i in blas)
+    finally:
+        threadpool_limits(limits=before)

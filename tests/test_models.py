@@ -202,3 +202,12 @@ def test_scorer_keeps_pytorch_for_bfloat16_and_where_onnx_cannot_run_the_model(m
     assert not isinstance(fallback, onnx_forward.OnnxForward)
     with torch.inference_mode():
         assert torch.allclose(fallback(x), plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
+
+
+def test_xai_no_onnx_keeps_every_forward_on_pytorch(monkeypatch):
+    from xai_core.models.onnx_forward import OnnxForward
+
+    monkeypatch.setenv("XAI_NO_ONNX", "1")
+    handle = load_model("demo", allow_random_weights=True)
+    assert handle.onnx("logits", lambda: handle.module) is None
+    assert not isinstance(handle.scorer(), OnnxForward)

@@ -140,6 +140,29 @@ def test_pyramid_forward_gives_the_plain_logits(demo):
     assert [t.shape[1] for t in taps] == tap_channels(demo.module, 1)
 
 
+@pytest.mark.parametrize("name", ["demo", "xrv-densenet121-all"])
+def test_handle_pyramid_runs_on_onnx_runtime_with_the_same_logits_and_taps(name):
+    from xai_core.explainers import get_explainer
+    from xai_core.nemt import handle_pyramid
+
+    handle = load_model(name, allow_random_weights=True)
+    x = torch.from_numpy(to_model_input(generate_case("test", 3, size=224).image))[None, None].repeat(2, 1, 1, 1)
+    with torch.inference_mode():
+        logits, taps = pyramid_forward(handle.module, x)
+        fast_logits, fast_taps = handle_pyramid(handle, x)
+    assert handle._onnx[("pyramid", torch.get_num_threads())] is not None  # ONNX Runtime ran it, not a fallback
+    for a, b in zip([fast_logits, *fast_taps], [logits, *taps], strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b.contiguous(), rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    if name == "demo":  # the registered method's map is the PyTorch pyramid's map
+        from xai_core.nemt import explanation_from_taps, load_decoder
+
+        targets = torch.tensor([0, 3])
+        maps = get_explainer("nemt").explain(handle, x, targets)
+        torch.testing.assert_close(maps, explanation_from_taps(load_decoder(handle), taps, x, targets), rtol=0,
+                                   atol=1e-4)
+
+
 def test_pyramid_works_for_torchxrayvision_densenet121():
     handle = load_model("xrv-densenet121-all", allow_random_weights=True)
     decoder = NEMtDecoder(tap_channels(handle.module, 1), len(handle.card.labels)).eval()

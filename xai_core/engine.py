@@ -312,7 +312,7 @@ class Engine:
         with self.lock(model), torch.inference_mode():
             self.stats.forwards[model] = self.stats.forwards.get(model, 0) + 1
             self.stats.batch_sizes.append(int(x.shape[0]))
-            return handle.module(x.to(handle.device)).float().cpu()
+            return handle.scorer()(x.to(handle.device)).cpu()
 
     def keeps_pyramid(self, model: str) -> bool:
         """True when predictions of this model keep the feature pyramid for a method that reuses the forward."""
@@ -325,13 +325,13 @@ class Engine:
         """Per-row (logits, pyramid or None) for the predict batcher."""
         if not self.keeps_pyramid(model):
             return [(row, None) for row in self.forward(model, x)]
-        from xai_core.nemt import pyramid_forward
+        from xai_core.nemt import handle_pyramid
 
         handle = self.model(model)
         with self.lock(model), torch.inference_mode():
             self.stats.forwards[model] = self.stats.forwards.get(model, 0) + 1
             self.stats.batch_sizes.append(int(x.shape[0]))
-            logits, taps = pyramid_forward(handle.module, x.to(handle.device))
+            logits, taps = handle_pyramid(handle, x)
         logits = logits.float().cpu()
         return [(logits[i], [t[i:i + 1].clone() for t in taps]) for i in range(len(logits))]
 

@@ -141,7 +141,7 @@ class CaseMemo:
     precision 'auto' scores under bfloat16 autocast where the hardware runs it fast (demo on an AMX CPU: 1.7x
     faster, probabilities within 0.005 of float32; tests/test_metrics.py); 'float32' for exact scores."""
 
-    BATCH = 32  # the fastest CPU batch for demo's forward (2 cores, channels-last)
+    BATCH = 16  # demo on ONNX Runtime, one thread: within 5% per image from batch 1 to 32; 16 keeps memory small
 
     def __init__(self, handle: ModelHandle, precision: str = "auto") -> None:
         from xai_core.models.base import use_bfloat16
@@ -320,11 +320,26 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     os._exit(1)
 
 
+def _limit_blas_threads(threads: int) -> None:
+    """Caps the BLAS pools of numpy and scipy (the PIC interpolation's) at `threads`. Left at one per core, each
+    worker's idle BLAS thread spun on the other worker's core (15 s of CPU beside the main thread's 100 s over 4
+    cases) and made nothing faster."""
+    import importlib
+
+    from threadpoolctl import threadpool_limits
+
+    for module in ("scipy.interpolate", "scipy.spatial"):  # load scipy's BLAS first, so the limit reaches it
+        importlib.import_module(module)
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 def _start_worker(parent: int, model: str, device: str, allow_random_weights: bool, threads: int,
                   options: dict[str, Any], segmenter: str | None) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
     torch.set_num_threads(threads)
     pic.set_threads(threads)
+    _limit_blas_threads(threads)
     _WORKER["handle"] = load_model(model, device, allow_random_weights=allow_random_weights)
     segmenter_handle = None if segmenter is None else load_model(segmenter, device,
                                                                  allow_random_weights=allow_random_weights)

@@ -105,7 +105,7 @@ class ModelHandle:
     device: torch.device
     random_weights: bool = False
     _folded: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
-    _onnx: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _onnx: dict[tuple[str, int], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def scoring_module(self) -> nn.Module:
         """The classifier for forward passes that need no hooks, built once: every batch norm that directly follows
@@ -121,18 +121,25 @@ class ModelHandle:
                 self._folded = self.module
         return self._folded
 
-    def scorer(self, bfloat16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The fastest hook-free forward x -> float32 logits: on a CPU in float32, ONNX Runtime with as many
-        threads as torch has now (built once per thread count; see `onnx_forward`), else `scoring_module`, under
-        bfloat16 autocast when asked."""
-        if self.device.type == "cpu" and not bfloat16:
-            threads = torch.get_num_threads()
-            if threads not in self._onnx:
-                from xai_core.models.onnx_forward import onnx_forward
+    def onnx(self, name: str, build: Callable[[], nn.Module], outputs: int = 1) -> Callable | None:
+        """`build()`'s forward on ONNX Runtime with as many threads as torch has now (exported and checked once per
+        name and thread count; see `onnx_forward`); None off the CPU or where ONNX Runtime cannot run it."""
+        if self.device.type != "cpu" or os.environ.get("XAI_NO_ONNX"):
+            return None
+        key = (name, torch.get_num_threads())
+        if key not in self._onnx:
+            from xai_core.models.onnx_forward import onnx_forward
 
-                self._onnx[threads] = onnx_forward(self.module, self.card.input, threads)
-            if self._onnx[threads] is not None:
-                return self._onnx[threads]
+            self._onnx[key] = onnx_forward(build(), self.card.input, key[1], outputs)
+        return self._onnx[key]
+
+    def scorer(self, bfloat16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fastest hook-free forward x -> float32 logits: on a CPU in float32, ONNX Runtime (`onnx`), else
+        `scoring_module`, under bfloat16 autocast when asked."""
+        if not bfloat16:
+            forward = self.onnx("logits", lambda: self.module)
+            if forward is not None:
+                return forward
         module = self.scoring_module()
 
         def forward(x: torch.Tensor) -> torch.Tensor:

@@ -23,21 +23,28 @@ AGREEMENT_TOLERANCE = 1e-3
 
 
 class OnnxForward:
-    """x [B, C, S, S] float32 on the CPU -> logits [B, n_labels], as `module(x)` but run by ONNX Runtime."""
+    """x [B, C, S, S] float32 on the CPU -> the module's output (one tensor, or a tuple of tensors), as `module(x)`
+    but run by ONNX Runtime."""
 
     def __init__(self, session, input_name: str) -> None:
         self.session = session
         self.input_name = input_name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        outputs = tuple(torch.from_numpy(a) for a in self.session.run(None, {self.input_name: array}))
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
-def export_onnx(module: nn.Module, spec: InputSpec) -> bytes:
-    """The module's forward as an ONNX graph with a free batch size; TracerWarning raised as an error where the
-    graph would hold for the probe input only."""
+def _as_tuple(output: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return output if isinstance(output, tuple) else (output,)
+
+
+def export_onnx(module: nn.Module, spec: InputSpec, outputs: int = 1) -> bytes:
+    """The module's forward (`outputs` tensors) as an ONNX graph with a free batch size; TracerWarning raised as an
+    error where the graph would hold for the probe input only."""
     probe = torch.zeros(2, spec.channels, spec.size, spec.size)
+    names = [f"output{i}" for i in range(outputs)]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # torch's TorchScript exporter is deprecated in favour of torch.export, which takes 18 s on demo instead of
@@ -45,21 +52,21 @@ def export_onnx(module: nn.Module, spec: InputSpec) -> bytes:
         warnings.simplefilter("ignore", DeprecationWarning)
         # a trace that depends on the probe's values (a Python branch on a tensor) would be wrong for other inputs
         warnings.simplefilter("error", torch.jit.TracerWarning)
-        torch.onnx.export(module.eval(), (probe,), buffer, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(module.eval(), (probe,), buffer, input_names=["x"], output_names=names,
+                          dynamic_axes={name: {0: "batch"} for name in ["x", *names]}, dynamo=False)
     return buffer.getvalue()
 
 
-def onnx_forward(module: nn.Module, spec: InputSpec, threads: int) -> OnnxForward | None:
-    """An ONNX Runtime forward of `module` on `threads` CPU threads, checked against the module's own logits on a
-    probe batch; None where ONNX Runtime is missing, the export fails or the logits disagree (callers keep
-    PyTorch: only speed is lost)."""
+def onnx_forward(module: nn.Module, spec: InputSpec, threads: int, outputs: int = 1) -> OnnxForward | None:
+    """An ONNX Runtime forward of `module` (returning `outputs` tensors) on `threads` CPU threads, checked against
+    the module's own outputs on a probe batch; None where ONNX Runtime is missing, the export fails or the outputs
+    disagree (callers keep PyTorch: only speed is lost)."""
     try:
         import onnxruntime
     except ImportError:
         return None
     try:
-        graph = export_onnx(module, spec)
+        graph = export_onnx(module, spec, outputs)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -74,9 +81,12 @@ def onnx_forward(module: nn.Module, spec: InputSpec, threads: int) -> OnnxForwar
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(2, spec.channels, spec.size, spec.size, generator=generator) * (hi - lo) + lo
     with torch.inference_mode():
-        expected = module(probe).float()
-    got = forward(probe)
-    scale = max(1.0, float(expected.abs().max()))
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=0, atol=AGREEMENT_TOLERANCE * scale):
+        expected = _as_tuple(module(probe))
+    got = _as_tuple(forward(probe))
+    if len(got) != len(expected):
         return None
+    for a, b in zip(got, expected, strict=True):
+        scale = max(1.0, float(b.abs().max()))
+        if a.shape != b.shape or not torch.allclose(a, b.float(), rtol=0, atol=AGREEMENT_TOLERANCE * scale):
+            return None
     return forward

@@ -10,11 +10,11 @@ from xai_core.models import ModelHandle
 from xai_core.models.base import MissingWeightsError, ModelError, sha256_file
 from xai_core.nemt.loss import nemt_loss
 from xai_core.nemt.module import NEMtDecoder, keep_mask, random_kernel, smooth
-from xai_core.nemt.pyramid import pyramid_forward, supports_pyramid, tap_channels
+from xai_core.nemt.pyramid import handle_pyramid, pyramid_forward, supports_pyramid, tap_channels
 
-__all__ = ["NEMtDecoder", "available_for", "explanation_from_taps", "keep_mask", "load_decoder", "nemt_loss",
-           "pyramid_forward", "random_kernel", "register_decoder", "smooth", "supports_pyramid", "tap_channels",
-           "usable_for"]
+__all__ = ["NEMtDecoder", "available_for", "explanation_from_taps", "handle_pyramid", "keep_mask", "load_decoder",
+           "nemt_loss", "pyramid_forward", "random_kernel", "register_decoder", "smooth",
+           "supports_pyramid", "tap_channels", "usable_for"]
 
 _DECODERS: dict[tuple[str, str], NEMtDecoder] = {}
 _LOCK = threading.Lock()
