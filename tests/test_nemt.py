@@ -154,11 +154,12 @@ def test_handle_pyramid_runs_on_onnx_runtime_with_the_same_logits_and_taps(name)
     for a, b in zip([fast_logits, *fast_taps], [logits, *taps], strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b.contiguous(), rtol=1e-4, atol=1e-4 * float(b.abs().max()))
-    if name == "demo":  # the registered method's map is the PyTorch pyramid's map
+    if name == "demo":  # the registered method runs classifier and decoder as one graph, with PyTorch's maps
         from xai_core.nemt import explanation_from_taps, load_decoder
 
         targets = torch.tensor([0, 3])
         maps = get_explainer("nemt").explain(handle, x, targets)
+        assert any(key[0].startswith("nemt-") and graph is not None for key, graph in handle._onnx.items())
         torch.testing.assert_close(maps, explanation_from_taps(load_decoder(handle), taps, x, targets), rtol=0,
                                    atol=1e-4)
 
@@ -241,7 +242,9 @@ def test_engine_reuses_the_prediction_forward(real_cxr, demo_nemt_decoder):
     engine.predict(radiograph, "demo")
     warm = engine.explain(radiograph, "demo", "nemt", "Effusion")
     assert engine.stats.reused_forwards == 1
-    np.testing.assert_allclose(warm.map, cold.map, atol=1e-5)
+    # cold: classifier and decoder as one ONNX Runtime graph; warm: the PyTorch decoder. Each one's box filter is
+    # within 1e-5 of the exact mean (float32 running sums), so the two maps are within 2e-5 of each other
+    np.testing.assert_allclose(warm.map, cold.map, atol=2e-5)
 
 
 def test_a_few_training_steps_lower_the_loss(demo):

@@ -24,14 +24,10 @@ class NEMt(Explainer):
         return usable_for(handle)
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:
-        from xai_core.nemt import explanation_from_taps, handle_pyramid, load_decoder
+        from xai_core.nemt import explanation_from_pixels
 
         validate_targets(handle, targets)
-        decoder = load_decoder(handle)
-        x = x.to(handle.device)
-        with torch.inference_mode():
-            _, taps = handle_pyramid(handle, x)
-        return explanation_from_taps(decoder, taps, x, targets)
+        return explanation_from_pixels(handle, x, targets)
 
     def explain_from_taps(self, handle: ModelHandle, taps: list[torch.Tensor], x: torch.Tensor,
                           targets: torch.Tensor) -> torch.Tensor:

@@ -121,16 +121,17 @@ class ModelHandle:
                 self._folded = self.module
         return self._folded
 
-    def onnx(self, name: str, build: Callable[[], nn.Module], outputs: int = 1) -> Callable | None:
+    def onnx(self, name: str, build: Callable[[], nn.Module], outputs: int = 1, labels: int = 0) -> Callable | None:
         """`build()`'s forward on ONNX Runtime with as many threads as torch has now (exported and checked once per
-        name and thread count; see `onnx_forward`); None off the CPU or where ONNX Runtime cannot run it."""
+        name and thread count; see `onnx_forward`); None off the CPU, where ONNX Runtime cannot run it, or with
+        XAI_NO_ONNX set."""
         if self.device.type != "cpu" or os.environ.get("XAI_NO_ONNX"):
             return None
         key = (name, torch.get_num_threads())
         if key not in self._onnx:
             from xai_core.models.onnx_forward import onnx_forward
 
-            self._onnx[key] = onnx_forward(build(), self.card.input, key[1], outputs)
+            self._onnx[key] = onnx_forward(build(), self.card.input, key[1], outputs, labels)
         return self._onnx[key]
 
     def scorer(self, bfloat16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:

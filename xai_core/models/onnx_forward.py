@@ -30,9 +30,12 @@ class OnnxForward:
         self.session = session
         self.input_name = input_name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        outputs = tuple(torch.from_numpy(a) for a in self.session.run(None, {self.input_name: array}))
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        feed = {self.input_name: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())}
+        if targets is not None:  # a target-conditioned module (exported with `labels`)
+            feed["targets"] = targets.detach().to("cpu", torch.int64).numpy()
+        outputs = tuple(torch.from_numpy(a) for a in self.session.run(None, feed))
         return outputs[0] if len(outputs) == 1 else outputs
 
 
@@ -40,10 +43,19 @@ def _as_tuple(output: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Te
     return output if isinstance(output, tuple) else (output,)
 
 
-def export_onnx(module: nn.Module, spec: InputSpec, outputs: int = 1) -> bytes:
-    """The module's forward (`outputs` tensors) as an ONNX graph with a free batch size; TracerWarning raised as an
-    error where the graph would hold for the probe input only."""
-    probe = torch.zeros(2, spec.channels, spec.size, spec.size)
+def _probe(spec: InputSpec, labels: int, seed: int | None) -> tuple[torch.Tensor, ...]:
+    x = torch.zeros(2, spec.channels, spec.size, spec.size)
+    if seed is not None:
+        lo, hi = spec.value_range
+        x = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) * (hi - lo) + lo
+    return (x, torch.arange(2) % labels) if labels else (x,)
+
+
+def export_onnx(module: nn.Module, spec: InputSpec, outputs: int = 1, labels: int = 0) -> bytes:
+    """The module's forward (`outputs` tensors; inputs x, and targets [B] when `labels`) as an ONNX graph with a
+    free batch size; TracerWarning raised as an error where the graph would hold for the probe input only."""
+    probe = _probe(spec, labels, None)
+    inputs = ["x", "targets"][:len(probe)]
     names = [f"output{i}" for i in range(outputs)]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -52,21 +64,22 @@ def export_onnx(module: nn.Module, spec: InputSpec, outputs: int = 1) -> bytes:
         warnings.simplefilter("ignore", DeprecationWarning)
         # a trace that depends on the probe's values (a Python branch on a tensor) would be wrong for other inputs
         warnings.simplefilter("error", torch.jit.TracerWarning)
-        torch.onnx.export(module.eval(), (probe,), buffer, input_names=["x"], output_names=names,
-                          dynamic_axes={name: {0: "batch"} for name in ["x", *names]}, dynamo=False)
+        torch.onnx.export(module.eval(), probe, buffer, input_names=inputs, output_names=names,
+                          dynamic_axes={name: {0: "batch"} for name in [*inputs, *names]}, dynamo=False)
     return buffer.getvalue()
 
 
-def onnx_forward(module: nn.Module, spec: InputSpec, threads: int, outputs: int = 1) -> OnnxForward | None:
-    """An ONNX Runtime forward of `module` (returning `outputs` tensors) on `threads` CPU threads, checked against
-    the module's own outputs on a probe batch; None where ONNX Runtime is missing, the export fails or the outputs
-    disagree (callers keep PyTorch: only speed is lost)."""
+def onnx_forward(module: nn.Module, spec: InputSpec, threads: int, outputs: int = 1,
+                 labels: int = 0) -> OnnxForward | None:
+    """An ONNX Runtime forward of `module` (returning `outputs` tensors; taking targets too when `labels`) on
+    `threads` CPU threads, checked against the module's own outputs on a probe batch; None where ONNX Runtime is
+    missing, the export fails or the outputs disagree (callers keep PyTorch: only speed is lost)."""
     try:
         import onnxruntime
     except ImportError:
         return None
     try:
-        graph = export_onnx(module, spec, outputs)
+        graph = export_onnx(module, spec, outputs, labels)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -77,12 +90,10 @@ def onnx_forward(module: nn.Module, spec: InputSpec, threads: int, outputs: int 
     except Exception:  # an operator the exporter or the runtime lacks: keep PyTorch
         return None
     forward = OnnxForward(session, session.get_inputs()[0].name)
-    lo, hi = spec.value_range
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.rand(2, spec.channels, spec.size, spec.size, generator=generator) * (hi - lo) + lo
+    probe = _probe(spec, labels, seed=0)
     with torch.inference_mode():
-        expected = _as_tuple(module(probe))
-    got = _as_tuple(forward(probe))
+        expected = _as_tuple(module(*probe))
+    got = _as_tuple(forward(*probe))
     if len(got) != len(expected):
         return None
     for a, b in zip(got, expected, strict=True):

@@ -12,9 +12,9 @@ from xai_core.nemt.loss import nemt_loss
 from xai_core.nemt.module import NEMtDecoder, keep_mask, random_kernel, smooth
 from xai_core.nemt.pyramid import handle_pyramid, pyramid_forward, supports_pyramid, tap_channels
 
-__all__ = ["NEMtDecoder", "available_for", "explanation_from_taps", "handle_pyramid", "keep_mask", "load_decoder",
-           "nemt_loss", "pyramid_forward", "random_kernel", "register_decoder", "smooth",
-           "supports_pyramid", "tap_channels", "usable_for"]
+__all__ = ["NEMtDecoder", "available_for", "explanation_from_pixels", "explanation_from_taps", "handle_pyramid",
+           "keep_mask", "load_decoder", "nemt_loss", "pyramid_forward", "random_kernel", "register_decoder",
+           "smooth", "supports_pyramid", "tap_channels", "usable_for"]
 
 _DECODERS: dict[tuple[str, str], NEMtDecoder] = {}
 _LOCK = threading.Lock()
@@ -86,6 +86,32 @@ def input_scale(handle: ModelHandle) -> float:
     """Scales the classifier's input range to about [-1, 1] for the decoder's input skip."""
     lo, hi = handle.card.input.value_range
     return 1.0 / max(abs(lo), abs(hi), 1e-6)
+
+
+class _PixelsToMap(torch.nn.Module):
+    """Classifier pyramid and decoder as one module (x, targets) -> relevance [B, H, W], for export."""
+
+    def __init__(self, classifier: torch.nn.Module, decoder: NEMtDecoder) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _, taps = pyramid_forward(self.classifier, x)
+        return 1 - keep_mask(self.decoder, taps, x, targets)[:, 0]
+
+
+def explanation_from_pixels(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The relevance map [B, H, W] of each image for its target: classifier and decoder as one ONNX Runtime graph
+    on a CPU (demo at batch 1: about one plain forward), else the PyTorch pyramid and decoder."""
+    decoder = load_decoder(handle)
+    graph = handle.onnx(f"nemt-{id(decoder)}", lambda: _PixelsToMap(handle.module, decoder),
+                        labels=len(handle.card.labels))
+    if graph is not None:
+        return graph(x, targets)
+    with torch.inference_mode():
+        _, taps = handle_pyramid(handle, x)
+    return explanation_from_taps(decoder, taps, x.to(handle.device), targets)
 
 
 def explanation_from_taps(decoder: NEMtDecoder, taps: list[torch.Tensor], x: torch.Tensor,
