@@ -1,9 +1,9 @@
 """A classifier's hook-free float32 CPU forward on ONNX Runtime.
 
 Why: the metrics of `evaluate` and Score-CAM's masked forwards need only logits, thousands of times per run. On
-the 2-core AVX2 CPUs we build on, ONNX Runtime runs demo's forward 1.2-1.3x faster than PyTorch eager at any batch
-on one thread and 2x faster at batch 1 (`python benchmarks/engine.py` prints both, same run). Gradients, hooks and
-bfloat16 stay on PyTorch.
+the 2-core AVX2 CPUs we build on, ONNX Runtime runs demo's forward 1.2-1.4x faster than PyTorch eager at batch 16
+and 2x faster at batch 1 (the NEMt row of `python benchmarks/explainers.py` prints both forwards, same run).
+Gradients, hooks and bfloat16 stay on PyTorch.
 """
 
 from __future__ import annotations
