@@ -164,6 +164,30 @@ def test_handle_pyramid_runs_on_onnx_runtime_with_the_same_logits_and_taps(name)
                                    atol=1e-4)
 
 
+def test_a_registered_decoder_replaces_the_graph_of_the_one_before():
+    from xai_core.explainers import get_explainer
+    from xai_core.nemt import _DECODERS, explanation_from_taps, register_decoder
+
+    handle = load_model("xrv-densenet121-all", allow_random_weights=True)
+    x = torch.from_numpy(to_model_input(generate_case("test", 3, size=224).image))[None, None]
+    targets = torch.tensor([2])
+    channels = tap_channels(handle.module, 1)
+    key = (handle.card.name, str(handle.device))
+    try:
+        for seed in (0, 1):  # the first decoder is freed when the second replaces it: its id may be reused
+            torch.manual_seed(seed)
+            decoder = NEMtDecoder(channels, len(handle.card.labels)).eval()
+            torch.nn.init.normal_(decoder.cam.weight, std=0.05)  # a map that depends on the weights
+            register_decoder(handle, decoder)
+            maps = get_explainer("nemt").explain(handle, x, targets)
+            with torch.inference_mode():
+                _, taps = pyramid_forward(handle.module, x)
+            torch.testing.assert_close(maps, explanation_from_taps(decoder, taps, x, targets), rtol=0, atol=1e-4)
+            del decoder
+    finally:
+        _DECODERS.pop(key, None)
+
+
 def test_pyramid_works_for_torchxrayvision_densenet121():
     handle = load_model("xrv-densenet121-all", allow_random_weights=True)
     decoder = NEMtDecoder(tap_channels(handle.module, 1), len(handle.card.labels)).eval()

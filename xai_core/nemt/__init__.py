@@ -105,7 +105,7 @@ def explanation_from_pixels(handle: ModelHandle, x: torch.Tensor, targets: torch
     """The relevance map [B, H, W] of each image for its target: classifier and decoder as one ONNX Runtime graph
     on a CPU (demo at batch 1: about one plain forward), else the PyTorch pyramid and decoder."""
     decoder = load_decoder(handle)
-    graph = handle.onnx(f"nemt-{id(decoder)}", lambda: _PixelsToMap(handle.module, decoder),
+    graph = handle.onnx(f"nemt-{decoder.instance}", lambda: _PixelsToMap(handle.module, decoder),
                         labels=len(handle.card.labels))
     if graph is not None:
         return graph(x, targets)

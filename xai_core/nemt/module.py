@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -11,6 +12,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 SMOOTH_SIZE = 21
 KEEP_BIAS = 2.0  # initial keep-mask logit where the classifier sees no evidence (sigmoid 0.88)
+_INSTANCES = itertools.count()  # a decoder's `instance`: unique for the process's lifetime (ids are reused)
 CAM_SCALE = 0.15  # demo: a positive finding's CAM peaks at 7-54 (median 37), a negative's at 3 or less (90th pct.)
 
 
@@ -98,6 +100,7 @@ class NEMtDecoder(nn.Module):
                  widths: tuple[int, ...] = (32,), embed_dim: int = 32, input_scale: float = 1.0,
                  cam_readout: bool = True, input_kernel: int = 1) -> None:
         super().__init__()
+        self.instance = next(_INSTANCES)
         if not 1 <= len(widths) <= len(tap_channels) - 1:
             raise ValueError(f"{len(widths)} widths for {len(tap_channels) - 1} skip levels")
         self.config = {"tap_channels": list(tap_channels), "num_labels": num_labels, "in_channels": in_channels,
