@@ -1,4 +1,5 @@
-# Two commands from a fresh clone: `make run` (dashboard on the bundled demo model, offline) and `make test`.
+# Two commands from a fresh clone: `make run` (dashboard on the bundled demo model, offline) and `make test`
+# (sets up the virtualenv and the browser the browser test drives, then lint and the whole suite).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,7 @@ run: $(VENV)/.runtime-stamp
 
 test: $(VENV)/.dev-stamp
 	$(BIN)/ruff check .
+	scripts/setup-browser $(BIN)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-stamp

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real sample folder and small engines."""
+"""Shared fixtures: images the repository ships, the real sample folder (only for tests of real images), models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CXR = ROOT.parent / "shared" / "data" / "real-cxr"
+SAMPLES = ROOT / "assets" / "samples"
+
+
+@pytest.fixture(scope="session")
+def sample_png() -> Path:
+    """A bundled phantom radiograph as an 8-bit PNG (any clone has it)."""
+    return SAMPLES / "images" / "samples-0-000001.png"
+
+
+@pytest.fixture(scope="session")
+def sample_dicom() -> Path:
+    """A bundled phantom radiograph as a DICOM file (any clone has it)."""
+    return SAMPLES / "dicom" / "samples-0-000003.dcm"
+
+
+@pytest.fixture
+def monochrome1_dicom(tmp_path) -> Path:
+    """A MONOCHROME1 DICOM written by the test factory (white = low values, as many CR systems store it)."""
+    import numpy as np
+
+    from tests.dicom_factory import make_dataset, to_bytes
+
+    rows = np.linspace(0, 4095, 96, dtype=np.float32)[:, None]
+    pixels = np.broadcast_to(4095 - rows, (96, 80)).astype(np.uint16)
+    path = tmp_path / "mono1.dcm"
+    path.write_bytes(to_bytes(make_dataset(pixels, photometric="MONOCHROME1")))
+    return path
 
 
 @pytest.fixture(scope="session")

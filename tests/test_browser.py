@@ -15,8 +15,13 @@ import pytest
 
 from tests.conftest import ROOT
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # None: Playwright's own build
 SCREENSHOTS = os.environ.get("XAI_SCREENSHOTS_DIR")  # set to docs/screenshots to refresh the README's pictures
+
+
+# Chromium on a closed network: no background connections to refused hosts
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
 
 
 def _free_port() -> int:
@@ -59,13 +64,15 @@ def _shot(page, tmp_path: Path, name: str) -> Path:
 
 
 def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does this)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import Error, expect, sync_playwright
 
     dicom = ROOT / "assets" / "samples" / "dicom" / "samples-0-000003.dcm"  # a phantom effusion
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        except Error as exc:
+            pytest.fail(f"no Chromium to drive ({exc.message.splitlines()[0]}): `make test` installs one "
+                        "(scripts/setup-browser)")
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(server, wait_until="networkidle")
         expect(page.get_by_text("Load a radiograph to begin")).to_be_visible(timeout=60_000)

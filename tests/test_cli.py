@@ -12,8 +12,8 @@ from xai_core.cli import main
 MODEL = "xrv-densenet121-nih"
 
 
-def test_predict_json_end_to_end(real_cxr):
-    path = real_cxr / "dicom" / "cr_chest_monochrome1.dcm"
+def test_predict_json_end_to_end(monochrome1_dicom):
+    path = monochrome1_dicom
     result = subprocess.run(
         [sys.executable, "-m", "xai_core", "predict", str(path), "--model", MODEL, "--allow-random-weights",
          "--json", "--device", "cpu"],
@@ -28,8 +28,8 @@ def test_predict_json_end_to_end(real_cxr):
     assert "SYNTHETIC" not in result.stdout
 
 
-def test_predict_table(real_cxr, capsys):
-    code = main(["predict", str(real_cxr / "nih" / "00000001_000.png"), "--model", MODEL,
+def test_predict_table(sample_png, capsys):
+    code = main(["predict", str(sample_png), "--model", MODEL,
                  "--allow-random-weights", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
@@ -44,8 +44,8 @@ def test_bad_file_exits_2_with_a_message_and_no_traceback(tmp_path, capsys):
     assert err.startswith("error:") and "Traceback" not in err and "DICOM" in err
 
 
-def test_unknown_model_and_missing_weights_exit_2(real_cxr, tmp_path, capsys, monkeypatch):
-    image = str(real_cxr / "nih" / "00000001_000.png")
+def test_unknown_model_and_missing_weights_exit_2(sample_png, tmp_path, capsys, monkeypatch):
+    image = str(sample_png)
     assert main(["predict", image, "--model", "nope"]) == 2
     assert "unknown model" in capsys.readouterr().err
     monkeypatch.setenv("XAI_WEIGHTS_DIR", str(tmp_path))

@@ -255,12 +255,12 @@ def test_the_bundled_module_explains_each_target_on_its_own_lesion(demo, demo_ne
         assert maps[label].mean() < 0.1 and (maps[label] > 0.5).mean() < 0.05, label
 
 
-def test_engine_reuses_the_prediction_forward(real_cxr, demo_nemt_decoder):
+def test_engine_reuses_the_prediction_forward(sample_png, demo_nemt_decoder):
     from xai_core.engine import Engine
     from xai_core.imaging import load_radiograph
 
     engine = Engine("cpu")
-    radiograph = load_radiograph(real_cxr / "nih" / "00000001_000.png")
+    radiograph = load_radiograph(sample_png)
     cold = engine.explain(radiograph, "demo", "nemt", "Effusion")
     engine.cache.clear()
     engine.predict(radiograph, "demo")
