@@ -96,15 +96,19 @@ def test_explain_with_segx_adds_refined_maps_and_certainty(tmp_path, capsys, dem
 
 
 def test_segu_calibration_command(tmp_path, monkeypatch, capsys):
-    from xai_core.training import common
+    from xai_core.models.bundled import MANIFEST
 
-    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setenv("XAI_DATA_DIR", str(tmp_path))
+    committed = MANIFEST.read_bytes()
     code = main(["segu", "--model", "demo", "--data", "phantom:val", "--n", "24", "--method", "gradcam",
-                 "--json", "--device", "cpu"])
+                 "--calibrate", "--json", "--device", "cpu"])
     out = capsys.readouterr()
     if code != 0:
         assert "both true and false positives" in out.err  # 24 cases may hold no false positive: said clearly
         return
     data = json.loads(out.out)
     assert data["n_positive_findings"] > 0 and 0 <= data["calibration"]["auroc"] <= 1
+    stored = json.loads((tmp_path / "segu-calibrations.json").read_text())["models"]["demo"]["gradcam"]
+    assert stored["auroc"] == data["calibration"]["auroc"]
+    assert MANIFEST.read_bytes() == committed, "run-time results never go into the committed weights manifest"
     assert main(["segu", "--data", "folder:x"]) == 2

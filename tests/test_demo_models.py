@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from xai_core.errors import MissingWeightsError, ModelError
 from xai_core.models import get_card, list_models, load_model
 from xai_core.models.base import sha256_file
-from xai_core.models.demo import MANIFEST, MODELS_DIR
+from xai_core.models.bundled import MANIFEST, MODELS_DIR
 from xai_core.phantom import ANATOMY, FINDINGS
 from xai_core.training.common import PhantomStream, auroc_per_label
 
@@ -46,12 +47,12 @@ def test_registry_loads_the_demo_family():
 
 
 def test_tampered_weights_are_refused(tmp_path, monkeypatch):
-    import xai_core.models.demo as demo
+    import xai_core.models.bundled as bundled
 
     bad = tmp_path / MANIFEST_MODELS["demo"]["file"]
     bad.write_bytes(b"not the weights")
-    monkeypatch.setattr(demo, "MODELS_DIR", tmp_path)
-    with pytest.raises(Exception, match="sha256"):
+    monkeypatch.setattr(bundled, "MODELS_DIR", tmp_path)
+    with pytest.raises(ModelError, match="sha256"):
         load_model("demo")
 
 
@@ -103,9 +104,9 @@ def test_held_out_clip_zero_shot_auroc_above_the_bar():
 
 
 def test_missing_bundled_weights_say_how_to_rebuild(tmp_path, monkeypatch):
-    import xai_core.models.demo as demo
+    import xai_core.models.bundled as bundled
 
-    monkeypatch.setattr(demo, "MODELS_DIR", tmp_path)
-    with pytest.raises(Exception, match="train classifier"):
+    monkeypatch.setattr(bundled, "MODELS_DIR", tmp_path)
+    with pytest.raises(MissingWeightsError, match="train classifier"):
         load_model("demo")
     assert load_model("demo", allow_random_weights=True).random_weights

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchxrayvision as xrv
 
+from xai_core.errors import TargetError, UnknownNameError
 from xai_core.imaging import Radiograph
 from xai_core.models import (
     InputSpec,
@@ -35,7 +36,7 @@ def test_registry_lists_every_torchxrayvision_classifier():
 
 
 def test_unknown_model_names_the_known_ones():
-    with pytest.raises(KeyError, match="xrv-densenet121-all"):
+    with pytest.raises(UnknownNameError, match="xrv-densenet121-all"):
         get_card("no-such-model")
 
 
@@ -78,7 +79,7 @@ def test_random_weights_when_allowed_and_labels_line_up():
         out = handle.module(torch.zeros(3, 1, 224, 224))
     assert out.shape == (3, len(handle.card.labels))
     assert handle.label_index("cardiomegaly") == handle.card.labels.index("Cardiomegaly")
-    with pytest.raises(KeyError, match="not a label"):
+    with pytest.raises(TargetError, match="not a label"):
         handle.label_index("Hernia")
 
 

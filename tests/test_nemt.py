@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from xai_core.models import load_model
+from xai_core.models import bundled, load_model
 from xai_core.nemt import NEMtDecoder, keep_mask, nemt_loss, pyramid_forward, random_kernel, smooth, tap_channels
 from xai_core.nemt.module import LabelPointwise, Pointwise, box_filter
 from xai_core.phantom import generate_case
@@ -300,7 +300,7 @@ def test_a_few_training_steps_lower_the_loss(demo):
 def test_train_nemt_records_and_resumes(tmp_path, monkeypatch):
     from xai_core.training.nemt import NEMtRecipe, train_nemt
 
-    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
     recipe = NEMtRecipe(steps=2, batch=2, test_n=2)
     first = train_nemt(recipe, device="cpu", checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
     assert common.Checkpoint(tmp_path / "demo-nemt.ckpt").load()["step"] == 2

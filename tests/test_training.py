@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from xai_core.models import bundled
 from xai_core.training import common
 from xai_core.training.clip import contrastive_targets, impression_first, training_text
 
@@ -55,7 +56,7 @@ def test_max_f1_thresholds_separate_a_clean_label():
 
 
 def test_record_model_writes_sha_and_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"weights")
     record = common.record_model("toy", weights, {"metrics": {"x": 1}})
@@ -99,7 +100,7 @@ def test_clip_training_chooses_prompts_on_val_and_records_them(tmp_path, monkeyp
     from xai_core.models.vlm import PROMPT_FAMILIES
     from xai_core.training.clip import ClipRecipe, train_clip
 
-    monkeypatch.setattr(common, "MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
     record = train_clip(ClipRecipe(name="toy-clip", steps=2, batch=8, test_n=24), device="cpu",
                         checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
     prompts = record["prompts"]

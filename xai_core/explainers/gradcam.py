@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from xai_core.explainers.base import Explainer, capture_activations, register, target_logits, upsample
-from xai_core.models import ModelHandle
+from xai_core.explainers.base import ExplainBatch, Explainer, capture_activations, register, upsample
+from xai_core.models import ModelHandle, target_logits
 
 
 def layer_gradients(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, layer: str
@@ -26,9 +26,8 @@ class GradCAM(Explainer):
     cost = "fast"
     defaults: ClassVar[dict[str, Any]] = {"layer": None}
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
-        p = self.params(**params)
-        activations, grads, _ = layer_gradients(handle, x, targets, p["layer"] or handle.card.cam_layer)
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, layer: str | None) -> torch.Tensor:
+        activations, grads, _ = layer_gradients(handle, inputs.x, inputs.targets, layer or handle.card.cam_layer)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * activations).sum(1))
-        return upsample(cam, x.shape[-2:]).clamp_min(0)
+        return upsample(cam, inputs.x.shape[-2:]).clamp_min(0)

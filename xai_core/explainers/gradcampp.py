@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from xai_core.explainers.base import Explainer, register, upsample
+from xai_core.explainers.base import ExplainBatch, Explainer, register, upsample
 from xai_core.explainers.gradcam import layer_gradients
 from xai_core.models import ModelHandle
 
@@ -17,9 +17,8 @@ class GradCAMPlusPlus(Explainer):
     cost = "fast"
     defaults: ClassVar[dict[str, Any]] = {"layer": None}
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
-        p = self.params(**params)
-        activations, grads, _ = layer_gradients(handle, x, targets, p["layer"] or handle.card.cam_layer)
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, layer: str | None) -> torch.Tensor:
+        activations, grads, _ = layer_gradients(handle, inputs.x, inputs.targets, layer or handle.card.cam_layer)
         # With S = exp(logit), dS/dA = S g, and the second/third derivatives are S g^2, S g^3; S cancels in alpha.
         g2 = grads.pow(2)
         g3 = g2 * grads
@@ -30,4 +29,4 @@ class GradCAMPlusPlus(Explainer):
         alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
         weights = (torch.relu(grads) * alpha).sum(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * activations).sum(1))
-        return upsample(cam, x.shape[-2:]).clamp_min(0)
+        return upsample(cam, inputs.x.shape[-2:]).clamp_min(0)

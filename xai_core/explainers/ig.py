@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from xai_core.explainers.base import Explainer, register, target_logits
-from xai_core.models import ModelHandle
+from xai_core.errors import ParameterError
+from xai_core.explainers.base import ExplainBatch, Explainer, Targets, group_rows, register
+from xai_core.models import ModelHandle, target_logits
 from xai_core.models.base import use_bfloat16
 
 
@@ -38,7 +39,7 @@ def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(1, steps + 1) / steps, np.full(steps, 1.0 / steps)
     if rule == "linspace":  # PAIR saliency's convention: both ends included, equal weights
         return np.linspace(0, 1, steps), np.full(steps, 1.0 / steps)
-    raise ValueError(f"unknown rule '{rule}'; use gausslegendre, trapezoid, riemann_right or linspace")
+    raise ParameterError(f"unknown rule '{rule}'; use gausslegendre, trapezoid, riemann_right or linspace")
 
 
 def baseline_for(x: torch.Tensor, kind: str, value_range: tuple[float, float]) -> torch.Tensor:
@@ -51,7 +52,7 @@ def baseline_for(x: torch.Tensor, kind: str, value_range: tuple[float, float]) -
         import torchvision.transforms.functional as TF
 
         return TF.gaussian_blur(x, kernel_size=[61, 61], sigma=[20.0, 20.0])
-    raise ValueError(f"unknown baseline '{kind}'; use black, white or blur")
+    raise ParameterError(f"unknown baseline '{kind}'; use black, white or blur")
 
 
 _shared: ContextVar[dict[tuple, torch.Tensor] | None] = ContextVar("shared_integrals", default=None)
@@ -99,14 +100,7 @@ def _integrate(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, base
     nodes, weights = quadrature(steps, rule)
     alphas = torch.tensor(nodes, dtype=x.dtype, device=device)
     w = torch.tensor(weights, dtype=x.dtype, device=device)
-    groups: list[list[int]] = []  # batch rows with identical image and baseline; the first one is evaluated
-    for row in range(x.shape[0]):
-        group = next((g for g in groups if torch.equal(x[g[0]], x[row]) and torch.equal(baseline[g[0]],
-                                                                                        baseline[row])), None)
-        if group is None:
-            groups.append([row])
-        else:
-            group.append(row)
+    groups = group_rows(x, baseline)  # rows with identical image and baseline; the first one is evaluated
     total = torch.zeros_like(x)
     pairs = [(g, j) for g in range(len(groups)) for j in range(steps)]  # (group, step), `batch` at a time
     for start in range(0, len(pairs), batch):
@@ -133,26 +127,29 @@ def _integrate(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, base
 class IntegratedGradients(Explainer):
     name = "ig"
     cost = "slow"
-    signed = True
     defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "riemann_right", "baseline": "black", "batch": 32,
                                           "precision": "auto"}
 
-    def attribute(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
+    def attribute(self, handle: ModelHandle, x: torch.Tensor, targets: Targets, **params: Any) -> torch.Tensor:
         """Signed attributions [B, C, H, W]."""
-        p = self.params(**params)
-        base = baseline_for(x, p["baseline"], handle.card.input.value_range)
-        return integrated_gradients(handle, x, targets, base, p["steps"], p["rule"], p["batch"], p["precision"])
+        inputs, p = self.prepare(handle, x, targets, params)
+        return self._signed(handle, inputs, **p)
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
-        return self.attribute(handle, x, targets, **params).abs().sum(1)
+    def _signed(self, handle: ModelHandle, inputs: ExplainBatch, *, steps: int, rule: str, baseline: str,
+                batch: int, precision: str) -> torch.Tensor:
+        base = baseline_for(inputs.x, baseline, handle.card.input.value_range)
+        return integrated_gradients(handle, inputs.x, inputs.targets, base, steps, rule, batch, precision)
 
-    def completeness_gap(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch, **params: Any) -> torch.Tensor:
+        return self._signed(handle, inputs, **params).abs().sum(1)
+
+    def completeness_gap(self, handle: ModelHandle, x: torch.Tensor, targets: Targets, **params: Any
+                         ) -> torch.Tensor:
         """sum(attributions) - (f(x) - f(baseline)) per image: near 0 when the integral is accurate."""
-        p = self.params(**params)
-        base = baseline_for(x, p["baseline"], handle.card.input.value_range)
-        attributions = integrated_gradients(handle, x, targets, base, p["steps"], p["rule"], p["batch"],
-                                            p["precision"])
+        inputs, p = self.prepare(handle, x, targets, params)
+        base = baseline_for(inputs.x, p["baseline"], handle.card.input.value_range)
+        attributions = self._signed(handle, inputs, **p)
         with torch.inference_mode():
-            difference = (target_logits(handle.module(x.to(handle.device)), targets)
-                          - target_logits(handle.module(base.to(handle.device)), targets))
+            difference = (target_logits(handle.module(inputs.x), inputs.targets)
+                          - target_logits(handle.module(base), inputs.targets))
         return attributions.sum(dim=(1, 2, 3)) - difference

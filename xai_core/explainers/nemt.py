@@ -6,8 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from xai_core.explainers.base import Explainer, register, validate_targets
+from xai_core.explainers.base import ExplainBatch, Explainer, register
 from xai_core.models import ModelHandle
+from xai_core.nemt import explanation_from_pixels, explanation_from_taps, load_decoder, usable_for
 
 
 @register
@@ -19,20 +20,11 @@ class NEMt(Explainer):
     unit_range = True
 
     def available(self, handle: ModelHandle) -> bool:
-        from xai_core.nemt import usable_for
-
         return usable_for(handle)
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor:
-        from xai_core.nemt import explanation_from_pixels
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch) -> torch.Tensor:
+        return explanation_from_pixels(handle, inputs.x, inputs.targets)
 
-        validate_targets(handle, targets)
-        return explanation_from_pixels(handle, x, targets)
-
-    def explain_from_taps(self, handle: ModelHandle, taps: list[torch.Tensor], x: torch.Tensor,
-                          targets: torch.Tensor) -> torch.Tensor:
-        """The same map from a pyramid kept by an earlier prediction forward: only the decoder runs."""
-        from xai_core.nemt import explanation_from_taps, load_decoder
-
-        validate_targets(handle, targets)
-        return explanation_from_taps(load_decoder(handle), taps, x.to(handle.device), targets)
+    def _explain_from_taps(self, handle: ModelHandle, taps: list[torch.Tensor], inputs: ExplainBatch) -> torch.Tensor:
+        """Only the decoder runs, on the pyramid of an earlier prediction forward."""
+        return explanation_from_taps(load_decoder(handle), taps, inputs.x, inputs.targets)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from xai_core.explainers.base import Explainer, register, validate_targets
+from xai_core.explainers.base import ExplainBatch, Explainer, register
 from xai_core.models import ModelHandle
 
 
@@ -18,13 +18,12 @@ class RandomMap(Explainer):
     unit_range = True
     defaults: ClassVar[dict[str, Any]] = {"seed": 0}
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
-        p = self.params(**params)
-        validate_targets(handle, targets)
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, seed: int) -> torch.Tensor:
+        x = inputs.x
         maps = torch.empty((x.shape[0], *x.shape[-2:]))
-        for b, image in enumerate(x):
+        for rows in inputs.groups:
             # seeded by the image's content: the same image gets the same map whatever the target or the batch
-            content = zlib.crc32(image.detach().cpu().float().numpy().tobytes())
-            generator = torch.Generator().manual_seed(int(p["seed"]) * 2**32 + content)
-            maps[b] = torch.rand(x.shape[-2:], generator=generator)
+            content = zlib.crc32(x[rows[0]].detach().cpu().numpy().tobytes())
+            generator = torch.Generator().manual_seed(int(seed) * 2**32 + content)
+            maps[rows] = torch.rand(x.shape[-2:], generator=generator)
         return maps.to(handle.device)

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from xai_core.explainers.base import Explainer, capture_activations, register, target_logits, upsample
-from xai_core.models import ModelHandle
+from xai_core.explainers.base import ExplainBatch, Explainer, capture_activations, register, upsample
+from xai_core.models import ModelHandle, target_logits
 from xai_core.models.base import use_bfloat16
 
 
@@ -30,33 +30,26 @@ class ScoreCAM(Explainer):
     # "auto" (default) uses it where the hardware runs it fast, else float32.
     defaults: ClassVar[dict[str, Any]] = {"layer": None, "batch": 16, "top_k": None, "precision": "auto"}
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
-        p = self.params(**params)
-        x = x.to(handle.device)
-        fast = use_bfloat16(p["precision"], x.device)
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, layer: str | None, batch: int,
+                 top_k: int | None, precision: str) -> torch.Tensor:
+        x, targets = inputs.x, inputs.targets
+        forward = handle.scorer(use_bfloat16(precision, x.device))
+        cams = torch.empty((x.shape[0], 0, 0), device=x.device)
         with torch.inference_mode():
-            with capture_activations(handle.layer(p["layer"] or handle.card.cam_layer)) as store:
-                handle.module(x)
-            activations = store["activations"].float()
-            maps = []
-            masked_logits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (image, channels, logits)
-            for b in range(x.shape[0]):
+            with capture_activations(handle.layer(layer or handle.card.cam_layer)) as store:
+                handle.module(x[[rows[0] for rows in inputs.groups]])
+            for activations, rows in zip(store["activations"].float(), inputs.groups, strict=True):
                 # the masked forwards score every label at once: a repeated image (several targets) reuses them
-                seen = next((entry for entry in masked_logits if torch.equal(entry[0], x[b])), None)
-                if seen is None:
-                    channels = activations[b]
-                    if p["top_k"]:
-                        keep = channels.mean((1, 2)).topk(min(int(p["top_k"]), channels.shape[0])).indices
-                        channels = channels[keep]
-                    masks = channel_masks(channels, x.shape[-2:])
-                    logits, forward = [], handle.scorer(fast)
-                    for start in range(0, len(masks), int(p["batch"])):
-                        inputs = x[b:b + 1] * masks[start:start + int(p["batch"])].unsqueeze(1)
-                        logits.append(forward(inputs).to(x.device))
-                    seen = (x[b], channels, torch.cat(logits))
-                    masked_logits.append(seen)
-                _, channels, logits = seen
-                weights = target_logits(logits, targets[b].repeat(len(logits))).softmax(0)
-                maps.append(torch.relu((weights[:, None, None] * channels).sum(0)))
-            cams = torch.stack(maps)
+                channels = activations
+                if top_k:
+                    channels = channels[channels.mean((1, 2)).topk(min(int(top_k), channels.shape[0])).indices]
+                masks = channel_masks(channels, x.shape[-2:])
+                image = x[rows[0]:rows[0] + 1]
+                logits = torch.cat([forward(image * masks[start:start + batch].unsqueeze(1)).to(x.device)
+                                    for start in range(0, len(masks), batch)])
+                if cams.shape[1] == 0:
+                    cams = torch.zeros((x.shape[0], *channels.shape[-2:]), device=x.device)
+                for row in rows:
+                    weights = target_logits(logits, targets[row].repeat(len(logits))).softmax(0)
+                    cams[row] = torch.relu((weights[:, None, None] * channels).sum(0))
         return upsample(cams, x.shape[-2:]).clamp_min(0)

@@ -20,7 +20,7 @@ import torch
 from skimage.morphology import disk
 from skimage.segmentation import felzenszwalb
 
-from xai_core.explainers.base import Explainer, register
+from xai_core.explainers.base import ExplainBatch, Explainer, register
 from xai_core.explainers.ig import integrated_gradients
 from xai_core.models import ModelHandle
 
@@ -87,21 +87,18 @@ class XRAI(Explainer):
     defaults: ClassVar[dict[str, Any]] = {"steps": 32, "rule": "riemann_right", "batch": 32, "min_pixel_diff": 50,
                                           "precision": "auto"}
 
-    def explain(self, handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, **params) -> torch.Tensor:
-        p = self.params(**params)
-        x = x.to(handle.device)
+    def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, steps: int, rule: str, batch: int,
+                 min_pixel_diff: int, precision: str) -> torch.Tensor:
+        x = inputs.x
         low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)  # the reference's two constant baselines
         high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
-        attribution = sum(integrated_gradients(handle, x, targets, baseline, p["steps"], p["rule"], p["batch"],
-                                               p["precision"]) for baseline in (low, high))
+        attribution = sum(integrated_gradients(handle, x, inputs.targets, baseline, steps, rule, batch, precision)
+                          for baseline in (low, high))
         attribution = (attribution / 2).max(1).values.cpu().numpy()  # channel max, as the reference
-        maps = []
-        segmented: list[tuple[torch.Tensor, np.ndarray]] = []  # a repeated image (several targets) is cut once
-        for b in range(x.shape[0]):
-            masks = next((m for seen, m in segmented if torch.equal(seen, x[b])), None)
-            if masks is None:
-                masks = segments(x[b].mean(0).cpu().numpy())
-                segmented.append((x[b], masks))
-            maps.append(greedy_regions(attribution[b], masks, p["min_pixel_diff"]))
-        result = torch.from_numpy(np.stack(maps).astype(np.float32)).to(handle.device)
+        maps = np.empty(attribution.shape, np.float32)
+        for rows in inputs.groups:  # a repeated image (several targets) is cut into segments once
+            masks = segments(x[rows[0]].mean(0).cpu().numpy())
+            for row in rows:
+                maps[row] = greedy_regions(attribution[row], masks, min_pixel_diff)
+        result = torch.from_numpy(maps).to(handle.device)
         return result - result.amin(dim=(1, 2), keepdim=True)  # non-negative; the order of regions is kept

@@ -1,4 +1,4 @@
-"""Model cards, loaded model handles and the model registry."""
+"""Loaded model handles: preprocessing, forwards (PyTorch, folded, ONNX Runtime), labels, precision, weight files."""
 
 from __future__ import annotations
 
@@ -9,91 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
+from xai_core.errors import TargetError
 from xai_core.imaging import Radiograph
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be loaded; the message says why and what to do."""
-
-
-class MissingWeightsError(ModelError):
-    """The weights file of a model is not on this machine."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the network expects: channels, square size and the value range pixels in [0, 1] are mapped to."""
-
-    channels: int = 1
-    size: int = 224
-    value_range: tuple[float, float] = (-1024.0, 1024.0)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Everything the product needs to know about a classifier, independent of its weights."""
-
-    name: str
-    labels: list[str]
-    input: InputSpec
-    cam_layer: str
-    feature_layer: str
-    thresholds: dict[str, float]
-    provenance: dict[str, Any]
-    intended_use: str
-    family: str = "classifier"
-    weights_file: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly view of the card."""
-        return {
-            "name": self.name,
-            "family": self.family,
-            "labels": list(self.labels),
-            "input": {"channels": self.input.channels, "size": self.input.size,
-                      "value_range": list(self.input.value_range)},
-            "cam_layer": self.cam_layer,
-            "feature_layer": self.feature_layer,
-            "thresholds": dict(self.thresholds),
-            "provenance": dict(self.provenance),
-            "intended_use": self.intended_use,
-            "weights_file": self.weights_file,
-        }
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """The square region of the source image the model saw (rows top..top+size, cols left..left+size)."""
-
-    top: int
-    left: int
-    size: int
-
-
-def center_square(height: int, width: int) -> CropBox:
-    """The largest centred square of an image."""
-    side = min(height, width)
-    return CropBox(top=(height - side) // 2, left=(width - side) // 2, size=side)
+from xai_core.models.cards import CropBox, InputSpec, ModelCard, center_square, to_model_range
+from xai_core.models.onnx_forward import onnx_forward
 
 
 def preprocess(radiograph: Radiograph, spec: InputSpec) -> tuple[torch.Tensor, CropBox]:
     """Radiograph -> network input [C, S, S]: centre square crop, area resize, scale to the card's value range."""
-    import cv2
-
     h, w = radiograph.pixels.shape
     box = center_square(h, w)
     square = radiograph.pixels[box.top : box.top + box.size, box.left : box.left + box.size]
     interpolation = cv2.INTER_AREA if box.size > spec.size else cv2.INTER_LINEAR
     resized = cv2.resize(np.ascontiguousarray(square, dtype=np.float32), (spec.size, spec.size),
                          interpolation=interpolation)
-    lo, hi = spec.value_range
-    scaled = np.clip(resized, 0.0, 1.0) * (hi - lo) + lo
-    tensor = torch.from_numpy(scaled).unsqueeze(0).expand(spec.channels, -1, -1).contiguous()
-    return tensor, box
+    return torch.from_numpy(to_model_range(resized, spec)), box
 
 
 @dataclass
@@ -109,12 +45,9 @@ class ModelHandle:
 
     def scoring_module(self) -> nn.Module:
         """The classifier for forward passes that need no hooks, built once: every batch norm that directly follows
-        a convolution is folded into it (torch.fx). Same logits within float rounding (demo: 4e-6); demo's batch-32
-        forward is 11-14% faster on 2 threads of an AVX2 CPU, 4% on one. The plain module where the model cannot be
-        traced."""
+        a convolution is folded into it (torch.fx; same logits within float rounding, faster: docs/benchmarks.md).
+        The plain module where the model cannot be traced."""
         if self._folded is None:
-            from torch.fx.experimental.optimization import fuse
-
             try:
                 self._folded = fuse(self.module.eval())
             except Exception:  # untraceable forward (data-dependent control flow): nothing is lost but speed
@@ -129,8 +62,6 @@ class ModelHandle:
             return None
         key = (name, torch.get_num_threads())
         if key not in self._onnx:
-            from xai_core.models.onnx_forward import onnx_forward
-
             self._onnx[key] = onnx_forward(build(), self.card.input, key[1], outputs, labels)
         return self._onnx[key]
 
@@ -154,66 +85,29 @@ class ModelHandle:
         return self.module.get_submodule(path)
 
     def label_index(self, label: str | int) -> int:
-        """Index of a label by name (case-insensitive) or index."""
-        if isinstance(label, int):
+        """Index of a label by name (case-insensitive) or index; TargetError for a label the model does not have."""
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
             if not 0 <= label < len(self.card.labels):
-                raise KeyError(f"label index {label} out of range for {self.card.name}")
-            return label
+                raise TargetError(f"target index {label} out of range for {self.card.name} "
+                                  f"({len(self.card.labels)} labels: {', '.join(self.card.labels)})")
+            return int(label)
         lookup = {name.lower(): i for i, name in enumerate(self.card.labels)}
-        key = label.strip().lower()
+        key = str(label).strip().lower()
         if key not in lookup:
-            raise KeyError(f"'{label}' is not a label of {self.card.name}; labels: {', '.join(self.card.labels)}")
+            raise TargetError(f"'{label}' is not a label of {self.card.name}; labels: "
+                              f"{', '.join(self.card.labels)}")
         return lookup[key]
 
-
-Loader = Callable[[ModelCard, torch.device, bool], ModelHandle]
-
-
-@dataclass
-class RegistryEntry:
-    card: ModelCard
-    loader: Loader
+    def check_targets(self, targets: torch.Tensor) -> None:
+        """TargetError for label indices [B] the model does not have."""
+        bad = (targets < 0) | (targets >= len(self.card.labels))
+        if bool(bad.any()):
+            self.label_index(int(targets[bad][0]))
 
 
-_REGISTRY: dict[str, RegistryEntry] = {}
-
-
-def register_model(card: ModelCard, loader: Loader) -> None:
-    """Add a model to the registry (name must be unique)."""
-    if card.name in _REGISTRY:
-        raise ValueError(f"model '{card.name}' is already registered")
-    _REGISTRY[card.name] = RegistryEntry(card=card, loader=loader)
-
-
-def list_models(family: str | None = "classifier") -> list[str]:
-    """Names of registered models, optionally of one family."""
-    _ensure_builtin()
-    return [name for name, entry in _REGISTRY.items() if family is None or entry.card.family == family]
-
-
-def get_card(name: str) -> ModelCard:
-    """The card of a registered model; KeyError naming the known models otherwise."""
-    _ensure_builtin()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model '{name}'; known models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name].card
-
-
-def load_model(name: str, device: torch.device | str = "cpu", *, allow_random_weights: bool = False) -> ModelHandle:
-    """Build a registered model on a device, frozen and in eval mode."""
-    card = get_card(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random weights (tests, benchmarks) are the same in every process
-        handle = _REGISTRY[name].loader(card, torch.device(device), allow_random_weights)
-    handle.module.eval()
-    if handle.device.type == "cpu":
-        # oneDNN's convolutions and pooling run ~1.8x faster on channels-last weights (demo forward, batch 16,
-        # 2 cores: 13 -> 7.5 ms per image; Score-CAM 2.8 -> 1.6 s); logits agree to 3e-5. A 1-channel input is
-        # already channels-last, so callers need not convert.
-        handle.module.to(memory_format=torch.channels_last)
-    for parameter in handle.module.parameters():
-        parameter.requires_grad_(False)
-    return handle
+def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits[b, targets[b]] for each b (gathered, never a B x B matrix)."""
+    return logits.gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -265,13 +159,3 @@ def find_weights(filename: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-_builtin_loaded = False
-
-
-def _ensure_builtin() -> None:
-    global _builtin_loaded
-    if not _builtin_loaded:
-        _builtin_loaded = True
-        from xai_core.models import demo, xrv  # noqa: F401  (register on import; demo first)

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from xai_core.models.base import (
-    InputSpec,
-    MissingWeightsError,
-    ModelCard,
-    ModelError,
-    ModelHandle,
-    register_model,
-    sha256_file,
-)
+from xai_core.models.base import ModelHandle
+from xai_core.models.bundled import bundled_handle, manifest_entries
+from xai_core.models.cards import InputSpec, ModelCard
 from xai_core.models.densenet import build_demo_densenet
+from xai_core.models.registry import register_model
+from xai_core.models.segmenters import load_unet, segmenter_card
+from xai_core.models.vlm import clip_card, load_demo_clip
 from xai_core.phantom import FINDINGS
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
-MANIFEST = MODELS_DIR / "manifest.json"
 INTENDED_USE = (
     "Demonstration only: trained on synthetic phantom radiographs (xai_core/phantom), not on patients. "
     "Not for clinical use."
 )
 DEFAULT_ARCHITECTURE = {"kind": "densenet", "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32}
-
-
-def _manifest_entries() -> dict[str, dict[str, Any]]:
-    if not MANIFEST.is_file():
-        return {}
-    return json.loads(MANIFEST.read_text()).get("models", {})
 
 
 def _card(name: str, entry: dict[str, Any]) -> ModelCard:
@@ -60,25 +47,6 @@ def _card(name: str, entry: dict[str, Any]) -> ModelCard:
     )
 
 
-def bundled_handle(card: ModelCard, module: torch.nn.Module, device: torch.device, allow_random_weights: bool,
-                   rebuild: str) -> ModelHandle:
-    """Load a bundled weights file into `module` after checking its sha256 against the manifest."""
-    path = MODELS_DIR / card.weights_file
-    if not path.is_file():
-        if not allow_random_weights:
-            raise MissingWeightsError(
-                f"Weights for '{card.name}' are missing: expected {path}. They are committed with the project; "
-                f"to rebuild them run `{rebuild}`."
-            )
-        return ModelHandle(card=card, module=module.to(device), device=device, random_weights=True)
-    expected = card.provenance.get("weights_sha256")
-    if expected and sha256_file(path) != expected:
-        raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or was replaced.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return ModelHandle(card=card, module=module.to(device), device=device)
-
-
 def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
     architecture = {k: v for k, v in card.provenance["architecture"].items()
                     if k in ("growth_rate", "block_config", "num_init_features")}
@@ -88,10 +56,7 @@ def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool
 
 def register_demo_models() -> None:
     """Register every bundled model in the manifest, plus the default names so errors can say how to get them."""
-    from xai_core.models.segmenters import load_unet, segmenter_card
-    from xai_core.models.vlm import clip_card, load_demo_clip
-
-    entries = _manifest_entries()
+    entries = manifest_entries()
     for name, family in (("demo", "classifier"), ("demo-anatomy", "segmenter"), ("demo-clip", "vlm")):
         entries.setdefault(name, {"family": family})
     for name, entry in entries.items():

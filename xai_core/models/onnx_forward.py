@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xai_core.models.base import InputSpec
+from xai_core.models.cards import InputSpec
 
 # ONNX Runtime's logits agree with PyTorch's to float rounding (demo: 1e-5); a graph the exporter got wrong is far
 # beyond this (relative to the largest logit)

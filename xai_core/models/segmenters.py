@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai_core.models.base import InputSpec, ModelCard, ModelHandle
+from xai_core.models.base import ModelHandle
+from xai_core.models.bundled import bundled_handle
+from xai_core.models.cards import InputSpec, ModelCard
+from xai_core.phantom import ANATOMY
 
 
 class _Down(nn.Sequential):
@@ -60,8 +63,6 @@ def segment(handle: ModelHandle, x: torch.Tensor, threshold: float = 0.5) -> dic
 
 def segmenter_card(name: str, entry: dict) -> ModelCard:
     """The card of a demo segmenter from its manifest entry."""
-    from xai_core.phantom import ANATOMY
-
     return ModelCard(
         name=name,
         labels=list(entry.get("labels", ANATOMY)),
@@ -79,8 +80,6 @@ def segmenter_card(name: str, entry: dict) -> ModelCard:
 
 
 def load_unet(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
-    from xai_core.models.demo import bundled_handle
-
     widths = tuple(card.provenance.get("architecture", {}).get("widths", (16, 32, 64, 128)))
     return bundled_handle(card, UNet(len(card.labels), widths), device, allow_random_weights,
                           "python -m xai_core train segmenter")

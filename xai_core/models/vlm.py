@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_core.models.base import InputSpec, ModelCard, ModelHandle
+from xai_core.models.base import ModelHandle
+from xai_core.models.bundled import bundled_handle
+from xai_core.models.cards import InputSpec, ModelCard
+from xai_core.phantom import FINDINGS
 
 DEFAULT_CLIP_ARCHITECTURE: dict[str, Any] = {
     "embed_dim": 128,
@@ -126,8 +129,6 @@ def zero_shot_scores(handle: ModelHandle, image_embeddings: torch.Tensor, labels
 
 
 def clip_card(name: str, entry: dict[str, Any]) -> ModelCard:
-    from xai_core.phantom import FINDINGS
-
     arch = entry.get("architecture", DEFAULT_CLIP_ARCHITECTURE)
     return ModelCard(
         name=name,
@@ -146,7 +147,5 @@ def clip_card(name: str, entry: dict[str, Any]) -> ModelCard:
 
 
 def load_demo_clip(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
-    from xai_core.models.demo import bundled_handle
-
     return bundled_handle(card, build_demo_clip(card.provenance["architecture"]), device, allow_random_weights,
                           "python -m xai_core train clip")

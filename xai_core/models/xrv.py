@@ -9,16 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xai_core.models.base import (
-    InputSpec,
-    MissingWeightsError,
-    ModelCard,
-    ModelHandle,
-    find_weights,
-    register_model,
-    weights_dirs,
-)
+from xai_core.errors import MissingWeightsError
+from xai_core.models.base import ModelHandle, find_weights, weights_dirs
+from xai_core.models.cards import InputSpec, ModelCard
 from xai_core.models.densenet import DenseNetLogits
+from xai_core.models.registry import register_model
 
 INTENDED_USE = (
     "Research and education. torchxrayvision classifier (Cohen et al.); not a medical device. "

@@ -6,8 +6,9 @@ import threading
 
 import torch
 
-from xai_core.models import ModelHandle
-from xai_core.models.base import MissingWeightsError, ModelError, sha256_file
+from xai_core.errors import MissingWeightsError
+from xai_core.models.base import ModelHandle
+from xai_core.models.bundled import MODELS_DIR, load_checked_state, manifest_entries
 from xai_core.nemt.loss import nemt_loss
 from xai_core.nemt.module import NEMtDecoder, keep_mask, random_kernel, smooth
 from xai_core.nemt.pyramid import handle_pyramid, pyramid_forward, supports_pyramid, tap_channels
@@ -21,9 +22,7 @@ _LOCK = threading.Lock()
 
 
 def _entry_for(model: str) -> tuple[str, dict] | None:
-    from xai_core.models.demo import _manifest_entries
-
-    for name, entry in _manifest_entries().items():
+    for name, entry in manifest_entries().items():
         if entry.get("family") == "nemt" and entry.get("explains") == model:
             return name, entry
     return None
@@ -32,8 +31,6 @@ def _entry_for(model: str) -> tuple[str, dict] | None:
 def load_decoder(handle: ModelHandle) -> NEMtDecoder:
     """The trained decoder for a classifier (loaded once per device, sha256 checked); a clear error otherwise.
     Classifiers loaded with random weights get a seeded random decoder, for tests only."""
-    from xai_core.models.demo import MANIFEST, MODELS_DIR
-
     key = (handle.card.name, str(handle.device))
     with _LOCK:
         if key in _DECODERS:
@@ -51,15 +48,10 @@ def load_decoder(handle: ModelHandle) -> NEMtDecoder:
                                       input_scale=input_scale(handle))
         else:
             _, entry = found
-            path = MODELS_DIR / entry["file"]
-            if not path.is_file():
-                raise MissingWeightsError(f"NEMt weights for '{handle.card.name}' are missing: expected {path}; "
-                                          f"rebuild with `python -m xai_core train nemt --model {handle.card.name}`.")
-            if sha256_file(path) != entry["sha256"]:
-                raise ModelError(f"{path} does not match the sha256 in {MANIFEST}; the file is damaged or replaced.")
             decoder = NEMtDecoder.from_config(entry["decoder"])
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            decoder.load_state_dict(load_checked_state(
+                MODELS_DIR / entry["file"], entry["sha256"], f"NEMt for '{handle.card.name}'",
+                f"python -m xai_core train nemt --model {handle.card.name}"))
         decoder = decoder.to(handle.device).eval().fold_norms()
         _DECODERS[key] = decoder
         return decoder

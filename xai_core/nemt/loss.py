@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai_core.explainers.base import target_logits
+from xai_core.models.base import target_logits
 
 LAMBDA = 2.0
 

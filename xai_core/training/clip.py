@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
 from xai_core.mammi.match import CONCEPT_PROMPT
+from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.vlm import (
     CLINICAL_TERMS,
     DEFAULT_CLIP_ARCHITECTURE,
@@ -24,7 +25,7 @@ from xai_core.models.vlm import (
     tokenize,
 )
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
-from xai_core.training.common import MODELS_DIR, PhantomStream, auroc_per_label, record_model, run_training
+from xai_core.training.common import PhantomStream, auroc_per_label, record_model, run_training
 
 
 @dataclass

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,10 +18,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from xai_core.models.base import sha256_file
-from xai_core.models.demo import MANIFEST, MODELS_DIR
+from xai_core.models.bundled import record_entry
 from xai_core.phantom import FINDINGS, PhantomCase, generate_case
-
-_MANIFEST_LOCK = threading.Lock()
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
@@ -92,30 +88,20 @@ def max_f1_thresholds(y_true: np.ndarray, probabilities: np.ndarray, labels=FIND
     return thresholds
 
 
-def read_manifest() -> dict[str, Any]:
-    if MANIFEST.is_file():
-        return json.loads(MANIFEST.read_text())
-    return {"note": "Weights trained by xai_core/training on synthetic phantom data only.", "models": {}}
-
-
 def record_model(name: str, weights: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Write a model's manifest entry (sha256 of its weights, command, seeds, data, metrics, ...)."""
-    with _MANIFEST_LOCK:
-        manifest = read_manifest()
-        record = {
-            "file": weights.name,
-            "sha256": sha256_file(weights),
-            "bytes": weights.stat().st_size,
-            "command": "python -m xai_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "trained": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            **entry,
-        }
-        manifest["models"][name] = record
-        MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    record = {
+        "file": weights.name,
+        "sha256": sha256_file(weights),
+        "bytes": weights.stat().st_size,
+        "command": "python -m xai_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "trained": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        **entry,
+    }
+    record_entry(name, record)
     return record
 
 

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from xai_core.engine import pick_device
+from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.segmenters import UNet
 from xai_core.phantom import ANATOMY, PHANTOM_VERSION
-from xai_core.training.common import MODELS_DIR, PhantomStream, record_model, run_training
+from xai_core.training.common import PhantomStream, record_model, run_training
 
 
 @dataclass
