@@ -3,15 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from xai_core.imaging import RadiographError, load_radiograph
-from xai_core.models import ModelError
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from xai_core.engine import Engine
+from xai_core.errors import InputError, UnknownNameError, XaiError
+from xai_core.evaluation import print_summary, resolve_metrics, run_evaluation
+from xai_core.explainers import list_explainers
+from xai_core.imaging import Radiograph, load_radiograph
+from xai_core.mammi import annotate_neurons
+from xai_core.models import get_card, list_models
+from xai_core.overlay import overlay_png
+from xai_core.phantom import generate_case
+from xai_core.phantom.samples import write_samples
+from xai_core.phantom.writers import contact_sheet, write_split
+from xai_core.segx import by_label, calibrate, store_calibration
+from xai_core.training.classifier import ClassifierRecipe, train_classifier
+from xai_core.training.clip import ClipRecipe, train_clip
+from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
+from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
 
 DEFAULT_MODEL = "demo"
 EXIT_BAD_INPUT = 2
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has no NaN: `null` means undefined)."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Print strict JSON (never NaN or Infinity) to stdout."""
+    print(json.dumps(finite_json(value), indent=2, allow_nan=False, default=str))
+
+
+def _shown_name(radiograph: Radiograph, show_name: bool) -> str:
+    """The file name only when asked for (it often holds a patient's name or ID); the content label otherwise."""
+    return radiograph.source_name if show_name else f"case-{radiograph.sha256[:12]}"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -28,19 +74,17 @@ def _add_dataset(parser: argparse.ArgumentParser, default_data: str, data_help: 
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from xai_core.engine import Engine
-
     radiograph = load_radiograph(args.file)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     prediction = engine.predict(radiograph, args.model)
     if args.json:
         out = prediction.to_dict()
-        out["image"] = {"source_name": radiograph.source_name, "meta": radiograph.meta}
-        print(json.dumps(out, indent=2))
+        out["image"] = {"source_name": _shown_name(radiograph, args.show_name), "meta": radiograph.meta}
+        print_json(out)
         return 0
     if prediction.random_weights:
         print("WARNING: random weights (testing only); these numbers mean nothing.")
-    print(f"{radiograph.source_name}  model={args.model}  sha256={radiograph.sha256[:12]}")
+    print(f"{_shown_name(radiograph, args.show_name)}  model={args.model}  sha256={radiograph.sha256[:12]}")
     print(f"{'finding':<28}{'probability':>12}{'threshold':>11}  positive")
     for row in prediction.ranked():
         mark = "yes" if row["positive"] else ""
@@ -49,13 +93,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from xai_core.phantom import generate_case
-    from xai_core.phantom.writers import contact_sheet, write_split
-
     if args.samples:
-        from xai_core.phantom.samples import write_samples
 
         print(write_samples(args.out or "assets/samples"))
         return 0
@@ -79,12 +117,9 @@ def _sizes(args: argparse.Namespace, *names: str) -> dict[str, int]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "classifier":
-        from xai_core.training.classifier import ClassifierRecipe, train_classifier
 
         recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
                                   steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
@@ -92,40 +127,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                   **_sizes(args, "val_n", "test_n", "data_seed"))
         record = train_classifier(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "segmenter":
-        from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
 
         recipe = SegmenterRecipe(steps=args.steps or SegmenterRecipe.steps, seed=args.seed,
                                  **_sizes(args, "test_n", "data_seed"))
         record = train_segmenter(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "nemt":
-        from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
 
         steps = args.steps or (round(args.epochs * EPOCH_CASES / args.batch) if args.epochs else NEMtRecipe.steps)
         recipe = NEMtRecipe(model=args.model, steps=steps, batch=args.batch, seed=args.seed,
                             **_sizes(args, "test_n", "data_seed"))
         record = train_nemt(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
-        from xai_core.training.clip import ClipRecipe, train_clip
 
         recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, **_sizes(args, "test_n", "data_seed"))
         record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
-    print(json.dumps({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")}, indent=2))
+    print_json({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")})
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
-    from xai_core.engine import Engine
-    from xai_core.explainers import list_explainers
-    from xai_core.overlay import overlay_png
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
-        raise KeyError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+        raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
     radiograph = load_radiograph(args.file)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     _, crop = engine.prepare(radiograph, args.model)
@@ -153,25 +180,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{method:<10} {explanation.seconds:8.3f} s  {entry['map'] or ''}")
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     return 0
 
 
 def _phantom_split(data: str) -> str:
     kind, _, split = data.partition(":")
     if kind != "phantom" or split not in ("train", "val", "test"):
-        raise KeyError(f"--data must be phantom:train, phantom:val or phantom:test (got '{data}')")
+        raise InputError(f"--data must be phantom:train, phantom:val or phantom:test (got '{data}')")
     return split
 
 
 def _cmd_segu(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
-    from xai_core.engine import Engine
-    from xai_core.imaging import Radiograph
-    from xai_core.phantom import generate_case
-    from xai_core.segx import by_label, calibrate, store_calibration
 
     split = _phantom_split(args.data)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
@@ -200,19 +222,17 @@ def _cmd_segu(args: argparse.Namespace) -> int:
         store_calibration(args.model, args.method, {**result["calibration"], "data": args.data, "n_cases": args.n,
                                                     "segmenter": args.segmenter})
         result["stored"] = True
-    print(json.dumps(result, indent=2))
+    print_json(result)
     return 0
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
-    from xai_core.mammi import annotate_neurons
-
     result = annotate_neurons(args.model, args.layer, args.vlm, args.concepts, args.probe, args.n, args.out,
                               percentile=args.percentile, beta=args.beta, cap=args.cap,
                               device=args.device or "cpu", progress=not args.json,
                               allow_random_weights=args.allow_random_weights)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print(f"{result['neurons']} neurons annotated ({result['uncertain']} uncertain) with "
               f"{result['concepts_in_set']} concepts -> {result['path']}")
@@ -222,10 +242,6 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from xai_core.evaluate import print_summary, resolve_metrics, run_evaluation
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = resolve_metrics(args.metrics)
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
@@ -242,11 +258,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from xai_core.models import get_card, list_models
-
     names = list_models(family=None)
     if args.json:
-        print(json.dumps({name: get_card(name).to_dict() for name in names}, indent=2))
+        print_json({name: get_card(name).to_dict() for name in names})
     else:
         for name in names:
             card = get_card(name)
@@ -254,16 +268,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import importlib.util
 
     script = BENCHMARKS_DIR / f"{args.name}.py"
     if not script.is_file():
         known = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py"))
-        raise KeyError(f"no benchmark '{args.name}'; known: {', '.join(known) or 'none (benchmarks/ missing)'}")
+        raise UnknownNameError(f"no benchmark '{args.name}'; known: "
+                               f"{', '.join(known) or 'none (benchmarks/ missing)'}")
     spec = importlib.util.spec_from_file_location(f"benchmarks.{args.name}", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # so worker processes can unpickle its functions
@@ -279,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("file", help="PNG, JPEG, TIFF or DICOM file")
     predict.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.add_argument("--show-name", action="store_true",
+                         help="print the file's name (default: a label from its content hash; names often identify "
+                              "patients)")
     _add_common(predict)
     predict.set_defaults(run=_cmd_predict)
 
@@ -382,14 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad input or a model that cannot load)."""
-    from xai_core.segx import CalibrationError
-
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (RadiographError, ModelError, KeyError, CalibrationError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
+    except XaiError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         sys.stderr.close()

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from xai_core.errors import InputError, ModelError, ParameterError, UnknownNameError
+from xai_core.files import data_dir, update_json
 from xai_core.metrics.localisation import auitc, iou, top_fraction
+from xai_core.metrics.stats import bootstrap_interval
 
 LUNGS = ("right_lung", "left_lung")
 # label -> (structures, dilation in pixels at the segmenter's resolution); data, not code branches.
@@ -39,7 +44,7 @@ REGIONS: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {
 FALLBACK = {"demo-anatomy": (LUNGS, 6), "xrv-pspnet": (("Left Lung", "Right Lung"), 12)}
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """The labelled set cannot calibrate SegU (e.g. no false positives)."""
 
 
@@ -56,12 +61,12 @@ def region_for(label: str, segmenter: str, masks: dict[str, np.ndarray]) -> Regi
 
     table = REGIONS.get(segmenter)
     if table is None:
-        raise KeyError(f"no region table for segmenter '{segmenter}'; known: {', '.join(REGIONS)}")
+        raise UnknownNameError(f"no region table for segmenter '{segmenter}'; known: {', '.join(REGIONS)}")
     fallback = label not in table
     structures, dilation = FALLBACK[segmenter] if fallback else table[label]
     missing = [s for s in structures if s not in masks]
     if missing:
-        raise KeyError(f"segmenter '{segmenter}' gave no mask for {', '.join(missing)}")
+        raise ModelError(f"segmenter '{segmenter}' gave no mask for {', '.join(missing)}")
     mask = np.zeros_like(next(iter(masks.values())), dtype=bool)
     for name in structures:
         mask |= masks[name].astype(bool)
@@ -85,7 +90,7 @@ def refine(relevance: np.ndarray, region: np.ndarray, mode: str = "soft", percen
         inside = np.where(region, relevance - relevance.min(), 0.0)
         top = float(inside.max())
         return (inside / top).astype(np.float32) if top > 0 else np.zeros_like(relevance)
-    raise ValueError(f"unknown SegX mode '{mode}'; use 'binary' or 'soft'")
+    raise ParameterError(f"unknown SegX mode '{mode}'; use 'binary' or 'soft'")
 
 
 def segu(relevance: np.ndarray, region: np.ndarray, percent: float = 5.0) -> dict[str, float]:
@@ -120,15 +125,14 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
         raise CalibrationError(f"calibration needs both true and false positives (got {int(y.sum())} true, "
                          f"{int((~y).sum())} false)")
     auroc = float(roc_auc_score(y, c))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(c), len(c))
-        if y[i].any() and not y[i].all():
-            boots.append(roc_auc_score(y[i], c[i]))
+
+    def resampled_auroc(c_boot: np.ndarray, y_boot: np.ndarray) -> float:  # undefined on a one-class resample
+        return float(roc_auc_score(y_boot, c_boot)) if y_boot.any() and not y_boot.all() else float("nan")
+
+    ci_low, ci_high = bootstrap_interval((c, y), resampled_auroc, n_boot=n_boot, seed=seed, paired=True)
     fpr, tpr, thresholds = roc_curve(y, c)
     best = int(np.argmax(tpr - fpr))
-    return {"auroc": auroc, "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975)),
+    return {"auroc": auroc, "ci_low": ci_low, "ci_high": ci_high,
             "threshold": float(min(thresholds[best], 1.0)), "n_true": int(y.sum()), "n_false": int((~y).sum())}
 
 
@@ -157,19 +161,31 @@ def by_label(certainty: np.ndarray, correct: np.ndarray, labels: list[str]) -> d
             "within_label_pairs": int(pairs)}
 
 
-def stored_calibration(model: str, method: str) -> dict[str, float] | None:
-    """The SegU calibration of a model and method kept in the weights manifest (None if never calibrated)."""
-    from xai_core.models.demo import _manifest_entries
+def segu_verdict(scores: dict[str, Any], calibration: dict[str, float] | None) -> dict[str, Any]:
+    """The scores plus 'threshold' and 'verdict' ('trust' at or above the calibrated threshold, else 'doubt') where
+    a calibration exists and the certainty is defined."""
+    if calibration is None or not np.isfinite(scores["certainty"]):
+        return scores
+    verdict = "trust" if scores["certainty"] >= calibration["threshold"] else "doubt"
+    return {**scores, "threshold": calibration["threshold"], "verdict": verdict}
 
-    return _manifest_entries().get(model, {}).get("segu", {}).get(method)
+
+def calibrations_file() -> Path:
+    """Where SegU calibrations are kept: a run-time result in the data directory, never the weights manifest."""
+    return data_dir() / "segu-calibrations.json"
+
+
+def stored_calibration(model: str, method: str) -> dict[str, float] | None:
+    """The SegU calibration of a model and method (None if never calibrated here)."""
+    path = calibrations_file()
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("models", {}).get(model, {}).get(method)
 
 
 def store_calibration(model: str, method: str, calibration: dict[str, float]) -> None:
-    """Keep a calibration with the model's manifest entry (models outside the manifest get an entry of their own)."""
-    from xai_core.training.common import _MANIFEST_LOCK, MANIFEST, read_manifest
+    """Keep a calibration for a model and method (atomic write under a cross-process lock)."""
+    def put(data: dict[str, Any]) -> None:
+        data.setdefault("models", {}).setdefault(model, {})[method] = calibration
 
-    with _MANIFEST_LOCK:
-        manifest = read_manifest()
-        entry = manifest["models"].setdefault(model, {"family": "external"})
-        entry.setdefault("segu", {})[method] = calibration
-        MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    update_json(calibrations_file(), put, {"note": "SegU calibrations measured by `segu --calibrate`.", "models": {}})

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xai_core.errors import UnknownNameError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS neurons (neuron INTEGER PRIMARY KEY, name TEXT NOT NULL, mean REAL, std REAL, min REAL,
@@ -87,7 +89,7 @@ class AnnotationStore:
         row = self._db.execute("SELECT name, mean, std, min, max, threshold, uncertain, histogram FROM neurons "
                                "WHERE neuron = ?", (neuron,)).fetchone()
         if row is None:
-            raise KeyError(f"neuron {neuron} is not in {self.path.name}")
+            raise UnknownNameError(f"neuron {neuron} is not in {self.path.name}")
         concepts = self._db.execute("SELECT concept, score FROM concepts WHERE neuron = ? ORDER BY rank",
                                     (neuron,)).fetchall()
         reps = self._db.execute("SELECT image_id, activation FROM representatives WHERE neuron = ? ORDER BY rank",

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from xai_core.engine import pick_device
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.densenet import build_demo_densenet
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
+from xai_core.runtime import pick_device
 from xai_core.training.common import (
     PhantomStream,
     auroc_per_label,

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from xai_core.engine import pick_device
 from xai_core.mammi.match import CONCEPT_PROMPT
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.vlm import (
@@ -25,6 +24,7 @@ from xai_core.models.vlm import (
     tokenize,
 )
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
+from xai_core.runtime import pick_device
 from xai_core.training.common import PhantomStream, auroc_per_label, record_model, run_training
 
 

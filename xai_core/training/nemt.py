@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from xai_core.engine import pick_device
 from xai_core.models import ModelHandle, load_model
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.nemt import NEMtDecoder, keep_mask, nemt_loss, pyramid_forward, random_kernel, tap_channels
 from xai_core.nemt import input_scale as decoder_input_scale
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
+from xai_core.runtime import pick_device
 from xai_core.training.common import PhantomStream, record_model, run_training
 
 EPOCH_CASES = 4480

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from xai_core.engine import pick_device
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.segmenters import UNet
 from xai_core.phantom import ANATOMY, PHANTOM_VERSION
+from xai_core.runtime import pick_device
 from xai_core.training.common import PhantomStream, record_model, run_training
 
 
