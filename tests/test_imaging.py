@@ -19,7 +19,12 @@ from xai_core.imaging import (
     CorruptImageError,
     EmptyFileError,
     FileTooLargeError,
+    ImageShapeError,
     ImageTooLargeError,
+    InvalidValueError,
+    InvalidWindowError,
+    NonFinitePixelsError,
+    Radiograph,
     RadiographError,
     UnsupportedDicomError,
     UnsupportedFormatError,
@@ -171,14 +176,18 @@ def test_huge_dicom_is_refused_before_decoding():
         load_radiograph(to_bytes(ds), name="huge.dcm")
 
 
-def test_pixel_and_byte_limits_are_configurable(real_cxr):
-    path = real_cxr / "nih" / "00000001_000.png"
+def test_pixel_and_byte_limits_are_configurable(sample_png, tmp_path):
+    path = tmp_path / "large.png"
+    with Image.open(sample_png) as image:
+        image.resize((1400, 1200)).save(path)  # 1.7 megapixels
     with pytest.raises(ImageTooLargeError, match="limit is 1 megapixels"):
         load_radiograph(path, max_pixels=1_000_000)
+    limit = path.stat().st_size - 1
     with pytest.raises(FileTooLargeError, match="limit"):
-        load_radiograph(path, max_bytes=100_000)
+        load_radiograph(path, max_bytes=limit)
     with pytest.raises(FileTooLargeError):
-        load_radiograph(path.read_bytes(), max_bytes=100_000)
+        load_radiograph(path.read_bytes(), max_bytes=limit)
+    assert load_radiograph(path, max_pixels=2_000_000).shape == (1200, 1400)
 
 
 @pytest.mark.parametrize(
@@ -319,3 +328,147 @@ def test_rewindow_round_trip_and_monochrome1():
     np.testing.assert_allclose(rewindow(mono1, 1000, 200).pixels, 1.0 - narrow.pixels, atol=1e-6)
     with pytest.raises(ValueError):
         rewindow(radiograph, 100, 0)
+
+
+def test_rewindow_refuses_non_finite_and_non_positive_windows():
+    radiograph = load_radiograph(to_bytes(make_dataset(gradient(), WindowCenter=2048, WindowWidth=4096)))
+    for center, width in [(2048, float("inf")), (float("nan"), 100), (float("inf"), 100), (2048, -5), (2048, 0.5),
+                          (1e300, 100), (2048, 1e300)]:
+        with pytest.raises(InvalidWindowError):
+            rewindow(radiograph, center, width)
+    assert np.isfinite(rewindow(radiograph, 2048, 1).pixels).all(), "width 1 is a valid (threshold) LINEAR window"
+
+
+# --- robustness (issue 29): one error hierarchy, bounded work, no cycles -------------------------------------------
+
+
+def test_radiograph_errors_are_input_errors():
+    from xai_core import radiograph
+    from xai_core.errors import InputError, XaiError
+
+    for cls in (RadiographError, EmptyFileError, FileTooLargeError, ImageTooLargeError, UnsupportedFormatError,
+                CorruptImageError, UnsupportedDicomError, ImageShapeError, NonFinitePixelsError, InvalidWindowError):
+        assert issubclass(cls, InputError) and issubclass(cls, XaiError) and issubclass(cls, ValueError)
+        assert getattr(radiograph, cls.__name__) is cls, "imaging re-exports the classes of xai_core.radiograph"
+
+
+
+@pytest.mark.parametrize("height,width", [(8, 64), (64, 15), (1, 1000), (20, 420), (2000, 50)])
+def test_degenerate_shapes_are_refused(height, width):
+    with pytest.raises(ImageShapeError, match=r"at least 16 pixels|at most 20:1"):
+        load_radiograph(png_bytes(gradient(height, width, maxval=255, dtype=np.uint8)), name="thin.png")
+
+
+@pytest.mark.parametrize("height,width", [(16, 16), (16, 320), (320, 16)])
+def test_smallest_and_most_elongated_accepted_shapes(height, width):
+    assert_valid(load_radiograph(png_bytes(gradient(height, width, maxval=255, dtype=np.uint8))), (height, width))
+
+
+def test_float_tiff_decodes_but_non_finite_pixels_are_refused():
+    array = gradient(maxval=65535).astype(np.float32) / 65535.0
+    buf = io.BytesIO()
+    Image.fromarray(array, mode="F").save(buf, format="TIFF")
+    radiograph = load_radiograph(buf.getvalue(), name="float.tif")
+    assert_valid(radiograph, array.shape)
+    assert np.isfinite(radiograph.raw).all()
+    for bad in (np.nan, np.inf, -np.inf, 1e30):
+        array[3, 4] = bad
+        buf = io.BytesIO()
+        Image.fromarray(array, mode="F").save(buf, format="TIFF")
+        with pytest.raises(NonFinitePixelsError):
+            load_radiograph(buf.getvalue(), name="float.tif")
+
+
+def test_from_array_refuses_nan():
+    with pytest.raises(NonFinitePixelsError):
+        Radiograph.from_array(np.full((32, 32), np.nan, np.float32))
+
+
+def test_two_page_tiff_is_refused():
+    buf = io.BytesIO()
+    pages = [Image.fromarray(gradient(maxval=255, dtype=np.uint8)) for _ in range(2)]
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(UnsupportedFormatError, match="more than one"):
+        load_radiograph(buf.getvalue(), name="stack.tif")
+
+
+@pytest.mark.parametrize(
+    "attributes,error",
+    [
+        ({"WindowCenter": "abc", "WindowWidth": "400"}, InvalidWindowError),
+        ({"WindowCenter": "40", "WindowWidth": "-400"}, InvalidWindowError),
+        ({"WindowCenter": "40", "WindowWidth": "0"}, InvalidWindowError),
+        ({"WindowCenter": "NaN", "WindowWidth": "400"}, InvalidWindowError),
+        ({"RescaleSlope": "inf", "RescaleIntercept": "0"}, InvalidValueError),
+        ({"RescaleSlope": "1", "RescaleIntercept": "1e300"}, InvalidValueError),
+        ({"RescaleSlope": "1e9", "RescaleIntercept": "0"}, NonFinitePixelsError),
+    ],
+)
+def test_unusable_dicom_numbers_are_refused(attributes, error):
+    from tests.bad_inputs import dicom
+
+    with pytest.raises(error):
+        load_radiograph(dicom(raw=attributes), name="numbers.dcm")
+
+
+def test_sigmoid_and_linear_exact_windows():
+    stored = gradient(maxval=4095).astype(np.uint16)
+    for function in ("SIGMOID", "LINEAR_EXACT"):
+        radiograph = load_radiograph(to_bytes(make_dataset(stored, WindowCenter=2048, WindowWidth=0.5,
+                                                           VOILUTFunction=function)))
+        assert_valid(radiograph)
+        assert radiograph.meta["voi_function"] == function
+
+
+def test_deflated_dicom_decodes_like_the_plain_file():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    stored = gradient(maxval=4095).astype(np.uint16)
+    plain = load_radiograph(to_bytes(make_dataset(stored, WindowCenter=2048, WindowWidth=4096)))
+    ds = make_dataset(stored, WindowCenter=2048, WindowWidth=4096)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = load_radiograph(to_bytes(ds), name="deflated.dcm")
+    assert deflated.meta["transfer_syntax"] == "Deflated Explicit VR Little Endian"
+    np.testing.assert_array_equal(deflated.pixels, plain.pixels)
+    with pytest.raises(FileTooLargeError, match="inflates to more than"):
+        load_radiograph(to_bytes(ds), name="deflated.dcm", max_bytes=4096)
+
+
+def test_compressed_dicom_whose_stream_disagrees_with_rows_columns_is_refused():
+    stored = gradient(48, 56, maxval=4095).astype(np.uint16)
+    ds = as_jpeg_lossless(make_dataset(stored), stored)
+    ds.Rows, ds.Columns = 24, 28
+    with pytest.raises(CorruptImageError, match=r"declares 28 x 24 pixels but its JPEG stream holds 56 x 48"):
+        load_radiograph(to_bytes(ds), name="lie.dcm")
+    ds = make_dataset(stored)
+    ds.compress(JPEG2000Lossless)
+    ds.Rows = 40
+    with pytest.raises(CorruptImageError, match="JPEG 2000 stream holds 56 x 48"):
+        load_radiograph(to_bytes(ds), name="lie.dcm")
+
+
+def test_nesting_depth_is_bounded_before_parsing():
+    from tests.bad_inputs import nested_sequences
+
+    assert_valid(load_radiograph(nested_sequences(8), name="nested.dcm"))
+    with pytest.raises(CorruptImageError, match="nested more than 64 levels"):
+        load_radiograph(nested_sequences(65), name="nested.dcm")
+
+
+@pytest.mark.parametrize(
+    "failure,error",
+    [(RecursionError, CorruptImageError), (MemoryError, ImageTooLargeError), (KeyError, CorruptImageError)],
+)
+def test_unexpected_failures_inside_decoders_become_radiograph_errors(monkeypatch, failure, error):
+    import xai_core.dicom
+    import xai_core.imaging
+
+    def fail(*args, **kwargs):
+        raise failure("deep inside a library\nsecond line")
+
+    monkeypatch.setattr(xai_core.dicom, "_to_radiograph", fail)
+    monkeypatch.setattr(xai_core.imaging, "_to_grey_array", fail)
+    for data, name in ((to_bytes(make_dataset(gradient())), "x.dcm"), (png_bytes(gradient()), "x.png")):
+        with pytest.raises(error) as info:
+            load_radiograph(data, name=name)
+        assert "\n" not in str(info.value) and name in str(info.value)

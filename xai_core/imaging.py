@@ -1,94 +1,83 @@
-"""File bytes -> `Radiograph`: PNG, JPEG, TIFF (8/16-bit, grey/RGB/RGBA) and DICOM, with size guards."""
+"""File bytes -> `Radiograph`: PNG, JPEG, TIFF (8/16-bit, grey/RGB/RGBA) and DICOM, with size guards.
+
+Every failure is a `RadiographError` (see `xai_core.radiograph` for the classes and the limits); sizes, page counts
+and shapes are checked from the file's headers before any pixel is decoded. The `Radiograph` contract, the error
+classes and the window helpers live in `xai_core.radiograph` and are re-exported here.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
-ACCEPTED = "PNG, JPEG or TIFF (8- or 16-bit, grey, RGB or RGBA) or a single-frame DICOM file"
+from xai_core.dicom import read_dicom
+from xai_core.radiograph import (
+    ACCEPTED,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    MAX_ASPECT,
+    MIN_SIDE,
+    CorruptImageError,
+    EmptyFileError,
+    FileTooLargeError,
+    ImageShapeError,
+    ImageTooLargeError,
+    InvalidValueError,
+    InvalidWindowError,
+    NonFinitePixelsError,
+    Radiograph,
+    RadiographError,
+    UnsupportedDicomError,
+    UnsupportedFormatError,
+    apply_window,
+    check_finite,
+    check_pixel_count,
+    check_shape,
+    decode_guard,
+    describe,
+)
+
+__all__ = [
+    "ACCEPTED",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_ASPECT",
+    "MIN_SIDE",
+    "CorruptImageError",
+    "EmptyFileError",
+    "FileTooLargeError",
+    "ImageShapeError",
+    "ImageTooLargeError",
+    "InvalidValueError",
+    "InvalidWindowError",
+    "NonFinitePixelsError",
+    "Radiograph",
+    "RadiographError",
+    "UnsupportedDicomError",
+    "UnsupportedFormatError",
+    "apply_window",
+    "check_pixel_count",
+    "load_radiograph",
+    "read_mask_png",
+    "rewindow",
+    "sniff_format",
+    "to_png_bytes",
+]
 
 # We guard the pixel count ourselves before decoding, with a clearer message than Pillow's warning.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
-
-class RadiographError(ValueError):
-    """A file that cannot be turned into a radiograph; the message says what is wrong and what is accepted."""
-
-
-class EmptyFileError(RadiographError):
-    """The file has no bytes."""
-
-
-class FileTooLargeError(RadiographError):
-    """The file is larger than the configured byte limit."""
-
-
-class ImageTooLargeError(RadiographError):
-    """The image has more pixels than the configured limit (decompression-bomb guard)."""
-
-
-class UnsupportedFormatError(RadiographError):
-    """The bytes are not an image format we read."""
-
-
-class CorruptImageError(RadiographError):
-    """The file claims a known format but cannot be decoded (truncated or damaged)."""
-
-
-class UnsupportedDicomError(RadiographError):
-    """A valid DICOM object we cannot display as a single radiograph (multi-frame, no pixels, codec)."""
-
-
-@dataclass(frozen=True)
-class Radiograph:
-    """A decoded radiograph: display pixels in [0, 1] (white = dense) plus the values before windowing."""
-
-    pixels: np.ndarray
-    raw: np.ndarray
-    meta: dict[str, Any]
-    sha256: str
-    source_name: str = "image"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.pixels.shape  # type: ignore[return-value]
-
-    @classmethod
-    def from_array(cls, pixels: np.ndarray, source_name: str = "array") -> Radiograph:
-        """A radiograph from [0, 1] pixels already in memory (phantom cases, batch jobs); hashed by content."""
-        pixels = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
-        if pixels.ndim != 2:
-            raise UnsupportedFormatError(f"Expected a 2-D grey image; got an array of shape {pixels.shape}.")
-        digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
-        return cls(pixels, pixels.copy(), {"format": "array", "size": list(pixels.shape[::-1])}, digest, source_name)
-
-
-def apply_window(raw: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """Map values through a DICOM VOI window (PS3.3 C.11.2.1.2) to [0, 1]."""
-    x = raw.astype(np.float32, copy=False)
-    function = (function or "LINEAR").upper()
-    if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / max(width, 1e-6)))).astype(np.float32)
-    if function == "LINEAR_EXACT":
-        out = (x - center) / max(width, 1e-6) + 0.5
-    else:
-        out = (x - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+_PIL_FORMATS = {"png": ["PNG"], "jpeg": ["JPEG"], "tiff": ["TIFF"]}  # JPEG also opens MPO files
 
 
 def rewindow(radiograph: Radiograph, center: float, width: float) -> Radiograph:
-    """The same radiograph shown through another window (centre/width in `raw` units)."""
-    if width <= 0:
-        raise ValueError(f"window width must be positive, got {width}")
+    """The same radiograph shown through another window (centre/width in `raw` units); `InvalidWindowError` if bad."""
     pixels = apply_window(radiograph.raw, center, width, radiograph.meta.get("voi_function", "LINEAR"))
     if radiograph.meta.get("photometric") == "MONOCHROME1":
         pixels = 1.0 - pixels
@@ -96,18 +85,23 @@ def rewindow(radiograph: Radiograph, center: float, width: float) -> Radiograph:
     return replace(radiograph, pixels=pixels, meta=meta)
 
 
-def _read_source(source: bytes | str | Path, max_bytes: int) -> tuple[bytes, str]:
+def _read_source(source: bytes | bytearray | memoryview | str | Path, max_bytes: int) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > max_bytes:
+            raise FileTooLargeError(_too_large_message(len(source), max_bytes))
         data = bytes(source)
         name = "upload"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise RadiographError(f"{path}: no such file. Expected a {ACCEPTED}.")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise FileTooLargeError(_too_large_message(size, max_bytes))
-        data = path.read_bytes()
+        try:
+            if not path.is_file():
+                raise RadiographError(f"{path}: no such file. Expected a {ACCEPTED}.")
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise FileTooLargeError(_too_large_message(size, max_bytes))
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RadiographError(f"{path} cannot be read ({describe(exc)}). Expected a {ACCEPTED}.") from exc
         name = path.name
     if len(data) > max_bytes:
         raise FileTooLargeError(_too_large_message(len(data), max_bytes))
@@ -135,15 +129,6 @@ def sniff_format(data: bytes, name: str = "") -> str:
     return "unknown"
 
 
-def check_pixel_count(rows: int, cols: int, max_pixels: int) -> None:
-    """Refuse images whose pixel count exceeds the limit before any decoding."""
-    if rows * cols > max_pixels:
-        raise ImageTooLargeError(
-            f"The image is {cols} x {rows} = {rows * cols / 1e6:.1f} megapixels; the limit is "
-            f"{max_pixels / 1e6:.0f} megapixels. Downsample it or raise the limit."
-        )
-
-
 def load_radiograph(
     source: bytes | str | Path,
     *,
@@ -151,43 +136,67 @@ def load_radiograph(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Radiograph:
-    """Decode PNG/JPEG/TIFF/DICOM bytes or a path into a `Radiograph`; raises `RadiographError` subclasses."""
+    """Decode PNG/JPEG/TIFF/DICOM bytes or a path into a `Radiograph`; every failure is a `RadiographError`."""
     data, default_name = _read_source(source, max_bytes)
     name = name or default_name
     digest = hashlib.sha256(data).hexdigest()
     kind = sniff_format(data, name)
-    if kind == "dicom":
-        from xai_core.dicom import read_dicom
-
-        return read_dicom(data, sha256=digest, source_name=name, max_pixels=max_pixels)
     if kind == "unknown":
         raise UnsupportedFormatError(f"'{name}' is not a recognised image file. Expected a {ACCEPTED}.")
-    pixels, raw, meta = _decode_raster(data, kind, name, max_pixels)
-    return Radiograph(pixels=pixels, raw=raw, meta=meta, sha256=digest, source_name=name)
+    with decode_guard(name, kind.upper()):
+        if kind == "dicom":
+            radiograph = read_dicom(data, sha256=digest, source_name=name, max_pixels=max_pixels, max_bytes=max_bytes)
+        else:
+            pixels, raw, meta = _decode_raster(data, kind, name, max_pixels)
+            radiograph = Radiograph(pixels=pixels, raw=raw, meta=meta, sha256=digest, source_name=name)
+        pixels = radiograph.pixels
+        if pixels.ndim != 2 or not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
+            raise NonFinitePixelsError(f"'{name}' decodes to invalid display values. The file is damaged.")
+    return radiograph
 
 
 _GREY_MAX = {"1": 1.0, "L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 
 
+def _has_more_frames(image: Image.Image, kind: str) -> bool:
+    """Whether there is a second frame/page, reading at most one more header (never walking every page)."""
+    if kind != "tiff":
+        return getattr(image, "n_frames", 1) > 1  # PNG (acTL) and MPO (index) know their count from a header
+    try:
+        image.seek(1)  # reads only the next TIFF directory
+    except EOFError:
+        return False
+    return True
+
+
 def _decode_raster(data: bytes, kind: str, name: str, max_pixels: int) -> tuple[np.ndarray, np.ndarray, dict]:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[kind])
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"'{name}' is too large to decode safely ({exc}).") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise CorruptImageError(f"'{name}' looks like {kind.upper()} but cannot be read: {exc}. "
+        raise ImageTooLargeError(f"'{name}' is too large to decode safely ({describe(exc)}).") from exc
+    except (MemoryError, RecursionError):
+        raise  # decode_guard words these
+    except Exception as exc:
+        reason = "its header is not valid" if isinstance(exc, UnidentifiedImageError) else describe(exc)
+        raise CorruptImageError(f"'{name}' looks like {kind.upper()} but cannot be read ({reason}). "
                                 f"Expected a {ACCEPTED}.") from exc
     width, height = image.size
-    check_pixel_count(height, width, max_pixels)
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        raise UnsupportedFormatError(f"'{name}' has {frames} frames; one radiograph per file is accepted.")
+    check_shape(height, width, max_pixels)
+    if _has_more_frames(image, kind):
+        raise UnsupportedFormatError(f"'{name}' has more than one frame or page; one radiograph per file is accepted.")
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
         raw, maxval = _to_grey_array(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(f"'{name}' is damaged or truncated ({exc}). Expected a {ACCEPTED}.") from exc
+        mode = image.mode
+        image.close()  # the decoded copy is no longer needed: free it before windowing
+    except (MemoryError, RecursionError):
+        raise  # decode_guard words these
+    except Exception as exc:
+        raise CorruptImageError(f"'{name}' is damaged or truncated ({describe(exc)}). Expected a {ACCEPTED}.") from exc
+    del image
+    check_shape(*raw.shape, max_pixels)
+    check_finite(raw)
     if maxval is None:
         lo, hi = float(np.min(raw)), float(np.max(raw))
         center, width_ = (lo + hi) / 2.0 + 0.5, max(hi - lo, 1e-6) + 1.0
@@ -202,7 +211,7 @@ def _decode_raster(data: bytes, kind: str, name: str, max_pixels: int) -> tuple[
         "columns": int(raw.shape[1]),
         "spacing_mm": None,
         "bits": 16 if maxval == 65535.0 else (8 if maxval == 255.0 else None),
-        "source_mode": image.mode,
+        "source_mode": mode,
         "photometric": "MONOCHROME2",
         "window": [float(center), float(width_)],
         "voi_function": "LINEAR",
@@ -238,7 +247,5 @@ def to_png_bytes(pixels: np.ndarray) -> bytes:
 
 def read_mask_png(path: str | Path) -> np.ndarray:
     """A ground-truth mask PNG (any non-zero pixel is inside) as a boolean array."""
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.asarray(image.convert("L")) > 0

@@ -110,9 +110,12 @@ class Explainer(ABC):
         resolved = self.params(**params)
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise InputError(f"{self.name} expects inputs [B, C, H, W]; got {getattr(x, 'shape', type(x))}")
-        channels = handle.card.input.channels
+        channels, size = handle.card.input.channels, handle.card.input.size
         if x.shape[1] != channels:
             raise InputError(f"{handle.card.name} takes {channels}-channel inputs; got {x.shape[1]} channels")
+        if tuple(x.shape[-2:]) != (size, size):
+            raise InputError(f"{handle.card.name} takes {size} x {size} inputs; got {x.shape[-2]} x {x.shape[-1]} "
+                             f"(preprocess the image with its card)")
         x = x.to(handle.device, torch.float32)
         if not bool(torch.isfinite(x).all()):
             raise InputError("the input holds NaN or infinite values")
