@@ -239,16 +239,17 @@ def test_sic_and_aic_from_shared_bokeh_images_equal_two_separate_curves():
 
 
 def test_case_memo_sends_each_distinct_image_through_the_model_once():
-    from xai_core.evaluate import CaseMemo
+    from xai_core.evaluation.runner import CaseMemo
     from xai_core.models import load_model
 
     handle = load_model("demo")
     memo = CaseMemo(handle, "float32")
-    images = np.random.default_rng(0).normal(0, 300, (3, 224, 224)).astype(np.float32)
+    images = np.random.default_rng(0).random((3, 224, 224)).astype(np.float32)  # pixels in [0, 1]
     first = memo.probabilities(images[[0, 1, 0]])
     assert memo.model_images == 2 and np.array_equal(first[0], first[2])
+    assert handle.card.input.value_range == (-1024.0, 1024.0)  # the memo scales pixels to the card's range
     with torch.inference_mode():
-        direct = torch.sigmoid(handle.module(torch.from_numpy(images).unsqueeze(1))).numpy()
+        direct = torch.sigmoid(handle.module(torch.from_numpy(images * 2048 - 1024).unsqueeze(1))).numpy()
     np.testing.assert_allclose(memo.probabilities(images), direct, atol=1e-5)
     assert memo.model_images == 3
     np.testing.assert_allclose(memo.for_target(2)(images[2:]), direct[2:, 2], atol=1e-5)
@@ -258,7 +259,7 @@ def test_case_memo_sends_each_distinct_image_through_the_model_once():
 
 
 def test_evaluate_runner_end_to_end_and_resume(tmp_path):
-    from xai_core.evaluate import resolve_metrics, run_evaluation
+    from xai_core.evaluation import resolve_metrics, run_evaluation
 
     metrics = resolve_metrics("localisation,shape,gaze,deletion_auc")
     out = tmp_path / "eval"
@@ -336,7 +337,7 @@ def test_evaluate_workers_exit_when_the_evaluate_process_is_killed(tmp_path):
 
 
 def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
-    from xai_core.evaluate import resolve_metrics, run_evaluation
+    from xai_core.evaluation import resolve_metrics, run_evaluation
 
     metrics = resolve_metrics("relevance_mass,deletion_auc,pic")
     for workers in (1, 2):
@@ -358,7 +359,7 @@ def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
 def test_default_workers_one_per_core_on_cpu_only_for_runs_worth_the_start_up(monkeypatch):
     import os
 
-    from xai_core.evaluate import MIN_CASES_PER_EXTRA_WORKER, default_workers
+    from xai_core.evaluation.runner import MIN_CASES_PER_EXTRA_WORKER, default_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
     assert default_workers("cpu", 200) == 8, "one per core, at most 8"
@@ -369,7 +370,7 @@ def test_default_workers_one_per_core_on_cpu_only_for_runs_worth_the_start_up(mo
 
 
 def test_pic_median_curves_from_stored_per_image_curves(tmp_path):
-    from xai_core.evaluate import CURVE_SAMPLES, median_curves, write_curve_plots
+    from xai_core.evaluation.reports import CURVE_SAMPLES, median_curves, write_curve_plots
 
     x = np.linspace(0, 1, CURVE_SAMPLES)
     lines = [{"case_id": f"c{i}", "finding": "Mass", "method": "gradcam", "kind": "sic", "y": list(x ** power)}
@@ -390,11 +391,11 @@ def test_pic_median_curves_from_stored_per_image_curves(tmp_path):
 def test_evaluate_workers_cap_the_blas_pools_of_numpy_and_scipy():
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from xai_core.evaluate import _limit_blas_threads
+    from xai_core.evaluation.runner import limit_blas_threads
 
     before = {i["prefix"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     try:
-        _limit_blas_threads(1)
+        limit_blas_threads(1)
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         assert any("scipy" in i["filepath"] for i in blas)  # scipy's own BLAS was loaded before the cap
         assert all(i["num_threads"] == 1 for i in blas)

@@ -107,7 +107,7 @@ def test_xrv_pspnet_segmenter_names_every_structure_the_table_uses(tmp_path, mon
 
 
 def test_segx_iou_metric_keeps_the_top_pixels_inside_the_anatomy():
-    from xai_core.evaluate import EvalCase, image_metrics
+    from xai_core.evaluation import EvalCase, image_metrics
     from xai_core.models import load_model
 
     handle = load_model("demo")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-Scorer = Callable[[np.ndarray], np.ndarray]  # images [N, H, W] in the model's input space -> target scores [N]
+Scorer = Callable[[np.ndarray], np.ndarray]  # images [N, H, W] (in the space `image` is given in) -> target scores [N]
 
 
 def _order(relevance: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xai_core.errors import InputError
+
 EPS = 1e-7
 
 
@@ -24,7 +26,7 @@ def read_fixations(path: str | Path) -> np.ndarray:
     elif {"X_ORIGINAL", "Y_ORIGINAL"} <= columns:  # MIMIC-EGD (eye-gaze dataset): one row per gaze sample
         out = [(float(r["X_ORIGINAL"]), float(r["Y_ORIGINAL"]), 1.0) for r in rows]
     else:
-        raise ValueError(f"{path}: not a REFLACX (x_position, y_position) or MIMIC-EGD (X_ORIGINAL, Y_ORIGINAL) "
+        raise InputError(f"{path}: not a REFLACX (x_position, y_position) or MIMIC-EGD (X_ORIGINAL, Y_ORIGINAL) "
                          f"fixations file; columns are {sorted(columns)}")
     return np.asarray(out, np.float32)
 
@@ -46,13 +48,20 @@ def gaze_heatmap(fixations: np.ndarray, shape: tuple[int, int], sigma: float, bo
     return heat / total if total > 0 else heat
 
 
+def _has_mass(a: np.ndarray) -> bool:
+    """Whether a map has any positive value to normalise (no fixation on the image gives an empty heatmap)."""
+    return bool(np.clip(np.asarray(a, np.float64), 0, None).sum() > 0)
+
+
 def _prob(a: np.ndarray) -> np.ndarray:
     a = np.clip(np.asarray(a, np.float64), 0, None)
     return a / max(a.sum(), EPS)
 
 
 def kl_divergence(gaze: np.ndarray, saliency: np.ndarray) -> float:
-    """KL(G || S) with both normalised to sum 1 (epsilon 1e-7): lower is closer."""
+    """KL(G || S) with both normalised to sum 1 (epsilon 1e-7): lower is closer; NaN when either map is empty."""
+    if not (_has_mass(gaze) and _has_mass(saliency)):
+        return float("nan")
     g, s = _prob(gaze), _prob(saliency)
     return float((g * np.log(EPS + g / (s + EPS))).sum())
 
@@ -76,5 +85,7 @@ def cc(gaze: np.ndarray, saliency: np.ndarray) -> float:
 
 
 def sim(gaze: np.ndarray, saliency: np.ndarray) -> float:
-    """Histogram intersection of the two maps normalised to sum 1 (1 = identical)."""
+    """Histogram intersection of the two maps normalised to sum 1 (1 = identical); NaN when either map is empty."""
+    if not (_has_mass(gaze) and _has_mass(saliency)):
+        return float("nan")
     return float(np.minimum(_prob(gaze), _prob(saliency)).sum())

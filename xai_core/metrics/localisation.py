@@ -17,6 +17,12 @@ def _batch(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return maps.reshape(len(maps), -1), masks.reshape(len(masks), -1)
 
 
+def _defined(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Rows where a localisation score means something: some ground truth and some relevance (an all-zero map
+    has no maximum and no ranking)."""
+    return m.any(1) & (np.abs(a).max(1, initial=0.0) > 0)
+
+
 def relevance_mass(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Share of the total relevance that lies inside the ground truth."""
     a, m = _batch(maps, masks)
@@ -42,7 +48,7 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """1 when a maximum of the map falls inside the ground truth (any of tied maxima), else 0."""
     a, m = _batch(maps, masks)
     hits = ((a == a.max(1, keepdims=True)) & m).any(1).astype(float)
-    return np.where(m.any(1), hits, np.nan)
+    return np.where(_defined(a, m), hits, np.nan)
 
 
 def top_fraction(maps: np.ndarray, fraction: float) -> np.ndarray:
@@ -66,7 +72,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def iou_at(maps: np.ndarray, masks: np.ndarray, percent: float = 5.0) -> np.ndarray:
     """IoU between the top-p% pixels of the map and the ground truth."""
     a, m = _batch(maps, masks)
-    return np.where(m.any(1), iou(top_fraction(a, percent / 100), m), np.nan)
+    return np.where(_defined(a, m), iou(top_fraction(a, percent / 100), m), np.nan)
 
 
 def auitc(maps: np.ndarray, masks: np.ndarray, thresholds: int = 101) -> np.ndarray:
@@ -78,4 +84,4 @@ def auitc(maps: np.ndarray, masks: np.ndarray, thresholds: int = 101) -> np.ndar
     ts = np.linspace(0, 1, thresholds)
     curves = np.stack([iou(norm >= t, m) for t in ts], 1)
     curves = np.nan_to_num(curves, nan=0.0)
-    return np.where(m.any(1), np.trapezoid(curves, ts, axis=1), np.nan)
+    return np.where(_defined(a, m), np.trapezoid(curves, ts, axis=1), np.nan)

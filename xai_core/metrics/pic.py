@@ -5,10 +5,9 @@ is built, all bokeh images of one map go through the model in one batch, the lin
 the kept pixels that touch a removed pixel (plus the corners), and the bokeh images of one map are built on several
 threads (triangulation, interpolation and WebP encoding release the GIL; `set_threads`). Interior kept pixels rarely
 bound a triangle that covers a removed pixel, and dropping them shrinks the triangulation from up to 75% of the image
-to the borders of its regions: 0.01-0.05 s instead of 0.2-0.3 s per bokeh image for a blob-shaped map at 224 px.
-Scattered maps (random) have no interior; for them OpenCV triangulates (5x faster than qhull on 10,000+ points) and
-the pixels of each triangle are walked directly (rasterize_linear), which beats scipy's point location by 5x.
-Agreement: tests/test_metrics.py; speed: benchmarks/pic.py.
+to the borders of its regions. Scattered maps (random) have no interior; for them OpenCV triangulates (faster than
+qhull on many points) and the pixels of each triangle are walked directly (rasterize_linear), which beats scipy's
+point location. Agreement: tests/test_metrics.py; speed: benchmarks/pic.py.
 """
 
 from __future__ import annotations
@@ -133,7 +132,7 @@ def _jittered_delaunay(pixels: np.ndarray, shape: tuple[int, int]):
     """scipy's (qhull's) Delaunay triangulation of integer pixel positions.
 
     Pixel grids are full of co-circular points, which qhull resolves by merging facets; a fixed 0.001-pixel jitter
-    breaks those ties (as arbitrarily as qhull does) and makes the triangulation of a scattered map 2.4x faster.
+    breaks those ties (as arbitrarily as qhull does) and makes the triangulation of a scattered map faster.
     Pixels on the image edge move only along it, so the hull stays the image rectangle and removed edge pixels are
     still interpolated (not filled with the mean)."""
     from scipy.spatial import Delaunay

@@ -1,0 +1,71 @@
+"""Quantitative evaluation of explainers over data sets: case sources, the metric registry, the runner (local or
+over worker processes) and the reports. `python -m xai_core evaluate` and the Evaluate page call `run_evaluation`."""
+
+from xai_core.evaluation.registry import (
+    ALL_METRICS,
+    CURVE_SAMPLES,
+    METRIC_GROUPS,
+    REGISTRY,
+    MapContext,
+    Metric,
+    compute_metrics,
+    get_metric,
+    metric_groups,
+    register,
+    resolve_metrics,
+)
+from xai_core.evaluation.reports import (
+    box_figure,
+    curve_figure,
+    median_curves,
+    print_summary,
+    save_png,
+    summarise_table,
+    write_curve_plots,
+    write_plots,
+)
+from xai_core.evaluation.runner import (
+    MIN_CASES_PER_EXTRA_WORKER,
+    CaseMemo,
+    case_anatomy,
+    default_workers,
+    evaluate_case,
+    image_metrics,
+    limit_blas_threads,
+    run_evaluation,
+)
+from xai_core.evaluation.sources import EvalCase, cases_from, folder_cases, phantom_cases
+
+__all__ = [
+    "ALL_METRICS",
+    "CURVE_SAMPLES",
+    "METRIC_GROUPS",
+    "MIN_CASES_PER_EXTRA_WORKER",
+    "REGISTRY",
+    "CaseMemo",
+    "EvalCase",
+    "MapContext",
+    "Metric",
+    "box_figure",
+    "case_anatomy",
+    "cases_from",
+    "compute_metrics",
+    "curve_figure",
+    "default_workers",
+    "evaluate_case",
+    "folder_cases",
+    "get_metric",
+    "image_metrics",
+    "limit_blas_threads",
+    "median_curves",
+    "metric_groups",
+    "phantom_cases",
+    "print_summary",
+    "register",
+    "resolve_metrics",
+    "run_evaluation",
+    "save_png",
+    "summarise_table",
+    "write_curve_plots",
+    "write_plots",
+]

@@ -1,0 +1,229 @@
+"""What an evaluation run reports: the summary with bootstrap intervals, PIC median curves, a text table, and the
+plots. Each plot is one plotly figure: the Evaluate page shows it, and the run writes it as interactive HTML and as a
+static PNG drawn from that same figure (`save_png`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xai_core.evaluation.registry import CURVE_SAMPLES
+from xai_core.metrics.stats import bootstrap_interval, summarise
+
+if TYPE_CHECKING:  # annotations only
+    import pandas as pd
+    import plotly.graph_objects as go
+
+PIC_KINDS = ("sic", "aic")
+
+
+def summarise_table(table: Path, methods: list[str], metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{method: {metric: {"mean", "ci_low", "ci_high", "n"}}} from the per-image CSV (for SIC/AIC: the mean of
+    per-image AUCs; `median_curves` aggregates the curves themselves)."""
+    import pandas as pd  # deferred: slow to import, needed only once a run is summarised
+
+    frame = pd.read_csv(table)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in methods:
+        rows = frame[frame["method"] == method]
+        out[method] = {m: summarise(pd.to_numeric(rows[m], errors="coerce").to_numpy()) for m in
+                       [*metrics, "seconds"] if m in rows}
+    return out
+
+
+def median_curves(curve_file: Path, methods: list[str], *, n_boot: int = 1000, seed: int = 0
+                  ) -> dict[str, dict[str, dict[str, Any]]]:
+    """PIC aggregated as the spec asks: per method and kind (sic, aic), the pointwise median of the per-image
+    curves, its AUC with a bootstrap 95% interval over images, n, and the curve itself ("y", CURVE_SAMPLES points
+    on x = 0..1)."""
+    found: dict[tuple[str, str], dict[tuple[str, str], list[float]]] = {}
+    if curve_file.is_file():
+        for line in curve_file.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                key = (record["method"], record["kind"])
+                found.setdefault(key, {})[(record["case_id"], record["finding"])] = record["y"]  # resumes: last wins
+    x = np.linspace(0.0, 1.0, CURVE_SAMPLES)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in methods:
+        for kind in PIC_KINDS:
+            ys = np.array(list(found.get((method, kind), {}).values()), np.float64)
+            if not len(ys):
+                continue
+            median = np.median(ys, axis=0)
+            auc = float(np.trapezoid(median, x))
+
+            def median_curve_auc(index: np.ndarray, axis: int = -1, ys: np.ndarray = ys) -> np.ndarray:
+                # index: resampled image numbers [..., n] (scipy moves the sample axis last)
+                picked = ys[np.moveaxis(index, axis, -1).astype(np.intp)]
+                return np.trapezoid(np.median(picked, axis=-2), x, axis=-1)
+
+            low, high = (auc, auc) if len(ys) == 1 else bootstrap_interval(
+                (np.arange(len(ys)),), median_curve_auc, n_boot=n_boot, seed=seed, vectorized=True, batch=100)
+            out.setdefault(method, {})[kind] = {
+                "median_curve_auc": auc, "ci_low": low, "ci_high": high, "n": len(ys),
+                "y": [round(float(v), 4) for v in median]}
+    return out
+
+
+def print_summary(summary: dict[str, dict[str, dict[str, float]]], metrics: list[str]) -> str:
+    """A plain-text table: methods x metrics, mean [95% interval]."""
+    header = f"{'method':<10}" + "".join(f"{m:>24}" for m in metrics)
+    lines = [header]
+    for method, values in summary.items():
+        cells = []
+        for m in metrics:
+            v = values.get(m)
+            cells.append(f"{v['mean']:>8.3f} [{v['ci_low']:.3f},{v['ci_high']:.3f}]" if v and v["n"] else
+                         f"{'n/a':>24}")
+        lines.append(f"{method:<10}" + "".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
+
+
+def method_colours(methods: list[str]) -> dict[str, str]:
+    """One colour per method (plotly's qualitative palette), the same in every panel, the HTML and the PNG."""
+    from plotly.colors import qualitative  # deferred: plotly is slow to import, needed only for plots
+
+    palette = qualitative.Plotly
+    return {method: palette[i % len(palette)] for i, method in enumerate(methods)}
+
+
+def curve_figure(curves: dict[str, dict[str, dict[str, Any]]]) -> go.Figure:
+    """A plotly figure of the median SIC and AIC curves, one line per method."""
+    import plotly.graph_objects as go  # deferred: plotly is slow to import, needed only for plots
+    from plotly.subplots import make_subplots
+
+    x = np.linspace(0.0, 1.0, CURVE_SAMPLES)
+    colours = method_colours(list(curves))
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["SIC (median curve)", "AIC (median curve)"])
+    for col, kind in enumerate(PIC_KINDS, start=1):
+        for method, kinds in curves.items():
+            if kind in kinds:
+                c = kinds[kind]
+                figure.add_trace(go.Scatter(x=x, y=c["y"], mode="lines", legendgroup=method, showlegend=col == 1,
+                                            line={"color": colours[method]},
+                                            name=f"{method} (AUC {c['median_curve_auc']:.3f}, n={c['n']})"),
+                                 row=1, col=col)
+        figure.update_xaxes(title_text="normalised information (WebP size)", range=[0, 1], row=1, col=col)
+        figure.update_yaxes(title_text="normalised score" if kind == "sic" else "still predicted", range=[0, 1.02],
+                            row=1, col=col)
+    figure.update_layout(height=380, title="Performance information curves")
+    return figure
+
+
+def box_figure(frame: pd.DataFrame, methods: list[str], metrics: list[str]) -> go.Figure:
+    """A plotly figure of per-image box plots, one panel per metric with values."""
+    import pandas as pd  # deferred: slow to import, needed only for plots and summaries
+    import plotly.graph_objects as go  # deferred: plotly is slow to import, needed only for plots
+    from plotly.subplots import make_subplots
+
+    shown = [m for m in metrics if m in frame and pd.to_numeric(frame[m], errors="coerce").notna().any()]
+    cols = max(1, min(3, len(shown)))
+    rows = max(1, -(-len(shown) // cols))
+    colours = method_colours(methods)
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=shown or ["no values"])
+    for k, metric in enumerate(shown):
+        r, c = divmod(k, cols)
+        for method in methods:
+            values = pd.to_numeric(frame[frame["method"] == method][metric], errors="coerce").dropna()
+            figure.add_trace(go.Box(y=values, name=method, showlegend=False, marker_color=colours[method]),
+                             row=r + 1, col=c + 1)
+    figure.update_layout(height=320 * rows, title="Per-image metrics by method")
+    return figure
+
+
+def write_figure(figure: go.Figure, out: Path, stem: str) -> None:
+    """`stem`.html (interactive; plotly.js inlined, so it opens offline) and `stem`.png (`save_png`)."""
+    figure.write_html(out / f"{stem}.html", include_plotlyjs=True)
+    save_png(figure, out / f"{stem}.png")
+
+
+def write_curve_plots(curves: dict[str, dict[str, dict[str, Any]]], out: Path) -> None:
+    """Median SIC/AIC curves: pic_curves.html and pic_curves.png (nothing when no curve survived)."""
+    if curves:
+        write_figure(curve_figure(curves), out, "pic_curves")
+
+
+def write_plots(table: Path, methods: list[str], metrics: list[str], out: Path) -> None:
+    """Box plots per metric with values: metrics.html and metrics.png."""
+    import pandas as pd  # deferred: slow to import, needed only for plots and summaries
+
+    frame = pd.read_csv(table)
+    shown = [m for m in metrics if pd.to_numeric(frame[m], errors="coerce").notna().any()]
+    if shown:
+        write_figure(box_figure(frame, methods, shown), out, "metrics")
+
+
+# plotly's default margins (px) around the plotting area, which subplot domains are fractions of
+_MARGIN = {"l": 80, "r": 80, "t": 100, "b": 80}
+
+
+def save_png(figure: go.Figure, path: Path, *, dpi: int = 90) -> None:
+    """A static PNG of a plotly figure of line (Scatter) and Box traces, drawn from the figure's own data and layout:
+    subplot domains, subplot and axis titles, axis ranges, trace names and colours. Plotly writes images only
+    through Kaleido and a Chrome, which an offline install lacks; matplotlib rasterises the same figure instead (one
+    figure definition, no second plot code)."""
+    # deferred: matplotlib is slow to import, needed only for image files; no pyplot, so no global backend state
+    from matplotlib.figure import Figure
+
+    layout = figure.layout.to_plotly_json()  # axes, titles, sizes; trace data are read from the traces themselves
+    margin = {**_MARGIN, **layout.get("margin", {})}
+    x_names = sorted((k for k in layout if k.startswith("xaxis")), key=lambda k: int(k[5:] or 1)) or ["xaxis"]
+    columns = len({tuple(layout.get(k, {}).get("domain", (0, 1))) for k in x_names})
+    width = layout.get("width") or max(700, 420 * columns)
+    height = layout.get("height") or 450
+    canvas = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+
+    def to_figure(px: float, py: float) -> tuple[float, float]:  # paper coordinates -> figure fraction
+        return ((margin["l"] + px * (width - margin["l"] - margin["r"])) / width,
+                (margin["b"] + py * (height - margin["t"] - margin["b"])) / height)
+
+    for x_name in x_names:
+        x_axis = layout.get(x_name, {})
+        x_ref = "x" + x_name[5:]
+        y_ref = x_axis.get("anchor", "y")
+        y_axis = layout.get("yaxis" + y_ref[1:], {})
+        (x0, x1), (y0, y1) = x_axis.get("domain", (0, 1)), y_axis.get("domain", (0, 1))
+        (fx0, fy0), (fx1, fy1) = to_figure(x0, y0), to_figure(x1, y1)
+        axis = canvas.add_axes((fx0, fy0, fx1 - fx0, fy1 - fy0))
+        traces = [t for t in figure.data if (t.xaxis or "x") == x_ref and (t.yaxis or "y") == y_ref]
+        lines = [t for t in traces if t.type == "scatter"]
+        boxes = [t for t in traces if t.type == "box"]
+        for trace in lines:
+            axis.plot(np.asarray(trace.x, float), np.asarray(trace.y, float), label=trace.name,
+                      color=trace.line.color)
+        if boxes:
+            data = [np.asarray(t.y if t.y is not None else (), float) for t in boxes]
+            parts = axis.boxplot([d if len(d) else [np.nan] for d in data], tick_labels=[t.name or "" for t in boxes],
+                                 patch_artist=True)
+            for patch, trace in zip(parts["boxes"], boxes, strict=True):
+                if trace.marker.color:
+                    patch.set(facecolor=trace.marker.color, alpha=0.5)
+            axis.tick_params(axis="x", rotation=45)
+        if not traces:
+            titled = any(x0 <= note.get("x", -1) <= x1 and abs(note.get("y", -1) - y1) < 0.05
+                         for note in layout.get("annotations", ()))
+            if not titled:  # a spare cell of the grid
+                axis.set_axis_off()
+                continue
+            axis.text(0.5, 0.5, "no values", ha="center", va="center", transform=axis.transAxes)
+        if x_axis.get("range"):
+            axis.set_xlim(*x_axis["range"])
+        if y_axis.get("range"):
+            axis.set_ylim(*y_axis["range"])
+        axis.set_xlabel(x_axis.get("title", {}).get("text", ""), fontsize=8)
+        axis.set_ylabel(y_axis.get("title", {}).get("text", ""), fontsize=8)
+        axis.tick_params(labelsize=7)
+        if any(t.name for t in lines):
+            axis.legend(fontsize=7)
+    for note in layout.get("annotations", ()):  # subplot titles
+        if note.get("xref", "paper") == "paper" and note.get("yref", "paper") == "paper":
+            fx, fy = to_figure(note.get("x", 0.5), note.get("y", 1.0))
+            canvas.text(fx, fy + 0.01, note.get("text", ""), ha="center", va="bottom", fontsize=9)
+    title = layout.get("title", {}).get("text")
+    if title:
+        canvas.suptitle(title, fontsize=11)
+    canvas.savefig(path, dpi=dpi)
