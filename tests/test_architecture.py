@@ -123,3 +123,18 @@ def test_pages_never_import_torch_and_the_core_never_imports_streamlit():
     core = [f"{p.relative_to(ROOT)}:{line}" for p in core_modules().values() for target, _, line in imports(p)
             if target.partition(".")[0] == "streamlit"]
     assert ui == [] and core == []
+
+
+def test_function_local_imports_only_defer_an_optional_dependency_and_say_why():
+    offenders = []
+    for path in [*core_modules().values(), *UI_FILES]:
+        source = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(source))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    target = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                    if (target or "").startswith("xai_core") or "#" not in source[node.lineno - 1]:
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {target}")
+    assert offenders == []

@@ -94,7 +94,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     if args.samples:
-
         print(write_samples(args.out or "assets/samples"))
         return 0
     if args.contact_sheet:
@@ -120,25 +119,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "classifier":
-
         recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
                                   steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
                                   seed=args.seed, shortcut=args.shortcut,
                                   **_sizes(args, "val_n", "test_n", "data_seed"))
         record = train_classifier(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "segmenter":
-
         recipe = SegmenterRecipe(steps=args.steps or SegmenterRecipe.steps, seed=args.seed,
                                  **_sizes(args, "test_n", "data_seed"))
         record = train_segmenter(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "nemt":
-
         steps = args.steps or (round(args.epochs * EPOCH_CASES / args.batch) if args.epochs else NEMtRecipe.steps)
         recipe = NEMtRecipe(model=args.model, steps=steps, batch=args.batch, seed=args.seed,
                             **_sizes(args, "test_n", "data_seed"))
         record = train_nemt(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
-
         recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, **_sizes(args, "test_n", "data_seed"))
         record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     print_json({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")})
@@ -146,9 +141,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    import numpy as np
-
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
@@ -192,9 +184,6 @@ def _phantom_split(data: str) -> str:
 
 
 def _cmd_segu(args: argparse.Namespace) -> int:
-    import numpy as np
-
-
     split = _phantom_split(args.data)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     handle = engine.model(args.model)
@@ -272,7 +261,6 @@ BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-
     script = BENCHMARKS_DIR / f"{args.name}.py"
     if not script.is_file():
         known = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py"))

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 from PIL import Image
+from skimage import measure
 
-
-def overlay_png(pixels: np.ndarray, relevance: np.ndarray, opacity: float = 0.45, max_side: int = 1024) -> bytes:
-    """PNG of the image with the relevance map (min-max scaled, jet colours) blended on top."""
-    import cv2
-
-    scale = min(1.0, max_side / max(pixels.shape))
-    if scale < 1.0:
-        size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-        relevance = cv2.resize(relevance, size, interpolation=cv2.INTER_LINEAR)
-    lo, hi = float(relevance.min()), float(relevance.max())
-    heat = np.zeros_like(relevance) if hi <= lo else (relevance - lo) / (hi - lo)
-    colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32)
-    grey = np.repeat((np.clip(pixels, 0, 1) * 255)[..., None], 3, axis=2)
-    alpha = opacity * heat[..., None]
-    blended = (grey * (1 - alpha) + colours * alpha).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(blended).save(buf, format="PNG")
-    return buf.getvalue()
-
+from xai_core.errors import ParameterError
 
 COLOUR_MAPS = {"jet": "COLORMAP_JET", "inferno": "COLORMAP_INFERNO", "viridis": "COLORMAP_VIRIDIS",
                "hot": "COLORMAP_HOT", "turbo": "COLORMAP_TURBO"}
@@ -40,7 +23,7 @@ def display_scale(relevance: np.ndarray, mode: str, unit_range: bool = False) ->
         lo, hi = float(relevance.min()), float(relevance.max())
         return np.zeros_like(relevance) if hi <= lo else (relevance - lo) / (hi - lo)
     if mode != "fixed":
-        raise ValueError(f"unknown scale mode '{mode}'; use 'per map' or 'fixed'")
+        raise ParameterError(f"unknown scale mode '{mode}'; use 'per map' or 'fixed'")
     if unit_range:
         return np.clip(relevance, 0.0, 1.0)
     top = float(relevance.max())
@@ -49,10 +32,8 @@ def display_scale(relevance: np.ndarray, mode: str, unit_range: bool = False) ->
 
 def blend(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45, colour_map: str = "jet") -> np.ndarray:
     """RGB uint8 image: grey radiograph with the [0, 1] heat coloured on top, more opaque where heat is high."""
-    import cv2
-
     if colour_map not in COLOUR_MAPS:
-        raise ValueError(f"unknown colour map '{colour_map}'; known: {', '.join(COLOUR_MAPS)}")
+        raise ParameterError(f"unknown colour map '{colour_map}'; known: {', '.join(COLOUR_MAPS)}")
     code = getattr(cv2, COLOUR_MAPS[colour_map])
     colours = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), code)[..., ::-1].astype(np.float32)
     grey = np.repeat((np.clip(pixels, 0, 1) * 255)[..., None], 3, axis=2)
@@ -62,8 +43,6 @@ def blend(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45, colour_ma
 
 def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     """Downscaled so that its longer side is at most max_side (area interpolation); unchanged if smaller."""
-    import cv2
-
     scale = min(1.0, max_side / max(image.shape[:2]))
     if scale >= 1.0:
         return image
@@ -79,8 +58,6 @@ def top_region(relevance: np.ndarray, percent: float) -> np.ndarray:
 
 def outlines(mask: np.ndarray) -> list[np.ndarray]:
     """Contour polylines [N, 2] (x, y) around a boolean mask, for drawing on an image."""
-    from skimage import measure
-
     if not mask.any():
         return []
     padded = np.pad(mask.astype(np.float32), 1)
@@ -98,4 +75,13 @@ def maps_npz(maps: dict[str, np.ndarray], **meta: str) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in maps.items()},
                         **{f"meta_{k}": np.array(v) for k, v in meta.items()})
+    return buf.getvalue()
+
+
+def overlay_png(pixels: np.ndarray, relevance: np.ndarray, opacity: float = 0.45, max_side: int = 1024) -> bytes:
+    """PNG of the image (longer side at most `max_side`) with the relevance map, min-max scaled, blended on top."""
+    pixels = shrink(np.asarray(pixels, np.float32), max_side)
+    relevance = cv2.resize(np.asarray(relevance, np.float32), pixels.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    buf = io.BytesIO()
+    Image.fromarray(blend(pixels, display_scale(relevance, "per map"), opacity)).save(buf, format="PNG")
     return buf.getvalue()

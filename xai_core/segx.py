@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from xai_core.errors import InputError, ModelError, ParameterError, UnknownNameError
 from xai_core.files import data_dir, update_json
@@ -57,8 +59,6 @@ class Region:
 
 def region_for(label: str, segmenter: str, masks: dict[str, np.ndarray]) -> Region:
     """The relevant region of a finding from a segmenter's named masks (dilated as the table says)."""
-    import cv2
-
     table = REGIONS.get(segmenter)
     if table is None:
         raise UnknownNameError(f"no region table for segmenter '{segmenter}'; known: {', '.join(REGIONS)}")
@@ -115,8 +115,6 @@ def segu(relevance: np.ndarray, region: np.ndarray, percent: float = 5.0) -> dic
 def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_boot: int = 2000) -> dict[str, float]:
     """How well certainty separates true from false positive findings: AUROC with a bootstrap 95% interval and the
     threshold maximising Youden's J (certainty >= threshold: 'trust')."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     c = np.asarray(certainty, np.float64)
     y = np.asarray(correct, bool)
     keep = np.isfinite(c)

@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd  # deferred: slow to import, needed only once a run is summarised
+import plotly.graph_objects as go  # deferred: plotly is slow to import, needed only for plots
+from matplotlib.figure import Figure
+from plotly.colors import qualitative  # deferred: plotly is slow to import, needed only for plots
+from plotly.subplots import make_subplots
 
 from xai_core.evaluation.registry import CURVE_SAMPLES
 from xai_core.metrics.stats import bootstrap_interval, summarise
@@ -23,8 +28,6 @@ PIC_KINDS = ("sic", "aic")
 def summarise_table(table: Path, methods: list[str], metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """{method: {metric: {"mean", "ci_low", "ci_high", "n"}}} from the per-image CSV (for SIC/AIC: the mean of
     per-image AUCs; `median_curves` aggregates the curves themselves)."""
-    import pandas as pd  # deferred: slow to import, needed only once a run is summarised
-
     frame = pd.read_csv(table)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method in methods:
@@ -85,17 +88,12 @@ def print_summary(summary: dict[str, dict[str, dict[str, float]]], metrics: list
 
 def method_colours(methods: list[str]) -> dict[str, str]:
     """One colour per method (plotly's qualitative palette), the same in every panel, the HTML and the PNG."""
-    from plotly.colors import qualitative  # deferred: plotly is slow to import, needed only for plots
-
     palette = qualitative.Plotly
     return {method: palette[i % len(palette)] for i, method in enumerate(methods)}
 
 
 def curve_figure(curves: dict[str, dict[str, dict[str, Any]]]) -> go.Figure:
     """A plotly figure of the median SIC and AIC curves, one line per method."""
-    import plotly.graph_objects as go  # deferred: plotly is slow to import, needed only for plots
-    from plotly.subplots import make_subplots
-
     x = np.linspace(0.0, 1.0, CURVE_SAMPLES)
     colours = method_colours(list(curves))
     figure = make_subplots(rows=1, cols=2, subplot_titles=["SIC (median curve)", "AIC (median curve)"])
@@ -116,10 +114,6 @@ def curve_figure(curves: dict[str, dict[str, dict[str, Any]]]) -> go.Figure:
 
 def box_figure(frame: pd.DataFrame, methods: list[str], metrics: list[str]) -> go.Figure:
     """A plotly figure of per-image box plots, one panel per metric with values."""
-    import pandas as pd  # deferred: slow to import, needed only for plots and summaries
-    import plotly.graph_objects as go  # deferred: plotly is slow to import, needed only for plots
-    from plotly.subplots import make_subplots
-
     shown = [m for m in metrics if m in frame and pd.to_numeric(frame[m], errors="coerce").notna().any()]
     cols = max(1, min(3, len(shown)))
     rows = max(1, -(-len(shown) // cols))
@@ -149,8 +143,6 @@ def write_curve_plots(curves: dict[str, dict[str, dict[str, Any]]], out: Path) -
 
 def write_plots(table: Path, methods: list[str], metrics: list[str], out: Path) -> None:
     """Box plots per metric with values: metrics.html and metrics.png."""
-    import pandas as pd  # deferred: slow to import, needed only for plots and summaries
-
     frame = pd.read_csv(table)
     shown = [m for m in metrics if pd.to_numeric(frame[m], errors="coerce").notna().any()]
     if shown:
@@ -167,7 +159,6 @@ def save_png(figure: go.Figure, path: Path, *, dpi: int = 90) -> None:
     through Kaleido and a Chrome, which an offline install lacks; matplotlib rasterises the same figure instead (one
     figure definition, no second plot code)."""
     # deferred: matplotlib is slow to import, needed only for image files; no pyplot, so no global backend state
-    from matplotlib.figure import Figure
 
     layout = figure.layout.to_plotly_json()  # axes, titles, sizes; trace data are read from the traces themselves
     margin = {**_MARGIN, **layout.get("margin", {})}

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 
 from xai_core.errors import ParameterError
 from xai_core.explainers.base import ExplainBatch, Explainer, Targets, group_rows, register
@@ -49,8 +50,6 @@ def baseline_for(x: torch.Tensor, kind: str, value_range: tuple[float, float]) -
     if kind == "white":
         return torch.full_like(x, value_range[1])
     if kind == "blur":
-        import torchvision.transforms.functional as TF
-
         return TF.gaussian_blur(x, kernel_size=[61, 61], sigma=[20.0, 20.0])
     raise ParameterError(f"unknown baseline '{kind}'; use black, white or blur")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import torch
 from skimage.morphology import disk
@@ -30,8 +31,6 @@ SCALES = (50, 100, 150, 250, 500, 1200)
 def segments(image: np.ndarray, scales: tuple[int, ...] = SCALES, sigma: float = 0.8, min_size: int = 150,
              dilation: int = 5) -> np.ndarray:
     """Boolean segment masks [N, H, W]: Felzenszwalb at several scales on the image scaled to [-1, 1], dilated."""
-    import cv2
-
     h, w = image.shape
     lo, hi = float(image.min()), float(image.max())
     scaled = (image - lo) / (hi - lo + 1e-12) * 2 - 1

@@ -16,12 +16,16 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from xai_core.imaging import load_radiograph
 from xai_core.mammi.backends import ImageTextModel, load_backend
 from xai_core.mammi.concepts import concept_set
 from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, DEFAULT_BETA, concept_scores, select_concepts
 from xai_core.mammi.select import DEFAULT_CAP, DEFAULT_PERCENTILE, representatives
 from xai_core.mammi.store import NeuronRecord, write_annotation
-from xai_core.models.base import ModelHandle
+from xai_core.models import load_model
+from xai_core.models.base import InputSpec, ModelHandle, preprocess
+from xai_core.models.vlm import clinical_term
+from xai_core.phantom import generate_case
 
 LAYERS = ("features", "output")
 ACTIVATION_KINDS = {"features": "features-relu-mean", "output": "output-sigmoid"}  # what a resume cache holds
@@ -46,7 +50,6 @@ def bundled_annotation(model: str, layer: str = "features") -> Path | None:
 @dataclass
 class Probe:
     """A probing set: ids, and a loader of grey [0, 1] pixels at a size for any subset of them."""
-
     name: str
     ids: list[str]
     load: Callable[[list[int], int], torch.Tensor]  # (indices, size) -> [B, 1, size, size]
@@ -55,8 +58,6 @@ class Probe:
 def probe_set(spec: str, n: int) -> Probe:
     """`phantom:<split>` (the first n cases of a phantom split) or a folder of radiographs (the first n files)."""
     if spec.startswith("phantom:"):
-        from xai_core.phantom import generate_case
-
         split = spec.split(":", 1)[1] or "train"
 
         def load_phantom(indices: list[int], size: int) -> torch.Tensor:
@@ -73,9 +74,6 @@ def probe_set(spec: str, n: int) -> Probe:
         raise FileNotFoundError(f"no radiographs (png, jpeg, tiff, dcm) under {folder}")
 
     def load_files(indices: list[int], size: int) -> torch.Tensor:
-        from xai_core.imaging import load_radiograph
-        from xai_core.models.base import InputSpec, preprocess
-
         spec01 = InputSpec(1, size, (0.0, 1.0))
         return torch.cat([preprocess(load_radiograph(files[i]), spec01)[0] for i in indices])
 
@@ -164,8 +162,6 @@ def _thumbnail(pixels: torch.Tensor) -> bytes:
 
 def label_terms(label: str) -> set[str]:
     """The concept terms that name a label (its name and its clinical phrase)."""
-    from xai_core.models.vlm import clinical_term
-
     return {label.replace("_", " ").lower(), clinical_term(label)}
 
 
@@ -193,8 +189,6 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     """Annotate every neuron of a layer; returns a summary (path, counts, timings, validation for the output layer).
 
     Resumable: probe activations are cached next to the output file and reused by a rerun with the same probe."""
-    from xai_core.models import load_model
-
     if layer not in LAYERS:
         raise ValueError(f"layer must be one of {', '.join(LAYERS)}, got '{layer}'")
     out = Path(out) if out else default_path(model, layer, vlm, concepts)

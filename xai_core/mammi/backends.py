@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+
+from xai_core.models import get_card, load_model
+from xai_core.models.base import find_weights
+from xai_core.models.vlm import PIXEL_MEAN, PIXEL_STD, tokenize
 
 
 class ImageTextModel(Protocol):
     """A CLIP-style model: L2-normalised image and text embeddings in one space."""
-
     name: str
     image_size: int  # the input size its image tower expects
 
@@ -28,7 +32,6 @@ class ImageTextModel(Protocol):
 class OpenClipBackend:
     """An open_clip CLIP model (the bundled demo-clip is one too): grey pixels are resized, replicated to 3 channels
     and normalised as the model's preprocessing expects."""
-
     def __init__(self, name: str, model: torch.nn.Module, tokenizer, image_size: int, mean: tuple[float, ...],
                  std: tuple[float, ...], device: torch.device | str = "cpu", batch_size: int = 64) -> None:
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
@@ -66,13 +69,11 @@ def load_backend(spec: str, device: torch.device | str = "cpu", *, allow_random_
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise ValueError(f"'{spec}': expected openclip:<arch>:<pretrained>")
         return _open_clip_backend(spec, parts[1], parts[2], device)
-    from xai_core.models import get_card, load_model
 
     card = get_card(spec)
     if card.family != "vlm":
         raise ValueError(f"'{spec}' is a {card.family} model, not an image-text model")
     handle = load_model(spec, device, allow_random_weights=allow_random_weights)
-    from xai_core.models.vlm import PIXEL_MEAN, PIXEL_STD, tokenize
 
     context = handle.module.context_length
     return OpenClipBackend(spec, handle.module, lambda texts: tokenize(texts, context), card.input.size,
@@ -80,16 +81,12 @@ def load_backend(spec: str, device: torch.device | str = "cpu", *, allow_random_
 
 
 def _open_clip_backend(spec: str, arch: str, pretrained: str, device: torch.device | str) -> OpenClipBackend:
-    import open_clip
-
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture '{arch}'")
     model = open_clip.create_model(arch, pretrained=None)
     if pretrained != "random":
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            from xai_core.models.base import find_weights
-
             found = find_weights(f"open_clip_{arch}_{pretrained}.bin") or find_weights(f"{arch}-{pretrained}.pt")
             if found is None:
                 raise FileNotFoundError(

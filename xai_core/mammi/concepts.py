@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
+from xai_core.phantom import generate_case
+
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
@@ -151,8 +153,6 @@ def openi_reports() -> tuple[str, ...]:
 
 def phantom_reports(n: int = 2000, split: str = "train", seed: int = 0) -> list[str]:
     """Reports of the first `n` phantom cases of a split (generated at a small size: only the text is used)."""
-    from xai_core.phantom import generate_case
-
     return [generate_case(split, i, seed=seed, size=64).report for i in range(n)]
 
 

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from xai_core.errors import InputError
 
@@ -34,8 +35,6 @@ def read_fixations(path: str | Path) -> np.ndarray:
 def gaze_heatmap(fixations: np.ndarray, shape: tuple[int, int], sigma: float, box: int = 3,
                  weighted: bool = True) -> np.ndarray:
     """A small box at each fixation (duration-weighted), Gaussian blur of `sigma` px, normalised to sum 1."""
-    from scipy.ndimage import gaussian_filter
-
     heat = np.zeros(shape, np.float64)
     h, w = shape
     for x, y, duration in np.asarray(fixations, np.float64).reshape(-1, 3):

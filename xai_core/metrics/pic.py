@@ -20,7 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image
+from scipy.interpolate import LinearNDInterpolator, interp1d
+from scipy.ndimage import binary_erosion
+from scipy.spatial import Delaunay
 
 THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75)
 CURVE_POINTS = 1000
@@ -54,8 +59,6 @@ WEBP_EFFORT = 0
 
 def webp_size(image: np.ndarray, effort: int | None = None) -> int:
     """Bytes of the lossless WebP encoding (at `effort`, default WEBP_EFFORT): the information proxy."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="webp", lossless=True,
                                 quality=WEBP_EFFORT if effort is None else effort)
@@ -98,9 +101,6 @@ def _bokeh_and_size(image: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, in
 def bokeh(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The image rebuilt from the kept pixels (and the 4 corners) by linear interpolation over a Delaunay
     triangulation of the kept pixels that border removed ones; removed pixels outside the hull take the mean."""
-    from scipy.interpolate import LinearNDInterpolator
-    from scipy.ndimage import binary_erosion
-
     keep = keep.copy()
     h, w = keep.shape
     keep[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]] = True
@@ -135,8 +135,6 @@ def _jittered_delaunay(pixels: np.ndarray, shape: tuple[int, int]):
     breaks those ties (as arbitrarily as qhull does) and makes the triangulation of a scattered map faster.
     Pixels on the image edge move only along it, so the hull stays the image rectangle and removed edge pixels are
     still interpolated (not filled with the mean)."""
-    from scipy.spatial import Delaunay
-
     jitter = np.random.default_rng(0).uniform(-1e-3, 1e-3, pixels.shape)
     for axis, size in enumerate(shape):
         jitter[(pixels[:, axis] == 0) | (pixels[:, axis] == size - 1), axis] = 0.0
@@ -152,8 +150,6 @@ GRID_DELAUNAY_ABOVE = 2048
 def _grid_delaunay(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """Delaunay triangles (indices into `pixels`, row/column positions that include the 4 image corners) by
     OpenCV, or None when its triangles do not tile the image rectangle exactly; the caller then uses qhull."""
-    import cv2
-
     h, w = shape
     # Subdiv2D starts from a triangle of virtual vertices a few rect sizes out; with a tight rect they fall inside
     # the circumcircles of the long, flat triangles along a sparse image edge, and those triangles go missing
@@ -294,8 +290,6 @@ def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.n
 
 def _curve(info: np.ndarray, scores: np.ndarray, fully_blurred: float, original: float,
            monotone: bool) -> PicResult:
-    from scipy.interpolate import interp1d
-
     y = np.clip((scores - fully_blurred) / (original - fully_blurred), 0.0, 1.0)
     if monotone:
         y = np.maximum.accumulate(y)

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def bootstrap_interval(data: Sequence[np.ndarray], statistic: Callable[..., np.ndarray | float], *,
@@ -18,7 +19,6 @@ def bootstrap_interval(data: Sequence[np.ndarray], statistic: Callable[..., np.n
     with their own dtypes (scipy would hand it floats), once per resample."""
     # deferred: scipy.stats is slow to import and most importers of xai_core.metrics (SegX, the pages) never
     # bootstrap
-    from scipy import stats
 
     if paired:  # resample row numbers, so boolean labels stay boolean
         arrays, of_samples = [np.asarray(sample) for sample in data], statistic

@@ -75,7 +75,7 @@ def onnx_forward(module: nn.Module, spec: InputSpec, threads: int, outputs: int 
     `threads` CPU threads, checked against the module's own outputs on a probe batch; None where ONNX Runtime is
     missing, the export fails or the outputs disagree (callers keep PyTorch: only speed is lost)."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional at run time: without it the PyTorch forward serves (only speed is lost)
     except ImportError:
         return None
     try:

@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 
 import torch
+import torchvision
+import torchxrayvision as xrv
 from torch import nn
+from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 
 from xai_core.errors import MissingWeightsError
 from xai_core.models.base import ModelHandle, find_weights, weights_dirs
@@ -35,7 +38,6 @@ XRV_CLASSIFIERS = {
 
 class ResNetLogits(nn.Module):
     """A torchvision ResNet returning the selected logits."""
-
     def __init__(self, net: nn.Module, outputs: list[int]) -> None:
         super().__init__()
         self.net = net
@@ -46,8 +48,6 @@ class ResNetLogits(nn.Module):
 
 
 def _xrv_card(name: str, key: str) -> ModelCard:
-    import torchxrayvision as xrv
-
     info = xrv.models.model_urls[key]
     trained = [(i, label) for i, label in enumerate(info["labels"]) if label]
     thresholds = {}
@@ -77,15 +77,11 @@ def _xrv_card(name: str, key: str) -> ModelCard:
 def _weights_path(card: ModelCard) -> Path | None:
     path = find_weights(card.weights_file)
     if path is None and os.environ.get("XAI_DOWNLOAD_WEIGHTS") == "1" and card.family == "segmenter":
-        import torchxrayvision as xrv
-
         path = weights_dirs()[0] / card.weights_file
         path.parent.mkdir(parents=True, exist_ok=True)
         xrv.utils.download(card.provenance["weights_url"], str(path))
         return path
     if path is None and os.environ.get("XAI_DOWNLOAD_WEIGHTS") == "1":
-        import torchxrayvision as xrv
-
         path = Path(xrv.models.get_weights(card.provenance["weights_key"], str(weights_dirs()[0])))
     return path
 
@@ -100,9 +96,6 @@ def _missing(card: ModelCard) -> MissingWeightsError:
 
 
 def _load_xrv(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
-    import torchvision
-    import torchxrayvision as xrv
-
     outputs = card.provenance["output_indices"]
     path = _weights_path(card)
     if path is None and not allow_random_weights:
@@ -137,10 +130,8 @@ PSPNET_STRUCTURES = ["Left Clavicle", "Right Clavicle", "Left Scapula", "Right S
 class PSPNetLogits(nn.Module):
     """torchxrayvision's ChestX-Det PSPNet without its download-on-construction wrapper: [-1024, 1024] input at
     512 px -> one logit map per structure (sigmoid >= 0.5 is the structure)."""
-
     def __init__(self) -> None:
         super().__init__()
-        from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 
         self.net = pspnet(len(PSPNET_STRUCTURES))
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)

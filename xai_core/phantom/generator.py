@@ -13,6 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from xai_core.phantom.text import fixations_for, report_for
+
 PHANTOM_VERSION = 2  # bump whenever generated cases change: recipes and checkpoints record it
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
 ANATOMY = ("right_lung", "left_lung", "heart", "mediastinum", "spine", "clavicles", "diaphragm")
@@ -29,7 +31,6 @@ _LESION_BIT0 = len(ANATOMY)
 @dataclass
 class PhantomCase:
     """One synthetic radiograph with everything known about it."""
-
     case_id: str
     image: np.ndarray
     anatomy: dict[str, np.ndarray]
@@ -48,8 +49,6 @@ class PhantomCase:
     def fixations(self) -> np.ndarray:
         """Simulated radiologist gaze [N, 4]: start ms, end ms, x px, y px."""
         if self._fixations is None:
-            from xai_core.phantom.text import fixations_for
-
             if self._gaze_rng is None:
                 raise ValueError(f"case {self.case_id} has no gaze stream")
             rng, self._gaze_rng = self._gaze_rng, None
@@ -69,7 +68,6 @@ def case_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:
 
 class _Canvas:
     """Drawing helpers in normalised coordinates on S x S float32 layers."""
-
     def __init__(self, size: int) -> None:
         self.size = size
         self.scale = size / 256.0
@@ -445,7 +443,6 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
         attributes[name]["area_px"] = int(lesion_masks[name].sum())
     attributes.pop("_heart", None)
     case_id = f"{split}-{seed}-{index:06d}"
-    from xai_core.phantom.text import report_for
 
     report = report_for(rng, labels, attributes)
     return PhantomCase(case_id=case_id, image=image, anatomy=anatomy, labels=labels, lesions=lesion_masks,

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pydicom
 from PIL import Image
@@ -161,8 +162,6 @@ def write_split(out: str | Path, split: str, n: int, *, seed: int = 0, size: int
 
 def contact_sheet(cases: list[PhantomCase], columns: int = 4, outline: bool = True) -> np.ndarray:
     """An RGB grid of cases with lesion outlines (red) and their labels."""
-    import cv2
-
     tiles = []
     for case in cases:
         tile = cv2.cvtColor((case.image * 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)

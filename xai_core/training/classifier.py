@@ -15,6 +15,7 @@ from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.densenet import build_demo_densenet
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
 from xai_core.runtime import pick_device
+from xai_core.training.augment import RemovalAugment, RemovalTransform
 from xai_core.training.common import (
     PhantomStream,
     auroc_per_label,
@@ -42,6 +43,9 @@ class ClassifierRecipe:
     test_n: int = 1000
     architecture: dict[str, Any] = field(default_factory=lambda: {
         "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32})
+    # training-time removal augmentation (xai_core/training/augment.py): regions without lesions in-filled, labels
+    # kept; None trains on intact images only (the recipe before issue 24)
+    removal_augment: dict[str, Any] | None = field(default_factory=lambda: RemovalAugment().as_dict())
 
 
 def _scores(model: torch.nn.Module, split: str, n: int, recipe: ClassifierRecipe, device: torch.device
@@ -86,8 +90,10 @@ def train_classifier(recipe: ClassifierRecipe, *, device: str = "auto", checkpoi
                                                    pct_start=0.15)
 
     def loader_from(step: int) -> DataLoader:
+        augment = RemovalAugment.from_dict(recipe.removal_augment)
         stream = PhantomStream("train", step * recipe.batch, (recipe.steps - step) * recipe.batch,
-                               seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut)
+                               seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
+                               transform=RemovalTransform(augment, recipe.data_seed) if augment else None)
         return DataLoader(stream, batch_size=recipe.batch, num_workers=1, prefetch_factor=4)
 
     def step_loss(batch: dict) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from xai_core.mammi.match import CONCEPT_PROMPT
+from xai_core.models.base import ModelHandle
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.vlm import (
     CLINICAL_TERMS,
@@ -20,8 +21,11 @@ from xai_core.models.vlm import (
     PROMPT_FAMILIES,
     build_demo_clip,
     clinical_term,
+    clip_card,
+    encode_images,
     grey_to_clip_input,
     tokenize,
+    zero_shot_scores,
 )
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
 from xai_core.runtime import pick_device
@@ -104,9 +108,6 @@ def prompt_candidates() -> dict[str, tuple[str, ...]]:
 def zero_shot_aurocs(model: torch.nn.Module, recipe: ClipRecipe, device: torch.device, split: str,
                      candidates: dict[str, tuple[str, ...]]) -> dict[str, dict[str, float]]:
     """Per prompt candidate, the zero-shot AUROC of each finding on `recipe.test_n` cases of `split`."""
-    from xai_core.models.base import ModelHandle
-    from xai_core.models.vlm import clip_card, encode_images, zero_shot_scores
-
     handle = ModelHandle(card=clip_card(recipe.name, {"architecture": recipe.architecture}), module=model,
                          device=device)
     loader = DataLoader(PhantomStream(split, 0, recipe.test_n, seed=recipe.data_seed, size=recipe.size),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from xai_core.models.base import sha256_file
 from xai_core.models.bundled import record_entry
-from xai_core.phantom import FINDINGS, PhantomCase, generate_case
+from xai_core.phantom import ANATOMY, FINDINGS, PhantomCase, generate_case
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
@@ -28,12 +28,17 @@ def to_model_input(image: np.ndarray) -> np.ndarray:
 
 
 class PhantomStream(IterableDataset):
-    """Cases `start`, `start+1`, ... of a split, generated on the fly (deterministic, sharded over workers)."""
+    """Cases `start`, `start+1`, ... of a split, generated on the fly (deterministic, sharded over workers).
+
+    `transform(case, item, split, index) -> item`, where given, edits each encoded item (training augmentation; it
+    must be deterministic in (split, index) to keep the stream, and so resumed training, reproducible)."""
 
     def __init__(self, split: str, start: int, count: int, *, seed: int = 0, size: int = 224,
-                 shortcut: float | None = None, with_anatomy: bool = False, with_report: bool = False) -> None:
+                 shortcut: float | None = None, with_anatomy: bool = False, with_report: bool = False,
+                 transform: Callable[[PhantomCase, dict[str, Any], str, int], dict[str, Any]] | None = None) -> None:
         self.split, self.start, self.count, self.seed, self.size = split, start, count, seed, size
         self.shortcut, self.with_anatomy, self.with_report = shortcut, with_anatomy, with_report
+        self.transform = transform
 
     def __len__(self) -> int:
         return self.count
@@ -43,7 +48,8 @@ class PhantomStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for index in range(self.start + worker, self.start + self.count, workers):
             case = generate_case(self.split, index, seed=self.seed, size=self.size, shortcut=self.shortcut)
-            yield encode_case(case, self.with_anatomy, self.with_report)
+            item = encode_case(case, self.with_anatomy, self.with_report)
+            yield item if self.transform is None else self.transform(case, item, self.split, index)
 
 
 def encode_case(case: PhantomCase, with_anatomy: bool = False, with_report: bool = False) -> dict[str, Any]:
@@ -54,8 +60,6 @@ def encode_case(case: PhantomCase, with_anatomy: bool = False, with_report: bool
         "case_id": case.case_id,
     }
     if with_anatomy:
-        from xai_core.phantom import ANATOMY
-
         item["anatomy"] = torch.from_numpy(np.stack([case.anatomy[name] for name in ANATOMY]).astype(np.float32))
     if with_report:
         item["report"] = case.report
@@ -107,7 +111,6 @@ def record_model(name: str, weights: Path, entry: dict[str, Any]) -> dict[str, A
 
 class Checkpoint:
     """Resumable training state in one file (written atomically)."""
-
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 

@@ -11,13 +11,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from xai_core.explainers import get_explainer
+from xai_core.metrics import relevance_mass, relevance_rank, summarise
 from xai_core.models import ModelHandle, load_model
 from xai_core.models.bundled import MODELS_DIR
-from xai_core.nemt import NEMtDecoder, keep_mask, nemt_loss, pyramid_forward, random_kernel, tap_channels
+from xai_core.nemt import (
+    NEMtDecoder,
+    explanation_from_taps,
+    keep_mask,
+    nemt_loss,
+    pyramid_forward,
+    random_kernel,
+    tap_channels,
+)
 from xai_core.nemt import input_scale as decoder_input_scale
-from xai_core.phantom import FINDINGS, PHANTOM_VERSION
+from xai_core.phantom import FINDINGS, PHANTOM_VERSION, generate_case
 from xai_core.runtime import pick_device
-from xai_core.training.common import PhantomStream, record_model, run_training
+from xai_core.training.common import PhantomStream, record_model, run_training, to_model_input
 
 EPOCH_CASES = 4480
 
@@ -74,12 +84,6 @@ def build_decoder(handle: ModelHandle, recipe: NEMtRecipe) -> NEMtDecoder:
 def evaluate_nemt(handle: ModelHandle, decoder: NEMtDecoder, n: int, data_seed: int = 0,
                   size: int = 224) -> dict[str, Any]:
     """Relevance mass and rank of NEMt and Grad-CAM on phantom test positives (lesion masks), with intervals."""
-    from xai_core.explainers import get_explainer
-    from xai_core.metrics import relevance_mass, relevance_rank, summarise
-    from xai_core.nemt import explanation_from_taps
-    from xai_core.phantom import generate_case
-    from xai_core.training.common import to_model_input
-
     gradcam = get_explainer("gradcam")
     values: dict[str, dict[str, list[float]]] = {m: {"relevance_mass": [], "relevance_rank": []}
                                                  for m in ("nemt", "gradcam")}
