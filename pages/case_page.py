@@ -16,6 +16,7 @@ from xai_core.imaging import (
     to_png_bytes,
 )
 from xai_core.samples import all_samples
+from xai_core.store import MAX_LABEL, clean_label
 
 NO_SAMPLE = "— choose a sample —"
 
@@ -79,9 +80,27 @@ def _image_panel(case: Radiograph) -> Radiograph:
             shown = rewindow(case, center, width)
             state.set_case(shown, st.session_state.get("case_origin", "upload"))  # same file: origin kept
     st.image(to_png_bytes(shown.pixels), caption=case.source_name, width="stretch")
-    with st.expander("Image metadata (de-identified)"):
-        st.table({k: [str(v)] for k, v in shown.meta.items()})
+    with st.expander("Image metadata (de-identified)"):  # a dataframe: values from the file are not Markdown
+        st.dataframe({"field": list(shown.meta), "value": [str(v) for v in shown.meta.values()]},
+                     hide_index=True, width="stretch")
     return shown
+
+
+def _sharing_panel(case: Radiograph) -> None:
+    """The name other reviewers and reports see, and (uploads) the optional label that goes with it."""
+    if st.session_state.get("case_origin") == "upload":
+        key = f"case_label-{case.sha256[:12]}"
+        saved = (st.session_state.get("shared_labels") or {}).get(case.sha256, "")
+        st.text_input("Label for other reviewers (optional)", value=saved, key=key, max_chars=MAX_LABEL,
+                      on_change=state.remember_case_label, args=(case.sha256,),
+                      help="Shown with the case's content hash in the worklist and reports. No patient names, IDs "
+                           "or dates: a label repeating the file name is not used.")
+        typed = clean_label(st.session_state.get(key))
+        if typed and typed not in state.shared_case_name(case):
+            st.warning("That label repeats part of the file name (file names often carry the patient's name or ID), "
+                       "so it is not used.", icon=":material/visibility_off:")
+        st.caption("The file name stays in this browser session: it is never stored, reported or shown to others.")
+    st.text(f"Shared as: {state.shared_case_name(case)}")
 
 
 def _findings_chart(prediction: Prediction) -> go.Figure:
@@ -135,6 +154,7 @@ def render() -> None:
     image_col, findings_col = st.columns(2)
     with image_col:
         shown = _image_panel(case)
+        _sharing_panel(case)
     with findings_col:
         _findings_panel(shown, state.current_model())
 

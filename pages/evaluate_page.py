@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ui import state
-from xai_core.evaluate import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, run_evaluation
+from ui import access, state
+from xai_core.evaluation import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, run_evaluation
 from xai_core.explainers import list_explainers
 from xai_core.imaging import RadiographError
 from xai_core.models import ModelError
@@ -20,10 +20,14 @@ RESULTS = Path("results") / "dashboard"
 def render() -> None:
     """The Evaluate page."""
     st.title("Evaluate")
+    access.require("evaluate")  # researchers and admins only (app.py does not list the page for reviewers)
     model = state.current_model()
     c1, c2, c3 = st.columns(3)
     with c1:
-        data = st.text_input("Data (phantom:SPLIT or a folder with labels.csv)", "phantom:test", key="eval_data")
+        choices = access.evaluation_data()
+        data = choices[st.selectbox("Data", list(choices), key="eval_data",
+                                    help="The phantom splits, and the folders (with labels.csv) the server lists in "
+                                         "XAI_EVAL_FOLDERS; no other server folder can be read.")]
         n = st.number_input("Cases", 1, 5000, 20, key="eval_n")
     with c2:
         methods = st.multiselect("Methods", [m for m in list_explainers() if state.method_available(model, m)],

@@ -1,22 +1,25 @@
-"""Review page: verdicts on the current case's explanations, the worklist of stored cases, report export."""
+"""Review page: verdicts on the current case's explanations, the worklist of stored cases, report export.
+
+Verdicts carry the signed-in identity (ui/access.py). Cases are stored under their shared name (`case-<hash>` and
+the reviewer's label), never the uploaded file's name. Comments are shown as plain text, never Markdown or HTML.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import state
+from ui import access, state
+from xai_core.errors import InputError, StoreError
 from xai_core.imaging import to_png_bytes
 from xai_core.overlay import overlay_png, shrink
 from xai_core.report import case_report_html
-from xai_core.store import VERDICTS
+from xai_core.store import MAX_COMMENT, VERDICTS, CaseStore
 
 
-def _save_case_and_results(case, model: str) -> None:
+def _save_case_and_results(store: CaseStore, case, model: str) -> None:
     """Put the current case, its prediction and its explanations into the store."""
-    store = state.store()
     thumbnail = to_png_bytes(shrink(case.pixels, 256))
-    label = st.session_state.get("case_title") or case.source_name or "case"
-    store.add_case(case.sha256, label, source=st.session_state.get("case_source") or "upload",
+    store.add_case(case.sha256, state.shared_case_name(case), source=st.session_state.get("case_source") or "upload",
                    shape=case.pixels.shape, thumbnail=thumbnail)
     prediction = st.session_state.get("prediction")
     if prediction is not None and prediction.sha256 == case.sha256:
@@ -33,44 +36,55 @@ def _save_case_and_results(case, model: str) -> None:
 
 def _record(case, model: str, target: str, method: str) -> None:
     verdict = st.session_state.get(f"verdict-{method}")
-    if verdict is None:
+    user = access.session_user()
+    if verdict is None or user is None:
         return
-    _save_case_and_results(case, model)
-    state.store().add_verdict(case.sha256, model, target, method, verdict,
-                              st.session_state.get(f"comment-{method}", ""), st.session_state.get("reviewer", ""))
-    st.session_state["saved_message"] = f"Saved: {method} · {target} · {verdict}"
+    try:
+        store = state.store()
+        _save_case_and_results(store, case, model)
+        store.add_verdict(case.sha256, model, target, method, verdict, st.session_state.get(f"comment-{method}", ""),
+                          user.username, role=user.role, auth=user.source)
+    except StoreError as exc:
+        st.session_state["store_problem"] = f"Not saved. {state.store_message(exc)}"
+        return
+    except InputError as exc:
+        st.session_state["store_problem"] = f"Not saved: {exc}"
+        return
+    st.session_state["saved_message"] = f"Saved: {method} · {target} · {verdict} (as {user.username})"
 
 
-def _current_case_panel() -> None:
+def _current_case_panel(store: CaseStore) -> None:
     case = state.current_case()
     explanations = st.session_state.get("explanations") or {}
     if case is None or not explanations:
         st.info("Load a case and open the Explain page: its explanations can then be reviewed here.")
         return
     model = state.current_model()
-    store = state.store()
+    user = access.session_user()
     latest = store.latest_verdicts(case.sha256)
-    st.text_input("Reviewer (optional, kept with the verdict)", key="reviewer")
+    st.caption(f"Verdicts are recorded as {user.username} ({user.role}).")
+    st.text(f"Case: {state.shared_case_name(case)}")
     for method, explanation in explanations.items():
         target = explanation.target
         with st.form(f"form-{method}", clear_on_submit=False, border=True):
             st.markdown(f"**{method}** explaining **{target}**")
             previous = latest.get((model, target, method))
             if previous:
-                st.caption(f"Latest verdict: {previous.verdict} ({previous.created} UTC)"
-                           + (f" · {previous.comment}" if previous.comment else ""))
+                st.caption(f"Latest verdict: {previous.verdict} ({previous.created} UTC)")
+                if previous.reviewer or previous.comment:  # plain text: a comment is never Markdown or HTML
+                    st.text(f"{previous.reviewer or 'unknown reviewer'}: {previous.comment}")
             st.radio("Does this explanation look right?", VERDICTS, key=f"verdict-{method}", horizontal=True,
                      index=VERDICTS.index(previous.verdict) if previous else None)
-            st.text_area("Comment", key=f"comment-{method}", height=68)
+            st.text_area("Comment", key=f"comment-{method}", height=68, max_chars=MAX_COMMENT)
             st.form_submit_button("Save verdict", on_click=_record, args=(case, model, target, method))
+    if "store_problem" in st.session_state:
+        st.error(st.session_state.pop("store_problem"), icon=":material/database:")
     if "saved_message" in st.session_state:
         st.success(st.session_state.pop("saved_message"), icon=":material/check:")
 
 
-def _worklist() -> None:
-    store = state.store()
+def _worklist(store: CaseStore) -> None:
     cases = store.cases()
-    st.caption(f"Store: {store.path}")
     if not cases:
         st.info("No stored cases yet: saving a verdict stores its case, predictions and overlays.")
         return
@@ -80,9 +94,10 @@ def _worklist() -> None:
     choice = st.selectbox("Case", list(titles), key="review_case")
     sha = titles[choice]
     verdicts = store.verdicts(sha)
-    if verdicts:
-        st.table([{"time (UTC)": v.created, "model": v.model, "finding": v.target, "method": v.method,
-                   "verdict": v.verdict, "comment": v.comment, "reviewer": v.reviewer} for v in verdicts])
+    if verdicts:  # a dataframe, not st.table: table cells render Markdown (an image link would be fetched)
+        st.dataframe([{"time (UTC)": v.created, "model": v.model, "finding": v.target, "method": v.method,
+                       "verdict": v.verdict, "comment": v.comment, "reviewer": v.reviewer, "role": v.role}
+                      for v in verdicts], hide_index=True, width="stretch")
     st.download_button("Export case report (HTML)", case_report_html(store, sha), file_name=f"case_{sha[:12]}.html",
                        mime="text/html", key="report", icon=":material/download:")
 
@@ -90,11 +105,18 @@ def _worklist() -> None:
 def render() -> None:
     """The Review page."""
     st.title("Review")
+    access.require("review")
+    store = state.store_or_message()
+    if store is None:
+        return
     current, worklist = st.tabs(["Current case", "Worklist"])
-    with current:
-        _current_case_panel()
-    with worklist:
-        _worklist()
+    try:
+        with current:
+            _current_case_panel(store)
+        with worklist:
+            _worklist(store)
+    except StoreError as exc:
+        st.error(state.store_message(exc), icon=":material/database:")
 
 
 render()

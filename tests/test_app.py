@@ -2,12 +2,60 @@
 
 from __future__ import annotations
 
+import sqlite3
+import tomllib
+from collections.abc import Iterator
+
 import pytest
+from streamlit import config
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Block
 
 from tests.conftest import ROOT
 
 MODEL = "xrv-densenet121-nih"
+SHIPPED_ADDRESS = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["address"]
+
+
+def bind(address: str) -> Iterator[None]:
+    """Serve the AppTest app as if bound to `address` (config is process-wide: restored afterwards)."""
+    previous = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        yield
+    finally:
+        config.set_option("server.address", previous)
+
+
+@pytest.fixture(autouse=True)
+def shipped_settings(monkeypatch, tmp_path) -> Iterator[None]:
+    """The app as `make run` serves it: the address from .streamlit/config.toml (whatever the test's working
+    folder), no users file, no identity provider, no extra evaluation folders; a case store of the test's own."""
+    for name in ("XAI_USERS_FILE", "XAI_OIDC_DOMAINS", "XAI_EVAL_FOLDERS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XAI_STORE_PATH", str(tmp_path / "cases.sqlite"))
+    yield from bind(SHIPPED_ADDRESS)
+
+
+def shown(at: AppTest) -> list[tuple[str, str]]:
+    """(element type, everything it sends to the browser as text) for every element on the page and sidebar."""
+    out = []
+
+    def visit(node) -> None:
+        if isinstance(node, Block):
+            if getattr(node, "proto", None) is not None:
+                out.append((node.type, str(node.proto)))
+            for child in node.children.values():
+                visit(child)
+            return
+        text = str(node.proto)
+        if node.type == "dataframe":
+            text += "\n" + node.value.to_string()
+        out.append((node.type, text))
+
+    visit(at.main)
+    visit(at.sidebar)
+    return out
 
 
 @pytest.fixture
@@ -152,8 +200,9 @@ def test_a_verdict_survives_a_new_session_on_the_same_store(monkeypatch, tmp_pat
     again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
     again.switch_page("pages/review_page.py").run()
     assert not again.exception
-    table = again.table[0].value
+    table = next(d.value for d in again.dataframe if "verdict" in d.value.columns)
     assert list(table["verdict"]) == ["disagree"] and list(table["comment"]) == ["looks at the tag"]
+    assert list(table["reviewer"]) == ["local"] and list(table["role"]) == ["admin"], "the local user, not free text"
     assert again.get("download_button"), "the case report can be exported"
 
 
@@ -176,9 +225,23 @@ def test_evaluate_page_runs_a_small_evaluation(app, tmp_path, monkeypatch):
     assert not app.exception and not app.error
     assert app.get("download_button"), "per-image CSV and summary JSON can be downloaded"
     assert app.dataframe, "the summary table is shown"
-    app.text_input(key="eval_data").input("phantom:nowhere").run()
+    assert app.selectbox(key="eval_data").options == ["phantom:test", "phantom:val", "phantom:train"], \
+        "the phantom splits only: no server folder can be typed in"
+    assert not app.text_input, "no free-text data field"
+
+
+def test_evaluate_page_reads_only_allow_listed_folders_and_reports_a_bad_one(app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "site-data").mkdir()  # listed by the server, but without labels.csv
+    monkeypatch.setenv("XAI_EVAL_FOLDERS", str(tmp_path / "site-data"))
+    app.switch_page("pages/evaluate_page.py").run()
+    assert app.selectbox(key="eval_data").options == ["phantom:test", "phantom:val", "phantom:train",
+                                                      "folder:site-data"]
+    app.selectbox(key="eval_data").set_value("folder:site-data").run()
+    app.number_input(key="eval_n").set_value(2).run()
     app.button(key="eval_run").click().run()
     assert not app.exception and app.error and "could not run" in app.error[0].value
+    assert "labels.csv" in app.error[0].value
 
 
 def test_concepts_page_ranks_neurons_and_browses_the_bundled_annotation(monkeypatch):
@@ -212,3 +275,144 @@ def test_concepts_page_without_an_annotation_says_how_to_make_one(app):
     app.switch_page("pages/concepts_page.py").run()
     assert not app.exception and not app.error
     assert any("annotate-neurons" in i.value for i in app.info)
+
+
+# ---------------------------------------------------------------------------------------------- access, review, store
+
+def test_the_shipped_config_serves_loopback_only_and_the_app_says_it_runs_as_the_local_admin():
+    assert SHIPPED_ADDRESS == "127.0.0.1"
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not at.exception and not at.error
+    assert any("Local single-user mode" in c.value and "XAI_USERS_FILE" in c.value for c in at.sidebar.caption)
+    assert at.session_state["user"].role == "admin"
+    at.switch_page("pages/admin_page.py").run()  # researchers' and admins' pages are listed for the local admin
+    assert not at.exception and any(s.value == "Case store" for s in at.subheader)
+
+
+def _to_review(at: AppTest) -> None:
+    at.sidebar.selectbox(key="model").set_value(MODEL).run()
+    _pick_phantom_sample(at, "Nodule")
+    at.switch_page("pages/explain_page.py").run()
+    at.multiselect(key="methods").set_value(["gradcam"]).run()
+    at.switch_page("pages/review_page.py").run()
+    assert not at.exception
+
+
+EVIL = '![pixel](https://evil.example/track.png) <img src="https://evil.example/a.png"> **bold**'
+
+
+def test_comments_are_shown_as_plain_text_never_markdown_or_html(monkeypatch, tmp_path):
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("XAI_STORE_PATH", str(tmp_path / "cases.sqlite"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    _to_review(at)
+    at.radio(key="verdict-gradcam").set_value("unsure")
+    at.text_area(key="comment-gradcam").input(EVIL)
+    at.button[0].click().run()
+    assert any("Saved" in s.value for s in at.success)
+    at.run()  # the form now shows the latest verdict with its comment
+    carriers = {kind for kind, text in shown(at) if "evil.example" in text and kind != "text_area"}
+    assert carriers == {"text", "dataframe"}, "the comment reaches the page as plain text only"
+    assert any(t.value == f"local: {EVIL}" for t in at.text)
+
+    later = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    later.switch_page("pages/review_page.py").run()
+    assert not later.exception
+    assert {kind for kind, text in shown(later) if "evil.example" in text} == {"dataframe"}
+    assert not later.table, "no st.table: its cells are Markdown"
+
+
+def _garbage(path) -> None:
+    path.write_bytes(b"not a database at all\n" * 100)
+
+
+def _newer(path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+
+
+def _foreign(path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("spoil,message", [(_garbage, "is damaged"), (_newer, "newer version of the dashboard"),
+                                           (_foreign, "not a case store")])
+def test_a_store_fault_shows_its_message_and_what_to_do_not_a_traceback(monkeypatch, tmp_path, spoil, message):
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("XAI_STORE_PATH", str(tmp_path / "cases.sqlite"))
+    spoil(tmp_path / "cases.sqlite")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    _to_review(at)
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value and "XAI_STORE_PATH" in at.error[0].value
+    assert not at.get("form"), "no verdict can be entered into a store that cannot take it"
+    at.switch_page("pages/case_page.py").run()
+    assert not at.exception and not at.error, "the rest of the dashboard keeps working"
+
+
+def test_a_store_with_a_corrupt_btree_never_says_saved(monkeypatch, tmp_path):
+    from xai_core.store import CaseStore, case_name
+
+    path = tmp_path / "cases.sqlite"
+    store = CaseStore(path)
+    for i in range(3):
+        store.add_case(f"{i:064x}", case_name(f"{i:064x}"))
+        store.add_verdict(f"{i:064x}", "demo", "Nodule", "gradcam", "agree", "fine")
+    store.close()
+    db = sqlite3.connect(path)
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'verdicts'").fetchone()[0]
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())  # the leaf's first cell pointer repeats the second
+    start = (root - 1) * page
+    data[start + 8:start + 10] = data[start + 10:start + 12]
+    path.write_bytes(bytes(data))
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("XAI_STORE_PATH", str(path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    _to_review(at)
+    assert not at.exception and not at.success
+    assert "integrity check" in at.error[0].value and "restore the latest backup" in at.error[0].value
+
+
+def test_a_full_disk_while_saving_says_not_saved_and_why(monkeypatch, tmp_path):
+    from xai_core.store import CaseStore
+
+    path = tmp_path / "cases.sqlite"
+    CaseStore(path).close()
+    connect = CaseStore._connect
+
+    def no_room(self):  # SQLite's own SQLITE_FULL: the file may not grow
+        db = connect(self)
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        return db
+
+    monkeypatch.setattr(CaseStore, "_connect", no_room)
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("XAI_STORE_PATH", str(path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    _to_review(at)
+    at.radio(key="verdict-gradcam").set_value("agree")
+    at.button[0].click().run()
+    assert not at.exception and not at.success
+    assert at.error[0].value.startswith("Not saved.") and "is full" in at.error[0].value
+    assert "Free some space" in at.error[0].value
+
+
+def test_an_uploads_label_and_a_samples_ground_truth_keep_apart(app):
+    dicom = (ROOT / "assets" / "samples" / "dicom" / "samples-0-000003.dcm").read_bytes()
+    app.file_uploader(key="upload").upload("scan.dcm", dicom, "application/dicom").run()
+    sha = app.session_state["case"].sha256
+    app.text_input(key=f"case_label-{sha[:12]}").input("left base").run()
+    assert any(t.value == f"Shared as: case-{sha[:12]} · left base" for t in app.text)
+    _pick_phantom_sample(app, "Effusion")
+    assert any("Ground truth for this sample" in c.value for c in app.caption)
+    sample = app.session_state["case"].sha256
+    assert any(t.value.startswith(f"Shared as: case-{sample[:12]} · samples-") for t in app.text)
+    app.file_uploader(key="upload").upload("scan.dcm", dicom, "application/dicom").run()
+    assert not app.exception
+    assert app.text_input(key=f"case_label-{sha[:12]}").value == "left base", "the label stays with its case"

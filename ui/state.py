@@ -6,10 +6,14 @@ import os
 
 import streamlit as st
 
+from ui.access import session_user
 from xai_core.engine import Engine, Prediction, get_engine
+from xai_core.errors import StoreError
+from xai_core.explainers import get_explainer
 from xai_core.imaging import Radiograph
+from xai_core.mammi import AnnotationStore, bundled_annotation
 from xai_core.models import ModelError, get_card, list_models
-from xai_core.store import CaseStore
+from xai_core.store import CaseStore, case_name, default_path, identifying_parts
 
 PREFERRED_MODEL = "demo"
 DEPENDENT_KEYS = ("prediction", "target", "explanations")
@@ -27,10 +31,27 @@ def _store(path: str) -> CaseStore:
 
 
 def store() -> CaseStore:
-    """The case store (SQLite file from $XAI_STORE_PATH / $XAI_DATA_DIR, default data/cases.sqlite)."""
-    from xai_core.store import default_path
-
+    """The case store (SQLite file from $XAI_STORE_PATH / $XAI_DATA_DIR, default data/cases.sqlite); raises
+    `StoreError` when it cannot be used (not cached: the next call tries again, e.g. after space was freed)."""
     return _store(str(default_path()))
+
+
+def store_message(exc: StoreError) -> str:
+    """A store failure as the page shows it: the store's server path only to administrators."""
+    text = str(exc)
+    user = session_user()
+    if user is None or not user.can("admin"):
+        text = text.replace(str(default_path()), "(the store file; its path is shown to administrators)")
+    return text
+
+
+def store_or_message() -> CaseStore | None:
+    """The case store, or None after showing why it cannot be used and what to do."""
+    try:
+        return store()
+    except StoreError as exc:
+        st.error(store_message(exc), icon=":material/database:")
+        return None
 
 
 def available_models() -> list[str]:
@@ -66,6 +87,22 @@ def set_case(radiograph: Radiograph, origin: str, *, labels: list[str] | None = 
     st.session_state["case"] = radiograph
     if previous is None or previous.sha256 != radiograph.sha256:
         st.session_state.update(case_origin=origin, case_labels=labels, case_source=source, case_masks=masks or {})
+
+
+def remember_case_label(sha256: str) -> None:
+    """Keep the label typed for a case beyond its widget (widget state is dropped on other pages)."""
+    labels = dict(st.session_state.get("shared_labels") or {})
+    labels[sha256] = st.session_state.get(f"case_label-{sha256[:12]}", "")
+    st.session_state["shared_labels"] = labels
+
+
+def shared_case_name(case: Radiograph) -> str:
+    """The name the current case is stored and reported under, and shown to other sessions: `case-<hash>` plus the
+    reviewer's label (uploads; a label containing the file name is dropped) or the sample's title (samples)."""
+    if st.session_state.get("case_origin") == "sample":
+        return case_name(case.sha256, st.session_state.get("case_title"))
+    label = (st.session_state.get("shared_labels") or {}).get(case.sha256)
+    return case_name(case.sha256, label, forbidden=identifying_parts(case.source_name))
 
 
 def model_problem(name: str) -> str | None:
@@ -111,8 +148,6 @@ def case_or_message() -> Radiograph | None:
 
 def method_available(model: str, method: str) -> bool:
     """Whether an explanation method can run for this model (NEMt needs a trained module)."""
-    from xai_core.explainers import get_explainer
-
     try:
         return get_explainer(method).available(engine().model(model))
     except (ModelError, KeyError):
@@ -120,15 +155,11 @@ def method_available(model: str, method: str) -> bool:
 
 
 @st.cache_resource(show_spinner=False)
-def _annotation(path: str, mtime: float):
-    from xai_core.mammi import AnnotationStore
-
+def _annotation(path: str, mtime: float) -> AnnotationStore:
     return AnnotationStore(path)
 
 
 def annotation_store(model: str, layer: str):
     """The precomputed MAMMI annotation of a model's layer (demo-clip, demo concept set), or None."""
-    from xai_core.mammi import bundled_annotation
-
     path = bundled_annotation(model, layer)
     return None if path is None else _annotation(str(path), path.stat().st_mtime)

@@ -1,4 +1,9 @@
-"""Case reports as self-contained HTML (overlays embedded), with no patient identifiers."""
+"""Case reports as self-contained HTML (overlays embedded), with no patient identifiers.
+
+A case appears under its stored name (`case-<hash>` plus the reviewer's label; never the uploaded file's name),
+reviewers under their login. Everything from the store is HTML-escaped, and the report's Content-Security-Policy
+lets a browser load nothing from outside the file (no remote images, scripts or styles).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 from xai_core.store import CaseStore
 
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
@@ -31,7 +37,8 @@ def case_report_html(store: CaseStore, sha256: str, *, title: str = "Case report
         raise KeyError(f"no case {sha256[:12]}… in the store")
     results = store.results(sha256)
     verdicts = store.verdicts(sha256)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
+             f"content=\"{CSP}\"><meta name='referrer' content='no-referrer'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p>Case <code>" + html.escape(sha256[:16]) + "</code> (content hash; no patient identifiers) · "
              f"{html.escape(case['label'])} · generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC</p>",
@@ -68,12 +75,13 @@ def case_report_html(store: CaseStore, sha256: str, *, title: str = "Case report
     parts.append("<h2>Reviewer verdicts</h2>")
     if verdicts:
         parts.append("<table><tr><th>Time (UTC)</th><th>Model</th><th>Finding</th><th>Method</th><th>Verdict</th>"
-                     "<th>Comment</th><th>Reviewer</th></tr>")
+                     "<th>Comment</th><th>Reviewer</th><th>Role</th></tr>")
         for v in verdicts:
-            parts.append(f"<tr><td>{v.created}</td><td>{html.escape(v.model)}</td><td>{html.escape(v.target)}</td>"
-                         f"<td>{html.escape(v.method)}</td><td>{v.verdict}</td><td>{html.escape(v.comment)}</td>"
-                         f"<td>{html.escape(v.reviewer)}</td></tr>")
-        parts.append("</table>")
+            parts.append(f"<tr><td>{html.escape(v.created)}</td><td>{html.escape(v.model)}</td>"
+                         f"<td>{html.escape(v.target)}</td><td>{html.escape(v.method)}</td>"
+                         f"<td>{html.escape(v.verdict)}</td><td>{html.escape(v.comment)}</td>"
+                         f"<td>{html.escape(v.reviewer)}</td><td>{html.escape(v.role)}</td></tr>")
+        parts.append("</table><p>Reviewers are named by their dashboard login.</p>")
     else:
         parts.append("<p>None recorded.</p>")
     parts.append("</body></html>")

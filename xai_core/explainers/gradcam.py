@@ -28,6 +28,9 @@ class GradCAM(Explainer):
 
     def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, layer: str | None) -> torch.Tensor:
         activations, grads, _ = layer_gradients(handle, inputs.x, inputs.targets, layer or handle.card.cam_layer)
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = torch.relu((weights * activations).sum(1))
+        cam = torch.relu((self.channel_weights(activations, grads) * activations).sum(1))
         return upsample(cam, inputs.x.shape[-2:]).clamp_min(0)
+
+    def channel_weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """[B, K, 1, 1]: the spatial mean of the gradients."""
+        return grads.mean(dim=(2, 3), keepdim=True)

@@ -19,12 +19,14 @@ from tqdm import tqdm
 
 from xai_core.models.base import sha256_file
 from xai_core.models.bundled import record_entry
+from xai_core.models.cards import InputSpec, to_model_range
 from xai_core.phantom import ANATOMY, FINDINGS, PhantomCase, generate_case
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
-    """[0, 1] pixels -> the demo models' input range [-1024, 1024] (same contract as torchxrayvision)."""
-    return image * 2048.0 - 1024.0
+    """[0, 1] pixels [..., H, W] -> the demo models' input range (their card's default `InputSpec`: [-1024, 1024],
+    the torchxrayvision contract), without a channel axis."""
+    return to_model_range(image, InputSpec())[..., 0, :, :]
 
 
 class PhantomStream(IterableDataset):
