@@ -112,3 +112,32 @@ def test_segu_calibration_command(tmp_path, monkeypatch, capsys):
     assert stored["auroc"] == data["calibration"]["auroc"]
     assert MANIFEST.read_bytes() == committed, "run-time results never go into the committed weights manifest"
     assert main(["segu", "--data", "folder:x"]) == 2
+
+
+def test_logins_and_store_backup_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from xai_core import auth
+    from xai_core.store import CaseStore
+
+    users = tmp_path / "users.json"
+    answers = iter(["s3cret-pass", "s3cret-pass", "one", "two"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    assert main(["add-user", "ada", "--role", "researcher", "--name", "Ada L", "--users-file", str(users)]) == 0
+    assert auth.authenticate(auth.load_users(users), "ada", "s3cret-pass").role == "researcher"
+    assert "s3cret-pass" not in users.read_text(), "only a salted hash is kept"
+    assert main(["add-user", "bob", "--users-file", str(users)]) == 2  # the two passwords differ
+    assert "differ" in capsys.readouterr().err
+    assert main(["list-users", "--users-file", str(users), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"username": "ada", "role": "researcher", "name": "Ada L"}]
+    assert main(["remove-user", "ada", "--users-file", str(users)]) == 0
+    assert main(["remove-user", "ada", "--users-file", str(users)]) == 2
+
+    store = tmp_path / "cases.sqlite"
+    CaseStore(store)
+    capsys.readouterr()
+    assert main(["store-check", "--store", str(store)]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "ok"
+    copy = tmp_path / "backup.sqlite"
+    assert main(["store-backup", str(copy), "--store", str(store)]) == 0
+    assert CaseStore(copy).status()["integrity"] == "ok"
+    assert main(["store-backup", str(copy), "--store", str(store)]) == 2  # no silent overwrite
+    assert "error:" in capsys.readouterr().err

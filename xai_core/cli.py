@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import importlib.util
 import json
 import math
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from xai_core import auth
 from xai_core.engine import Engine
 from xai_core.errors import InputError, UnknownNameError, XaiError
 from xai_core.evaluation import print_summary, resolve_metrics, run_evaluation
@@ -28,6 +30,7 @@ from xai_core.phantom import generate_case
 from xai_core.phantom.samples import write_samples
 from xai_core.phantom.writers import contact_sheet, write_split
 from xai_core.segx import by_label, calibrate, store_calibration
+from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
 from xai_core.training.clip import ClipRecipe, train_clip
 from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
@@ -57,7 +60,7 @@ def print_json(value: Any) -> None:
 
 def _shown_name(radiograph: Radiograph, show_name: bool) -> str:
     """The file name only when asked for (it often holds a patient's name or ID); the content label otherwise."""
-    return radiograph.source_name if show_name else f"case-{radiograph.sha256[:12]}"
+    return radiograph.source_name if show_name else case_name(radiograph.sha256)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +276,74 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return module.main(args.rest) or 0
 
 
+def _cmd_add_user(args: argparse.Namespace) -> int:
+    password = None
+    if not args.oidc:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if password != getpass.getpass("again: "):
+            raise InputError("the two passwords differ; nothing was changed")
+    user = auth.add_user(args.users_file, args.username, password, args.role, name=args.name, replace=args.replace)
+    print(f"{user.username} ({user.role}) saved in {args.users_file or auth.users_file()}")
+    return 0
+
+
+def _cmd_remove_user(args: argparse.Namespace) -> int:
+    if not auth.remove_user(args.users_file, args.username):
+        raise InputError(f"no user '{args.username}' in {args.users_file or auth.users_file()}")
+    print(f"{args.username} removed")
+    return 0
+
+
+def _cmd_list_users(args: argparse.Namespace) -> int:
+    users = auth.list_users(args.users_file)
+    if args.json:
+        print_json([{"username": u.username, "role": u.role, "name": u.name} for u in users])
+    else:
+        for user in users:
+            print(f"{user.username:<24}{user.role:<12}{user.name}")
+    return 0
+
+
+def _cmd_store_backup(args: argparse.Namespace) -> int:
+    print(backup_store(args.destination, source=args.store, overwrite=args.overwrite))
+    return 0
+
+
+def _cmd_store_check(args: argparse.Namespace) -> int:
+    status = CaseStore(args.store).status()
+    print_json(status)
+    return 0 if status["integrity"] == "ok" else EXIT_BAD_INPUT
+
+
+def _add_admin_commands(sub: Any) -> None:
+    """Logins and the case store: add-user, remove-user, list-users, store-backup, store-check."""
+    users_help = "users file (default: $XAI_USERS_FILE)"
+    add_user = sub.add_parser("add-user", help="add or update a reviewer login (asks for the password)")
+    add_user.add_argument("username")
+    add_user.add_argument("--role", default="reviewer", choices=sorted(auth.PERMISSIONS))
+    add_user.add_argument("--name", default="", help="display name")
+    add_user.add_argument("--oidc", action="store_true", help="no password: signs in through the identity provider")
+    add_user.add_argument("--replace", action="store_true", help="update an existing user")
+    add_user.add_argument("--users-file", default=None, help=users_help)
+    add_user.set_defaults(run=_cmd_add_user)
+    remove_user = sub.add_parser("remove-user", help="remove a reviewer login")
+    remove_user.add_argument("username")
+    remove_user.add_argument("--users-file", default=None, help=users_help)
+    remove_user.set_defaults(run=_cmd_remove_user)
+    list_users = sub.add_parser("list-users", help="the reviewer logins and their roles")
+    list_users.add_argument("--users-file", default=None, help=users_help)
+    list_users.add_argument("--json", action="store_true")
+    list_users.set_defaults(run=_cmd_list_users)
+    backup = sub.add_parser("store-backup", help="a consistent copy of the case store (SQLite backup API)")
+    backup.add_argument("destination")
+    backup.add_argument("--store", default=None, help="store file (default: $XAI_STORE_PATH or data/cases.sqlite)")
+    backup.add_argument("--overwrite", action="store_true")
+    backup.set_defaults(run=_cmd_store_backup)
+    check = sub.add_parser("store-check", help="integrity, schema version and counts of the case store")
+    check.add_argument("--store", default=None, help="store file (default: $XAI_STORE_PATH or data/cases.sqlite)")
+    check.set_defaults(run=_cmd_store_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m xai_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -382,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registered models")
     models.add_argument("--json", action="store_true", help="print the model cards as JSON")
     models.set_defaults(run=_cmd_models)
+    _add_admin_commands(sub)
     return parser
 
 
