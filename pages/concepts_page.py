@@ -8,8 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ui import state
-from xai_core.imaging import RadiographError
-from xai_core.models import ModelError
+from xai_core.errors import XaiError
 from xai_core.overlay import blend
 
 TOP_K = 6
@@ -50,11 +49,10 @@ def _case_section(model: str) -> None:
     try:
         with st.spinner("Ranking neurons…"):
             top = engine.top_neurons(case, model, target, k=TOP_K)
-            x, _ = engine.prepare(case, model)
-    except (ModelError, RadiographError, KeyError, RuntimeError, ValueError) as exc:
+            pixels = engine.input_image(case, model)
+    except XaiError as exc:
         st.error(f"Neuron contributions are not available here: {exc}")
         return
-    pixels = np.clip((x[0].numpy() - x.min().item()) / max(float(x.max() - x.min()), 1e-6), 0, 1)
     st.caption(f"Contribution = the neuron's weight in the {target} logit x its pooled activation on this image.")
     columns = st.columns(TOP_K)
     for i, neuron in enumerate(top):

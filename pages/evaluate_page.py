@@ -9,10 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from ui import access, state
+from xai_core.errors import XaiError
 from xai_core.evaluation import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, run_evaluation
 from xai_core.explainers import list_explainers
-from xai_core.imaging import RadiographError
-from xai_core.models import ModelError
 
 RESULTS = Path("results") / "dashboard"
 
@@ -44,7 +43,7 @@ def render() -> None:
             run_evaluation(model, data, int(n), methods, metrics, out, progress=False,
                            on_progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} cases"),
                            allow_random_weights=state.engine().allow_random_weights)
-        except (KeyError, ValueError, OSError, ModelError, RadiographError) as exc:
+        except (XaiError, OSError) as exc:
             st.error(f"The evaluation could not run: {exc}")
             return
         bar.empty()

@@ -7,9 +7,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ui import state
+from xai_core.errors import XaiError
 from xai_core.explainers import Explanation, get_explainer, list_explainers
 from xai_core.imaging import read_mask_png
-from xai_core.models import ModelError
 from xai_core.overlay import COLOUR_MAPS, blend, display_scale, maps_npz, outlines, png_bytes, shrink, top_region
 
 DISPLAY_SIDE = 512
@@ -69,8 +69,8 @@ def _controls() -> dict:
     return {"opacity": opacity, "colour_map": colour_map, "mode": mode, "contour": contour, "percent": percent}
 
 
-def _overlay(case, crop, explanation: Explanation, settings: dict, truth: bool) -> tuple[go.Figure, bytes]:
-    full = explanation.resized_to_image(case.pixels.shape, crop)
+def _overlay(case, explanation: Explanation, settings: dict, truth: bool) -> tuple[go.Figure, bytes]:
+    full = explanation.resized_to_image(case.pixels.shape)
     pixels = shrink(case.pixels, DISPLAY_SIDE)
     heat = display_scale(shrink(full, DISPLAY_SIDE), settings["mode"], get_explainer(explanation.method).unit_range)
     rgb = blend(pixels, heat, settings["opacity"], settings["colour_map"])
@@ -113,7 +113,6 @@ def render() -> None:
     if not methods:
         st.info("Choose at least one method.")
         return
-    _, crop = state.engine().prepare(case, model)
     explanations: dict[str, Explanation] = {}
     columns = st.columns(min(GRID_COLUMNS, len(methods)))
     for i, method in enumerate(methods):
@@ -121,11 +120,11 @@ def render() -> None:
             try:
                 with st.spinner(f"{method}…"):
                     explanation = state.engine().explain(case, model, method, target)
-            except (ModelError, RuntimeError, ValueError) as exc:
+            except XaiError as exc:
                 st.error(f"{method}: {exc}")
                 continue
             explanations[method] = explanation
-            figure, png = _overlay(case, crop, explanation, settings, truth)
+            figure, png = _overlay(case, explanation, settings, truth)
             st.markdown(f"**{method}** · {explanation.seconds * 1000:.0f} ms")
             st.plotly_chart(figure, width="stretch", key=f"overlay-{method}",
                             config={"displayModeBar": False})

@@ -7,9 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ui import state
+from xai_core.errors import XaiError
 from xai_core.explainers import list_explainers
-from xai_core.imaging import RadiographError
-from xai_core.models import ModelError, list_models
+from xai_core.metrics import iou_curve
+from xai_core.models import list_models
 from xai_core.overlay import blend, display_scale, outlines
 
 SEGMENTERS = list_models("segmenter")
@@ -36,11 +37,8 @@ def _gauge(value: float, threshold: float | None) -> go.Figure:
 
 
 def _iou_curve(relevance: np.ndarray, region: np.ndarray) -> go.Figure:
-    lo, hi = float(relevance.min()), float(relevance.max())
-    norm = (relevance - lo) / (hi - lo) if hi > lo else np.zeros_like(relevance)
-    ts = np.linspace(0, 1, 101)
-    ious = [((norm >= t) & region).sum() / max(((norm >= t) | region).sum(), 1) for t in ts]
-    figure = go.Figure(go.Scatter(x=ts, y=ious, mode="lines", fill="tozeroy"))
+    ts, ious = iou_curve(relevance, region)
+    figure = go.Figure(go.Scatter(x=ts, y=ious[0], mode="lines", fill="tozeroy"))
     figure.update_layout(xaxis_title="threshold on the min-max scaled map", yaxis_title="IoU with the region",
                          height=230, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis={"range": [0, 1]})
     return figure
@@ -80,17 +78,14 @@ def render() -> None:
         st.session_state["segmenter"]
     try:
         with st.spinner("Segmenting and refining…"):
-            explanation = engine.explain(case, model, method, target)
-            region = engine.region(case, model, target, segmenter)
-            refined = engine.refine(case, model, method, target, segmenter=segmenter, mode=mode, percent=percent)
-            scores = engine.certainty(case, model, method, target, segmenter=segmenter, percent=percent)
-            x, _ = engine.prepare(case, model)
-    except (ModelError, RadiographError, KeyError, RuntimeError, ValueError) as exc:
+            view = engine.refine_view(case, model, method, target, segmenter=segmenter, mode=mode, percent=percent)
+    except XaiError as exc:
         st.error(f"Refinement is not available here: {exc}")
         return
+    explanation, region, refined, scores, pixels = (view.explanation, view.region, view.refined, view.certainty,
+                                                    view.pixels)
     if region.fallback:
         st.warning(f"No anatomy is defined for {target}: both lungs are used as its region.")
-    pixels = np.clip((x[0].numpy() - x.min().item()) / max(float(x.max() - x.min()), 1e-6), 0, 1)
     lines = outlines(region.mask)
     left, right = st.columns(2)
     with left:

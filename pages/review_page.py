@@ -25,9 +25,8 @@ def _save_case_and_results(store: CaseStore, case, model: str) -> None:
     if prediction is not None and prediction.sha256 == case.sha256:
         store.save_result(case.sha256, model, "prediction",
                           {"findings": prediction.ranked(), "demo": state.is_demo_model(model)})
-    _, crop = state.engine().prepare(case, model)
     for method, explanation in (st.session_state.get("explanations") or {}).items():
-        full = explanation.resized_to_image(case.pixels.shape, crop)
+        full = explanation.resized_to_image(case.pixels.shape)
         store.save_result(case.sha256, model, "explanation", {"seconds": explanation.seconds,
                                                                "params": explanation.params},
                           target=explanation.target, method=method,

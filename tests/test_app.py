@@ -77,13 +77,20 @@ def test_case_page_renders_and_invites_a_case(app):
     assert any("Load a radiograph" in i.value for i in app.info)
 
 
-def test_sample_pick_and_upload_change_predictions(app, real_cxr):
+def test_real_samples_join_the_picker(app, real_cxr):
     samples = app.selectbox(key="sample").options
     assert any("NIH" in s for s in samples)
     app.selectbox(key="sample").set_value(next(s for s in samples if "00000001_000" in s)).run()
+    assert not app.exception and not app.error and app.session_state["prediction"] is not None
+
+
+def test_sample_pick_and_upload_change_predictions(app, monochrome1_dicom):
+    from xai_core.samples import bundled_samples
+
+    app.selectbox(key="sample").set_value(bundled_samples()[3].title).run()  # a phantom effusion, shipped
     assert not app.exception and not app.error
     first = app.session_state["prediction"]
-    mono1 = (real_cxr / "dicom" / "cr_chest_monochrome1.dcm").read_bytes()
+    mono1 = monochrome1_dicom.read_bytes()
     app.file_uploader(key="upload").upload("case.dcm", mono1, "application/dicom").run()
     assert not app.exception and not app.error
     assert [s.label for s in app.slider] == ["Window centre", "Window width"], "DICOM window sliders are shown"
@@ -97,17 +104,17 @@ def test_sample_pick_and_upload_change_predictions(app, real_cxr):
     "name,data",
     [("notes.txt", b"hello"), ("empty.png", b""), ("cut.dcm", b"\x00" * 128 + b"DICM" + b"\x02\x00")],
 )
-def test_bad_upload_shows_message_and_session_keeps_working(app, real_cxr, name, data):
+def test_bad_upload_shows_message_and_session_keeps_working(app, sample_png, name, data):
     app.file_uploader(key="upload").upload(name, data, "application/octet-stream").run()
     assert not app.exception
     assert app.error and ("Expected" in app.error[0].value or "DICOM" in app.error[0].value)
-    good = (real_cxr / "nih" / "00000002_000.png").read_bytes()
+    good = sample_png.read_bytes()
     app.file_uploader(key="upload").upload("good.png", good, "image/png").run()
     assert not app.exception and not app.error
     assert app.metric, "predictions are shown again"
 
 
-def test_missing_weights_are_reported_not_raised(monkeypatch, tmp_path, real_cxr):
+def test_missing_weights_are_reported_not_raised(monkeypatch, tmp_path, sample_png):
     monkeypatch.delenv("XAI_ALLOW_RANDOM_WEIGHTS", raising=False)
     monkeypatch.setenv("XAI_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("XRV_DATA_DIR", str(tmp_path))
@@ -120,7 +127,7 @@ def test_missing_weights_are_reported_not_raised(monkeypatch, tmp_path, real_cxr
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.run()
     at.sidebar.selectbox(key="model").set_value("xrv-densenet121-all").run()
-    at.file_uploader(key="upload").upload("a.png", (real_cxr / "nih" / "00000002_000.png").read_bytes(),
+    at.file_uploader(key="upload").upload("a.png", sample_png.read_bytes(),
                                           "image/png").run()
     assert not at.exception
     assert any("XAI_WEIGHTS_DIR" in e.value for e in at.error)

@@ -212,3 +212,33 @@ def test_xai_no_onnx_keeps_every_forward_on_pytorch(monkeypatch):
     handle = load_model("demo", allow_random_weights=True)
     assert handle.onnx("logits", lambda: handle.module) is None
     assert not isinstance(handle.scorer(), OnnxForward)
+
+
+def test_a_fresh_process_sees_the_whole_registry_from_two_threads_at_once():
+    """The registries are filled when their packages are imported (under Python's import lock), never lazily:
+    the first two concurrent requests of a cold server both see every model and every method."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = """
+import json, threading
+barrier, seen = threading.Barrier(2), []
+def ask():
+    barrier.wait()
+    from xai_core.explainers import list_explainers
+    from xai_core.models import list_models
+    seen.append([list_models(None), list_explainers()])
+threads = [threading.Thread(target=ask) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join(120)
+print(json.dumps(seen))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert set(seen[0][0]) == set(list_models(None)) and "demo" in seen[0][0] and "xrv-pspnet" in seen[0][0]
+    assert "nemt" in seen[0][1] and len(seen[0][1]) == 7

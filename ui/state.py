@@ -8,11 +8,11 @@ import streamlit as st
 
 from ui.access import session_user
 from xai_core.engine import Engine, Prediction, get_engine
-from xai_core.errors import StoreError
+from xai_core.errors import StoreError, XaiError
 from xai_core.explainers import get_explainer
 from xai_core.imaging import Radiograph
 from xai_core.mammi import AnnotationStore, bundled_annotation
-from xai_core.models import ModelError, get_card, list_models
+from xai_core.models import get_card, list_models
 from xai_core.store import CaseStore, case_name, default_path, identifying_parts
 
 PREFERRED_MODEL = "demo"
@@ -109,8 +109,8 @@ def model_problem(name: str) -> str | None:
     """Why a model cannot be used here (e.g. missing weights), or None."""
     try:
         engine().model(name)
-    except (ModelError, KeyError) as exc:
-        return str(exc.args[0] if isinstance(exc, KeyError) else exc)
+    except XaiError as exc:
+        return str(exc)
     return None
 
 
@@ -133,7 +133,7 @@ def prediction_or_message(case: Radiograph, model: str) -> Prediction | None:
         return None
     try:
         return engine().predict(case, model)
-    except (ModelError, RuntimeError) as exc:
+    except XaiError as exc:
         st.error(f"The model could not run on this image: {exc}")
         return None
 
@@ -150,7 +150,7 @@ def method_available(model: str, method: str) -> bool:
     """Whether an explanation method can run for this model (NEMt needs a trained module)."""
     try:
         return get_explainer(method).available(engine().model(model))
-    except (ModelError, KeyError):
+    except XaiError:
         return False
 
 

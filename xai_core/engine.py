@@ -84,6 +84,7 @@ class RefineView:
     region: Region
     refined: np.ndarray
     certainty: dict[str, Any]
+    pixels: np.ndarray  # what the model saw, [0, 1], on its input grid
 
 
 class Engine:
@@ -288,7 +289,13 @@ class Engine:
         region = self.region(radiograph, model, target, segmenter)
         refined = refine(explanation.map, region.mask, mode, percent)
         scores = self.certainty(radiograph, model, method, target, segmenter=segmenter, percent=percent)
-        return RefineView(explanation, region, refined, scores)
+        return RefineView(explanation, region, refined, scores, self.input_image(radiograph, model))
+
+    def input_image(self, radiograph: Radiograph, model: str) -> np.ndarray:
+        """What the model sees (its crop on its input grid, first channel) as a display image in [0, 1]."""
+        x, _ = self.prepare(radiograph, model)
+        lo, hi = self.model(model).card.input.value_range
+        return np.clip((x[0].numpy() - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
     def top_neurons(self, radiograph: Radiograph, model: str, target: str | int, k: int = 5, *,
                     annotation: str | Path | None = None) -> list[dict[str, Any]]:

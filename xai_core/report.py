@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-from typing import Any
 
 from xai_core.store import CaseStore
 
@@ -31,7 +30,7 @@ def _img(png: bytes | None, alt: str) -> str:
 
 
 def case_report_html(store: CaseStore, sha256: str, *, title: str = "Case report") -> str:
-    """An HTML report of one stored case: thumbnail, predictions, explanations, certainty and verdicts."""
+    """An HTML report of one stored case: thumbnail, predictions, explanations and verdicts."""
     case = store.case(sha256)
     if case is None:
         raise KeyError(f"no case {sha256[:12]}… in the store")
@@ -62,16 +61,6 @@ def case_report_html(store: CaseStore, sha256: str, *, title: str = "Case report
             parts.append(f"<figure>{_img(r['overlay'], caption)}<figcaption>{html.escape(caption)}</figcaption>"
                          "</figure>")
         parts.append("</div>")
-    certainty = [r for r in results if r["kind"] == "certainty"]
-    if certainty:
-        parts.append("<h2>Explanation certainty (SegU)</h2><table><tr><th>Method</th><th>Finding</th>"
-                     "<th>Certainty</th><th>Verdict</th></tr>")
-        for r in certainty:
-            p: dict[str, Any] = r["payload"]
-            parts.append(f"<tr><td>{html.escape(r['method'])}</td><td>{html.escape(r['target'])}</td>"
-                         f"<td>{p.get('certainty', float('nan')):.3f}</td>"
-                         f"<td>{html.escape(str(p.get('verdict', '')))}</td></tr>")
-        parts.append("</table>")
     parts.append("<h2>Reviewer verdicts</h2>")
     if verdicts:
         parts.append("<table><tr><th>Time (UTC)</th><th>Model</th><th>Finding</th><th>Method</th><th>Verdict</th>"

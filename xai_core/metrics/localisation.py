@@ -75,13 +75,19 @@ def iou_at(maps: np.ndarray, masks: np.ndarray, percent: float = 5.0) -> np.ndar
     return np.where(_defined(a, m), iou(top_fraction(a, percent / 100), m), np.nan)
 
 
-def auitc(maps: np.ndarray, masks: np.ndarray, thresholds: int = 101) -> np.ndarray:
-    """Area under IoU(a_norm >= t, mask) over t in [0, 1] (a_norm min-max scaled per image; trapezoid rule)."""
+def iou_curve(maps: np.ndarray, masks: np.ndarray, thresholds: int = 101) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds t [T] in [0, 1] and IoU(a_norm >= t, mask) per image [B, T] (a_norm min-max scaled per image;
+    0 where the union is empty)."""
     a, m = _batch(maps, masks)
     lo, hi = a.min(1, keepdims=True), a.max(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(hi > lo, (a - lo) / (hi - lo), 0.0)
     ts = np.linspace(0, 1, thresholds)
-    curves = np.stack([iou(norm >= t, m) for t in ts], 1)
-    curves = np.nan_to_num(curves, nan=0.0)
+    return ts, np.nan_to_num(np.stack([iou(norm >= t, m) for t in ts], 1), nan=0.0)
+
+
+def auitc(maps: np.ndarray, masks: np.ndarray, thresholds: int = 101) -> np.ndarray:
+    """Area under IoU(a_norm >= t, mask) over t in [0, 1] (a_norm min-max scaled per image; trapezoid rule)."""
+    a, m = _batch(maps, masks)
+    ts, curves = iou_curve(maps, masks, thresholds)
     return np.where(_defined(a, m), np.trapezoid(curves, ts, axis=1), np.nan)

@@ -42,6 +42,17 @@ class ModelHandle:
     random_weights: bool = False
     _folded: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
     _onnx: dict[tuple[str, int], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A fact about this handle (e.g. whether a method can run for it), computed once."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def forget(self, key: str) -> None:
+        """Drop a memoised fact (its inputs changed)."""
+        self._memo.pop(key, None)
 
     def scoring_module(self) -> nn.Module:
         """The classifier for forward passes that need no hooks, built once: every batch norm that directly follows

@@ -18,6 +18,7 @@ __all__ = ["NEMtDecoder", "available_for", "explanation_from_pixels", "explanati
            "smooth", "supports_pyramid", "tap_channels", "usable_for"]
 
 _DECODERS: dict[tuple[str, str], NEMtDecoder] = {}
+USABLE = "nemt-usable"
 _LOCK = threading.Lock()
 
 
@@ -61,6 +62,7 @@ def register_decoder(handle: ModelHandle, decoder: NEMtDecoder) -> None:
     """Use this decoder for the handle's model on its device (e.g. one trained outside the manifest)."""
     with _LOCK:
         _DECODERS[(handle.card.name, str(handle.device))] = decoder.to(handle.device).eval()
+    handle.forget(USABLE)
 
 
 def available_for(model: str) -> bool:
@@ -70,8 +72,9 @@ def available_for(model: str) -> bool:
 
 def usable_for(handle: ModelHandle) -> bool:
     """A decoder can serve this classifier: it has a tappable pyramid and a trained (or, for random-weight test
-    models, a seeded) decoder."""
-    return supports_pyramid(handle.module) and (available_for(handle.card.name) or handle.random_weights)
+    models, a seeded) decoder. Decided once per handle (the engine asks on every predict batch)."""
+    return handle.memo(USABLE, lambda: supports_pyramid(handle.module)
+                       and (available_for(handle.card.name) or handle.random_weights))
 
 
 def input_scale(handle: ModelHandle) -> float:
