@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ import torch
 from scipy.special import expit
 
 from xai_core.errors import ModelError
-from xai_core.explainers import Explanation, get_explainer, list_explainers
+from xai_core.explainers import Explainer, Explanation, get_explainer, list_explainers
 from xai_core.imaging import Radiograph
+from xai_core.jobs import BACKGROUND, INTERACTIVE, Job, JobTable, PriorityLock, running
 from xai_core.mammi import AnnotationStore, bundled_annotation, feature_maps, head_weights, neuron_contributions
 from xai_core.models import CropBox, ModelHandle, load_model, preprocess
 from xai_core.models.segmenters import segment
@@ -98,6 +101,8 @@ class Engine:
         allow_random_weights: bool = False,
         max_batch: int = 32,
         max_wait_s: float = 0.005,
+        max_jobs: int = 256,
+        background_workers: int = 2,
     ) -> None:
         self.device = pick_device(str(device) if device is not None else None)
         tune_malloc()
@@ -107,7 +112,9 @@ class Engine:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._models: dict[str, ModelHandle] = {}
-        self._model_locks: dict[str, threading.RLock] = {}
+        self._model_locks: dict[str, PriorityLock] = {}
+        self.jobs = JobTable(max_jobs)
+        self._background = ThreadPoolExecutor(max_workers=background_workers, thread_name_prefix="xai-job")
         self._batchers: dict[str, PredictBatcher] = {}
         self._registry_lock = threading.Lock()
         self._loading_locks: dict[str, threading.Lock] = {}
@@ -122,15 +129,16 @@ class Engine:
         with loading_lock:
             if name not in self._models:
                 handle = load_model(name, self.device, allow_random_weights=self.allow_random_weights)
-                self._model_locks[name] = threading.RLock()
+                self._model_locks[name] = PriorityLock()
                 self._models[name] = handle
         return self._models[name]
 
     def loaded_models(self) -> list[str]:
         return list(self._models)
 
-    def lock(self, name: str) -> threading.RLock:
-        """The lock that serialises work on one model (forwards and hook-mutating explainers)."""
+    def lock(self, name: str) -> PriorityLock:
+        """The lock that serialises work on one model (forwards and hook-mutating explainers); interactive work is
+        served first, and slow explanations hand it over at their checkpoints (`xai_core.jobs`)."""
         self.model(name)
         return self._model_locks[name]
 
@@ -211,21 +219,52 @@ class Engine:
 
     def explain(self, radiograph: Radiograph, model: str, method: str, target: str | int, **params: Any
                 ) -> Explanation:
-        """One explanation map (model-input resolution), cached by image, model, method, target and params."""
+        """One explanation map (model-input resolution), cached by image, model, method, target and params. Two
+        requests for the same map while it is computed share one computation."""
+        key, compute, priority = self._explain_request(radiograph, model, method, target, params)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        return self.jobs.run(key, f"explain:{method}", priority, compute)
+
+    def submit_explain(self, radiograph: Radiograph, model: str, method: str, target: str | int, **params: Any
+                       ) -> Job:
+        """The same explanation as a background job: follow `job.progress`, stop it with `job.cancel()`, wait with
+        `job.result()` (the Explanation)."""
+        key, compute, priority = self._explain_request(radiograph, model, method, target, params)
+        job, owner = self.jobs.claim(key, f"explain:{method}", priority)
+        if owner:
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.jobs.complete(job, lambda _job: cached)
+            else:
+                self._background.submit(self.jobs.complete, job, compute)
+        return job
+
+    def _explain_request(self, radiograph: Radiograph, model: str, method: str, target: str | int,
+                         params: dict[str, Any]) -> tuple[tuple, Callable[[Job], Explanation], int]:
+        """(cache key, the computation as a job, its priority) of an explanation request, validated."""
         handle = self.model(model)
         index = handle.label_index(target)
         explainer = get_explainer(method)
         resolved = explainer.params(**params)
         key = cache_key(radiograph.sha256 + _window_tag(radiograph), model, f"explain:{method}",
                         {"target": index, **resolved})
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
+        priority = INTERACTIVE if explainer.cost == "fast" else BACKGROUND
+
+        def compute(job: Job) -> Explanation:
+            return self._compute_explanation(job, radiograph, handle, explainer, index, resolved, key)
+
+        return key, compute, priority
+
+    def _compute_explanation(self, job: Job, radiograph: Radiograph, handle: ModelHandle, explainer: Explainer,
+                             index: int, resolved: dict[str, Any], key: tuple) -> Explanation:
+        model, method = handle.card.name, explainer.name
         x, crop = self.prepare(radiograph, model)
         pyramid = None
         if explainer.reuses_forward:
             pyramid = self.cache.get(cache_key(radiograph.sha256 + _window_tag(radiograph), model, "pyramid"))
-        with self.lock(model):
+        with running(job, self.lock(model)):
             start = time.perf_counter()
             if pyramid is not None:  # the prediction forward already ran: only the explainer's own head runs
                 self.stats.reused_forwards += 1

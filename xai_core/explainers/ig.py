@@ -22,6 +22,7 @@ import torchvision.transforms.functional as TF
 
 from xai_core.errors import ParameterError
 from xai_core.explainers.base import ExplainBatch, Explainer, Targets, group_rows, register
+from xai_core.jobs import checkpoint
 from xai_core.models import ModelHandle, target_logits
 from xai_core.models.base import use_bfloat16
 
@@ -103,6 +104,7 @@ def _integrate(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, base
     total = torch.zeros_like(x)
     pairs = [(g, j) for g in range(len(groups)) for j in range(steps)]  # (group, step), `batch` at a time
     for start in range(0, len(pairs), batch):
+        checkpoint(start, len(pairs))  # no hooks, no graph kept: other jobs may use the model here
         chunk = pairs[start:start + batch]
         members = [groups[g] for g, _ in chunk]
         first = torch.tensor([m[0] for m in members], device=device)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from xai_core.explainers.base import ExplainBatch, Explainer, capture_activations, register, upsample
+from xai_core.jobs import checkpoint
 from xai_core.models import ModelHandle, target_logits
 from xai_core.models.base import use_bfloat16
 
@@ -45,8 +46,11 @@ class ScoreCAM(Explainer):
                     channels = channels[channels.mean((1, 2)).topk(min(int(top_k), channels.shape[0])).indices]
                 masks = channel_masks(channels, x.shape[-2:])
                 image = x[rows[0]:rows[0] + 1]
-                logits = torch.cat([forward(image * masks[start:start + batch].unsqueeze(1)).to(x.device)
-                                    for start in range(0, len(masks), batch)])
+                chunks = []
+                for start in range(0, len(masks), batch):
+                    checkpoint()  # the capture hook is gone and masked forwards keep no graph
+                    chunks.append(forward(image * masks[start:start + batch].unsqueeze(1)).to(x.device))
+                logits = torch.cat(chunks)
                 if cams.shape[1] == 0:
                     cams = torch.zeros((x.shape[0], *channels.shape[-2:]), device=x.device)
                 for row in rows:

@@ -23,6 +23,7 @@ from skimage.segmentation import felzenszwalb
 
 from xai_core.explainers.base import ExplainBatch, Explainer, register
 from xai_core.explainers.ig import integrated_gradients
+from xai_core.jobs import checkpoint
 from xai_core.models import ModelHandle
 
 SCALES = (50, 100, 150, 250, 500, 1200)
@@ -96,6 +97,7 @@ class XRAI(Explainer):
         attribution = (attribution / 2).max(1).values.cpu().numpy()  # channel max, as the reference
         maps = np.empty(attribution.shape, np.float32)
         for rows in inputs.groups:  # a repeated image (several targets) is cut into segments once
+            checkpoint()
             masks = segments(x[rows[0]].mean(0).cpu().numpy())
             for row in rows:
                 maps[row] = greedy_regions(attribution[row], masks, min_pixel_diff)

@@ -1,0 +1,233 @@
+"""Jobs for the shared engine: priorities on a model, cooperative yielding, progress, cancellation, de-duplication.
+
+A model's work is serialised by its `PriorityLock` (hooks mutate the shared module, so one job at a time runs a
+forward on it). Slow methods call `checkpoint()` between chunks (IG step batches, Score-CAM channel batches, XRAI
+stages); there, with no hook registered, a job hands the model to any waiting job of higher priority and takes it
+back afterwards, so interactive fast work never waits for a whole slow explanation. `checkpoint()` is also where a
+cancelled job stops and where progress is reported; outside a job it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from xai_core.errors import XaiError
+
+INTERACTIVE = 0  # fast work a reviewer waits for
+BACKGROUND = 10  # slow explanations, batch work
+
+
+class Cancelled(XaiError):
+    """The job was cancelled before it finished."""
+
+
+class QueueFullError(XaiError):
+    """Too many jobs are waiting; the message says how many and what to do."""
+
+
+class PriorityLock:
+    """A re-entrant lock whose waiters are served by priority (lower first), then in arrival order."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: list[tuple[int, int]] = []  # (priority, ticket), kept sorted
+        self._tickets = itertools.count()
+
+    def acquire(self, priority: int = INTERACTIVE) -> None:
+        """Block until this thread holds the lock."""
+        me = threading.get_ident()
+        with self._condition:
+            if self._owner == me:
+                self._depth += 1
+                return
+            entry = (priority, next(self._tickets))
+            self._waiting.append(entry)
+            self._waiting.sort()
+            while self._owner is not None or self._waiting[0] != entry:
+                self._condition.wait()
+            self._waiting.pop(0)
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        """Release one level of this thread's hold."""
+        with self._condition:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a PriorityLock this thread does not hold")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._condition.notify_all()
+
+    def has_waiter_before(self, priority: int) -> bool:
+        """Whether a thread of higher priority (a lower number) is waiting."""
+        with self._condition:
+            return bool(self._waiting) and self._waiting[0][0] < priority
+
+    def yield_to_waiters(self, priority: int) -> None:
+        """Let every waiter of higher priority run, then hold the lock again (at the same depth)."""
+        with self._condition:
+            if self._owner != threading.get_ident() or not self._waiting or self._waiting[0][0] >= priority:
+                return
+            depth, self._owner, self._depth = self._depth, None, 0
+            self._condition.notify_all()
+            entry = (priority, -1)  # first among its own priority: it was running
+            self._waiting.append(entry)
+            self._waiting.sort()
+            while self._owner is not None or self._waiting[0] != entry:
+                self._condition.wait()
+            self._waiting.remove(entry)
+            self._owner, self._depth = threading.get_ident(), depth
+
+    def __enter__(self) -> PriorityLock:
+        self.acquire(INTERACTIVE)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def hold(self, priority: int = INTERACTIVE) -> Iterator[None]:
+        """`with lock.hold(priority):` acquire and always release."""
+        self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+@dataclass
+class Job:
+    """One unit of engine work: its key (for de-duplication), priority, progress and result."""
+
+    key: Hashable
+    kind: str
+    priority: int
+    id: int = field(default_factory=lambda: next(_job_ids))
+    future: Future = field(default_factory=Future)
+    done_steps: int = 0
+    total_steps: int | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next checkpoint (a job that has not started never starts)."""
+        self.cancelled.set()
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the work done, where the job reports its steps."""
+        if not self.total_steps:
+            return None
+        return min(1.0, self.done_steps / self.total_steps)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result (or its exception)."""
+        return self.future.result(timeout)
+
+
+_job_ids = itertools.count(1)
+
+
+@dataclass
+class _Running:
+    job: Job
+    lock: PriorityLock | None
+
+
+_current: ContextVar[_Running | None] = ContextVar("xai_job", default=None)
+
+
+def current_job() -> Job | None:
+    """The job this thread is running, if any."""
+    running = _current.get()
+    return running.job if running else None
+
+
+def checkpoint(done: int | None = None, total: int | None = None) -> None:
+    """Between chunks of slow work: stop if cancelled, record progress, let higher-priority work use the model.
+
+    Call it only where the caller has no hook registered on the model and no autograd graph that another job's
+    forward could disturb."""
+    running = _current.get()
+    if running is None:
+        return
+    job = running.job
+    if job.cancelled.is_set():
+        raise Cancelled(f"job {job.id} ({job.kind}) was cancelled")
+    if total is not None:
+        job.total_steps = total
+    if done is not None:
+        job.done_steps = done
+    if running.lock is not None:
+        running.lock.yield_to_waiters(job.priority)
+
+
+@contextlib.contextmanager
+def running(job: Job, lock: PriorityLock | None) -> Iterator[None]:
+    """Run the block as `job`, holding `lock` (if any) at the job's priority."""
+    if job.cancelled.is_set():
+        raise Cancelled(f"job {job.id} ({job.kind}) was cancelled before it started")
+    token = _current.set(_Running(job, lock))
+    try:
+        if lock is None:
+            yield
+        else:
+            with lock.hold(job.priority):
+                yield
+    finally:
+        _current.reset(token)
+
+
+class JobTable:
+    """Jobs in flight by key: a second request for the same work joins the first instead of computing it again."""
+
+    def __init__(self, max_jobs: int = 256) -> None:
+        self.max_jobs = max_jobs
+        self._jobs: dict[Hashable, Job] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def claim(self, key: Hashable, kind: str, priority: int) -> tuple[Job, bool]:
+        """The job in flight for `key`, or a new one; True when the caller created it and must `complete` it."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                return job, False
+            if len(self._jobs) >= self.max_jobs:
+                raise QueueFullError(f"{len(self._jobs)} jobs are already running or waiting (the limit is "
+                                     f"{self.max_jobs}); try again in a moment")
+            job = Job(key=key, kind=kind, priority=priority)
+            self._jobs[key] = job
+            return job, True
+
+    def complete(self, job: Job, compute: Callable[[Job], Any]) -> None:
+        """Run `compute(job)` into the job's future and retire the job."""
+        try:
+            job.future.set_result(compute(job))
+        except BaseException as exc:
+            job.future.set_exception(exc)
+        finally:
+            with self._lock:
+                self._jobs.pop(job.key, None)
+
+    def run(self, key: Hashable, kind: str, priority: int, compute: Callable[[Job], Any]) -> Any:
+        """`compute(job)`'s result, computed once however many threads ask for `key` at the same time."""
+        job, owner = self.claim(key, kind, priority)
+        if owner:
+            self.complete(job, compute)
+        return job.result()
+
+    def find(self, kind: str | None = None) -> list[Job]:
+        """The jobs in flight (of one kind)."""
+        with self._lock:
+            return [job for job in self._jobs.values() if kind is None or job.kind == kind]
