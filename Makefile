@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run test lint bench pacs clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ run: $(VENV)/.runtime-stamp
 test: $(VENV)/.dev-stamp
 	$(BIN)/ruff check .
 	scripts/setup-browser $(BIN)
+	scripts/setup-pacs
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff check .
+
+# A local Orthanc PACS (DICOMweb) on 127.0.0.1:$(PACS_PORT) holding the bundled sample DICOMs, until Ctrl-C; it prints
+# the file to `source` for XAI_PACS_URL / XAI_PACS_USER / XAI_PACS_PASSWORD (the password is never printed).
+PACS_PORT ?= 8042
+pacs: $(VENV)/.runtime-stamp
+	scripts/setup-pacs
+	$(BIN)/python -m tests.orthanc --port $(PACS_PORT) --load assets/samples/dicom
 
 bench: $(VENV)/.dev-stamp
 	$(BIN)/python benchmarks/engine.py

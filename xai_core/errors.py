@@ -40,3 +40,7 @@ class MissingWeightsError(ModelError):
 
 class StoreError(XaiError, RuntimeError):
     """The case store cannot be opened or written; the message says what to do."""
+
+
+class PacsError(XaiError, RuntimeError):
+    """The PACS (DICOMweb) cannot be reached, refuses the credentials, lacks an object or answers with an error."""
