@@ -6,7 +6,7 @@ import datetime
 
 import streamlit as st
 
-from ui import access, state
+from ui import access, layout, state
 from xai_core import auth
 from xai_core.errors import InputError, StoreError
 
@@ -67,8 +67,8 @@ def _users() -> None:
 
 def render() -> None:
     """The Administration page."""
-    st.title("Administration")
     user = access.require("models")
+    layout.start("Administration", uses_finding=False)
     _models()
     _store(user)
     if user.can("admin"):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui import state
+from ui import layout, state
+from xai_core.display import window_presets
 from xai_core.engine import Prediction
+from xai_core.errors import XaiError
 from xai_core.imaging import (
     DEFAULT_MAX_BYTES,
     Radiograph,
@@ -28,11 +30,12 @@ def _load_upload() -> None:
     try:
         radiograph = load_radiograph(uploaded.getvalue(), name=uploaded.name)
     except RadiographError as exc:
-        st.session_state["load_error"] = str(exc)
+        st.session_state["load_error"] = f"{uploaded.name} was not loaded: {exc}"
         return
     st.session_state.pop("load_error", None)
-    state.set_case(radiograph, "upload")
     st.session_state["case_title"] = uploaded.name
+    state.set_case(radiograph, "upload")
+    st.session_state["sample"] = NO_SAMPLE  # the picker no longer names the shown case
 
 
 def _load_sample() -> None:
@@ -47,8 +50,8 @@ def _load_sample() -> None:
         return
     st.session_state.pop("load_error", None)
     sample = samples[choice]
-    state.set_case(radiograph, "sample", labels=sample.labels, source=sample.source, masks=sample.masks)
     st.session_state["case_title"] = sample.title
+    state.set_case(radiograph, "sample", labels=sample.labels, source=sample.source, masks=sample.masks)
 
 
 def _loaders() -> None:
@@ -64,26 +67,76 @@ def _loaders() -> None:
                      on_change=_load_sample)
     if "load_error" in st.session_state:
         st.error(st.session_state["load_error"], icon=":material/error:")
+        if state.current_case() is not None:
+            st.caption("The case shown below is still the previous one.")
+    uploaded = st.session_state.get("upload")
+    if state.current_case() is not None and st.session_state.get("case_origin") == "sample" and uploaded is not None:
+        st.caption(f"Showing the sample {st.session_state.get('case_title')}: the uploaded file above is not the "
+                   "current case (upload it again to show it).")
 
 
-def _image_panel(case: Radiograph) -> Radiograph:
-    """Shows the image with window controls (DICOM); returns the radiograph as windowed."""
-    shown = case
+def _set_window(sha: str, centre: float, width: float) -> None:
+    st.session_state[f"wc-{sha}"], st.session_state[f"ww-{sha}"] = centre, width
+
+
+def _apply_preset(sha: str, presets: dict[str, tuple[float, float]], canonical: tuple[float, float]) -> None:
+    choice = st.session_state.get(f"wl-preset-{sha}")
+    _set_window(sha, *(presets.get(choice, canonical)))
+
+
+def _reset_window(sha: str, canonical: tuple[float, float]) -> None:
+    _set_window(sha, *canonical)
+    st.session_state[f"wl-preset-{sha}"] = None
+
+
+def _window_controls(case: Radiograph) -> tuple[float, float] | None:
+    """Window centre/width for display (DICOM); None when the file's own window is shown."""
     window = case.meta.get("window")
-    if window is not None and case.meta.get("format") == "DICOM":
-        lo, hi = float(case.raw.min()), float(case.raw.max())
-        span = max(hi - lo, 1.0)
-        center = st.slider("Window centre", lo, hi, float(window[0]), key=f"wc-{case.sha256}")
-        width = st.slider("Window width", 1.0, 2 * span, float(min(max(window[1], 1.0), 2 * span)),
-                          key=f"ww-{case.sha256}")
-        if (center, width) != tuple(window):
-            shown = rewindow(case, center, width)
-            state.set_case(shown, st.session_state.get("case_origin", "upload"))  # same file: origin kept
-    st.image(to_png_bytes(shown.pixels), caption=case.source_name, width="stretch")
+    if window is None or case.meta.get("format") != "DICOM":
+        return None
+    sha = case.sha256
+    lo, hi = float(case.raw.min()), float(case.raw.max())
+    span = max(hi - lo, 1.0)
+    canonical = (min(max(float(window[0]), lo), hi), float(min(max(window[1], 1.0), 2 * span)))
+    presets = {name: (min(max(c, lo), hi), min(w, 2 * span))
+               for name, (c, w) in window_presets(case.raw, case.meta.get("photometric")).items()}
+    st.session_state.setdefault(f"wc-{sha}", canonical[0])
+    st.session_state.setdefault(f"ww-{sha}", canonical[1])
+    left, right = st.columns([3, 1])
+    with left:
+        st.segmented_control("Window preset", list(presets), key=f"wl-preset-{sha}", format_func=str.title,
+                             on_change=_apply_preset, args=(sha, presets, canonical),
+                             help="For display only: the model always receives the file's own window.")
+    with right:
+        st.button("Reset window", key=f"wl-reset-{sha}", on_click=_reset_window, args=(sha, canonical),
+                  icon=":material/restart_alt:", help="Back to the window stored in the file.")
+    centre = st.slider("Window centre", lo, hi, key=f"wc-{sha}")
+    width = st.slider("Window width", 1.0, 2 * span, key=f"ww-{sha}")
+    windows = dict(st.session_state.get("display_windows") or {})
+    if (centre, width) == canonical:
+        windows.pop(sha, None)
+        chosen = None
+    else:
+        windows[sha] = (centre, width)
+        chosen = (centre, width)
+    st.session_state["display_windows"] = windows
+    return chosen
+
+
+def _image_panel(case: Radiograph) -> None:
+    """Shows the image with display-only window controls (DICOM)."""
+    chosen = _window_controls(case)
+    pixels = case.pixels
+    if chosen is not None:
+        try:
+            pixels = rewindow(case, *chosen).pixels
+        except XaiError as exc:
+            st.error(f"That window cannot be shown: {exc}")
+        st.caption("Display window changed: the findings still use the file's own window.")
+    st.image(to_png_bytes(pixels), caption=case.source_name, width="stretch")
     with st.expander("Image metadata (de-identified)"):  # a dataframe: values from the file are not Markdown
-        st.dataframe({"field": list(shown.meta), "value": [str(v) for v in shown.meta.values()]},
+        st.dataframe({"field": list(case.meta), "value": [str(v) for v in case.meta.values()]},
                      hide_index=True, width="stretch")
-    return shown
 
 
 def _sharing_panel(case: Radiograph) -> None:
@@ -118,14 +171,12 @@ def _findings_chart(prediction: Prediction) -> go.Figure:
     return figure
 
 
-def _findings_panel(shown: Radiograph, model: str) -> None:
-    prediction = state.prediction_or_message(shown, model)
+def _findings_panel(case: Radiograph, model: str) -> None:
+    prediction = state.prediction_or_message(case, model)  # the file's own window, whatever the display shows
     if prediction is None:
         return
     st.session_state["prediction"] = prediction
     if state.is_demo_model(model):
-        st.info("Demonstration model: trained on synthetic radiographs, not for clinical use.",
-                icon=":material/science:")
         origin, source = st.session_state.get("case_origin"), st.session_state.get("case_source")
         if origin == "sample" and source != "phantom":
             st.warning("This real radiograph is outside the demo model's training data (synthetic phantoms): its "
@@ -133,8 +184,6 @@ def _findings_panel(shown: Radiograph, model: str) -> None:
         elif origin == "upload":
             st.caption("If this is a real radiograph, it is outside the demo model's training data and its findings "
                        "carry no meaning.")
-    if prediction.random_weights:
-        st.warning("This model has random weights (testing mode): its findings mean nothing.")
     st.plotly_chart(_findings_chart(prediction), width="stretch")
     positives = [r["label"] for r in prediction.ranked() if r["positive"]]
     st.metric("Findings above their operating point", ", ".join(positives) if positives else "none")
@@ -145,7 +194,7 @@ def _findings_panel(shown: Radiograph, model: str) -> None:
 
 def render() -> None:
     """The Case page."""
-    st.title("Case")
+    layout.start("Case")
     _loaders()
     case = state.current_case()
     if case is None:
@@ -153,10 +202,10 @@ def render() -> None:
         return
     image_col, findings_col = st.columns(2)
     with image_col:
-        shown = _image_panel(case)
+        _image_panel(case)
         _sharing_panel(case)
     with findings_col:
-        _findings_panel(shown, state.current_model())
+        _findings_panel(case, state.current_model())
 
 
 render()

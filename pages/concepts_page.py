@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui import state
+from ui import layout, state
 from xai_core.errors import XaiError
 from xai_core.overlay import blend
 
@@ -41,9 +41,8 @@ def _case_section(model: str) -> None:
     if prediction is None:
         return
     labels = list(prediction.labels)
-    if st.session_state.get("target") not in labels:
-        st.session_state["target"] = prediction.ranked()[0]["label"]
-    st.selectbox("Finding", labels, key="target")
+    state.ensure_target(prediction)
+    st.selectbox("Finding", labels, key="target", help="The same finding as on the other pages.")
     target = st.session_state["target"]
     engine = state.engine()
     try:
@@ -72,6 +71,8 @@ def _browser(model: str, target: str | None) -> None:
         return
     c1, c2, c3 = st.columns([1, 2, 1])
     with c1:
+        if st.session_state.get("concept_layer") not in layers:
+            st.session_state["concept_layer"] = layers[0]
         layer = st.radio("Layer", layers, key="concept_layer", horizontal=True)
     store = state.annotation_store(model, layer)
     meta = store.meta()
@@ -79,6 +80,8 @@ def _browser(model: str, target: str | None) -> None:
         query = st.text_input("Search concepts", key="concept_query", placeholder="e.g. effusion")
     with c3:
         orders = ["max activation"] + ([f"weight for {target}"] if target else [])
+        if st.session_state.get("concept_order") not in orders:
+            st.session_state["concept_order"] = orders[0]
         order = st.selectbox("Sort by", orders, key="concept_order")
     records = store.neurons()
     if query.strip():
@@ -124,7 +127,7 @@ def _browser(model: str, target: str | None) -> None:
 
 def render() -> None:
     """The Concepts page."""
-    st.title("Concepts")
+    layout.start("Concepts")
     model = state.current_model()
     problem = state.model_problem(model)
     if problem:

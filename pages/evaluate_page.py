@@ -8,32 +8,102 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ui import access, state
+from ui import access, layout, state
+from ui.methods import method_colour, method_name, methods_help
 from xai_core.errors import XaiError
-from xai_core.evaluation import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, run_evaluation
-from xai_core.explainers import list_explainers
+from xai_core.evaluation import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, get_metric, run_evaluation
+from xai_core.explainers import get_explainer, list_explainers
 
 RESULTS = Path("results") / "dashboard"
+DEFAULT_METHODS = ("gradcam", "random")
+DEFAULT_GROUPS = ("localisation", "shape")
+
+
+def _metric_help(groups: list[str]) -> str:
+    """Each metric of the groups with its direction and description (from the metric registry)."""
+    lines = []
+    for group in groups or list(METRIC_GROUPS):
+        for name in METRIC_GROUPS[group]:
+            metric = get_metric(name)
+            arrow = "higher is better" if metric.direction == "higher" else "lower is better"
+            lines.append(f"- **{name}** ({group}, {arrow}): {metric.description}")
+    return "\n".join(lines)
+
+
+def _recolour(figure, curves: dict | None = None):
+    """Fixed method colours in every plot; the AIC curves get their own legend entries with their AUC."""
+    for trace in figure.data:
+        method = trace.legendgroup or trace.name
+        if method not in METHOD_IDS:
+            continue
+        if trace.type == "box":
+            trace.update(marker_color=method_colour(method), line_color=method_colour(method),
+                         name=method_name(method))
+        else:
+            trace.update(line_color=method_colour(method))
+            if curves is not None and trace.xaxis == "x2" and "aic" in curves.get(method, {}):
+                c = curves[method]["aic"]
+                trace.update(showlegend=True, line_dash="dash",
+                             name=f"{method_name(method)} AIC (AUC {c['median_curve_auc']:.3f}, n={c['n']})")
+            elif curves is not None and "sic" in curves.get(method, {}):
+                c = curves[method]["sic"]
+                trace.update(name=f"{method_name(method)} SIC (AUC {c['median_curve_auc']:.3f}, n={c['n']})")
+    return figure
+
+
+METHOD_IDS = set(list_explainers())
+
+
+def _defaults(available: list[str]) -> None:
+    """Context defaults that depend on what this model can run (never a default missing from the options)."""
+    chosen = st.session_state.get("eval_methods")
+    if chosen is None or not set(chosen) <= set(available):
+        st.session_state["eval_methods"] = [m for m in (chosen or DEFAULT_METHODS) if m in available]
+    if st.session_state.get("eval_groups") is None:
+        st.session_state["eval_groups"] = [g for g in DEFAULT_GROUPS if g in METRIC_GROUPS]
+
+
+def _zero_scored_message(run: dict, data: str) -> str:
+    without = run.get("cases_without_positives", 0)
+    text = f"0 cases were scored on {data}."
+    if without:
+        text += (f" {without} case(s) had no finding the model knows (metrics are computed for the positive findings "
+                 f"of each case): check that labels.csv names findings such as "
+                 f"{', '.join(run.get('labels', [])[:5]) or 'the model labels'}, separated by '|'.")
+    else:
+        text += " No image of labels.csv was found under images/ (file names must match the image column)."
+    return text
 
 
 def render() -> None:
     """The Evaluate page."""
-    st.title("Evaluate")
     access.require("evaluate")  # researchers and admins only (app.py does not list the page for reviewers)
+    layout.start("Evaluate", uses_finding=False)
     model = state.current_model()
+    problem = state.model_problem(model)
+    if problem:
+        st.error(f"{model} cannot be evaluated here: {problem}", icon=":material/error:")
+        st.caption("Pick another model in the sidebar; models that cannot run are listed in its help.")
+        return
+    available = [m for m in list_explainers() if state.method_available(model, m)]
+    _defaults(available)
+    choices = access.evaluation_data()
+    if st.session_state.get("eval_data") not in choices:
+        st.session_state["eval_data"] = next(iter(choices))
     c1, c2, c3 = st.columns(3)
     with c1:
-        choices = access.evaluation_data()
         data = choices[st.selectbox("Data", list(choices), key="eval_data",
-                                    help="The phantom splits, and the folders (with labels.csv) the server lists in "
-                                         "XAI_EVAL_FOLDERS; no other server folder can be read.")]
-        n = st.number_input("Cases", 1, 5000, 20, key="eval_n")
+                                    help="The phantom splits, and the folders (with labels.csv: image,labels or "
+                                         "NIH's Image Index,Finding Labels) the server lists in XAI_EVAL_FOLDERS; "
+                                         "no other server folder can be read.")]
+        n = st.number_input("Cases", 1, 5000, key="eval_n")
     with c2:
-        methods = st.multiselect("Methods", [m for m in list_explainers() if state.method_available(model, m)],
-                                 default=["gradcam", "random"], key="eval_methods")
+        methods = st.multiselect("Methods", available, key="eval_methods", format_func=method_name,
+                                 help=methods_help(available, {m: get_explainer(m).cost for m in available}))
     with c3:
-        groups = st.multiselect("Metric groups", list(METRIC_GROUPS), default=["localisation", "shape"],
-                                key="eval_groups", help="pic and faithfulness run the model many times per map")
+        groups = st.multiselect("Metric groups", list(METRIC_GROUPS), key="eval_groups",
+                                help="pic and faithfulness run the model many times per map.\n\n"
+                                     + _metric_help(list(METRIC_GROUPS)))
     metrics = [m for g in groups for m in METRIC_GROUPS[g]]
     out = RESULTS / f"{model}_{data.replace(':', '_').replace('/', '_')}_{n}_{'-'.join(sorted(methods))}_" \
                     f"{'-'.join(sorted(groups))}"
@@ -53,20 +123,32 @@ def render() -> None:
         st.info("Choose data, methods and metrics, then Run. Results are kept under results/dashboard/ and a rerun "
                 "resumes where it stopped.")
         return
+    if shown != out:
+        st.caption("These results are from an earlier run with other settings: press Run for the current ones.")
     summary = json.loads((shown / "summary.json").read_text())
-    rows = [{"method": method, **{metric: f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-                                  for metric, v in values.items() if metric in ALL_METRICS or metric == "seconds"}}
+    per_image = pd.read_csv(shown / "per_image.csv")
+    if per_image.empty:
+        run_file = shown / "run.json"
+        run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        run.setdefault("labels", list(state.engine().model(model).card.labels))
+        st.warning(_zero_scored_message(run, data), icon=":material/search_off:")
+        return
+    rows = [{"method": method_name(method),
+             **{metric: f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                for metric, v in values.items() if metric in ALL_METRICS or metric == "seconds"}}
             for method, values in summary.items()]
     st.dataframe(rows, hide_index=True, width="stretch")
-    per_image = pd.read_csv(shown / "per_image.csv")
-    st.plotly_chart(box_figure(per_image, list(summary), [m for m in ALL_METRICS if m in per_image]),
+    directions = {m: get_metric(m).direction for m in ALL_METRICS if m in per_image}
+    st.caption("Direction: " + ", ".join(f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in directions.items())
+               + " (↑ higher is better, ↓ lower is better); the table gives mean [95% CI].")
+    st.plotly_chart(_recolour(box_figure(per_image, list(summary), [m for m in ALL_METRICS if m in per_image])),
                     width="stretch", key="eval_boxes")
     curves_file = shown / "pic_curves.json"
     curves = json.loads(curves_file.read_text()) if curves_file.is_file() else {}
     if curves:
-        st.caption("SIC/AIC aggregated as median curves over the images the skip rules keep (AUC of the median "
-                   "curve in the legend); the table above gives the mean of per-image AUCs.")
-        st.plotly_chart(curve_figure(curves), width="stretch", key="eval_curves")
+        st.caption("SIC (solid) and AIC (dashed) aggregated as median curves over the images the skip rules keep "
+                   "(AUC of the median curve in the legend); the table above gives the mean of per-image AUCs.")
+        st.plotly_chart(_recolour(curve_figure(curves), curves), width="stretch", key="eval_curves")
     st.download_button("Per-image CSV", per_image.to_csv(index=False), file_name="per_image.csv", key="eval_csv")
     st.download_button("Summary JSON", json.dumps(summary, indent=2), file_name="summary.json", key="eval_json")
 

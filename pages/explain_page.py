@@ -1,19 +1,30 @@
-"""Explain page: pick a finding and methods, see the overlays side by side, download them."""
+"""Explain page: pick a finding and methods, see the overlays side by side, download them.
+
+Widget values are stable ids (method ids, scale mode ids); names, costs and estimates are only in labels that never
+change and in help text. Slow methods run when asked (a Compute button on their tile).
+"""
 
 from __future__ import annotations
+
+import base64
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui import state
+from ui import layout, state
+from ui.methods import method_description, method_name, methods_help
+from xai_core.display import SCALE_MODES, DisplayMap, contour_mask, export_tile, scale_map
+from xai_core.engine import Prediction
 from xai_core.errors import XaiError
 from xai_core.explainers import Explanation, get_explainer, list_explainers
 from xai_core.imaging import read_mask_png
-from xai_core.overlay import COLOUR_MAPS, blend, display_scale, maps_npz, outlines, png_bytes, shrink, top_region
+from xai_core.overlay import COLOUR_MAPS, blend, maps_npz, outlines, png_bytes, shrink
 
 DISPLAY_SIDE = 512
 GRID_COLUMNS = 3
+PLOTLY_SCALES = {"jet": "Jet", "inferno": "Inferno", "viridis": "Viridis", "hot": "Hot", "turbo": "Turbo"}
+SCALE_LABELS = {"absolute": "absolute", "per map": "per map (stretched)"}
 
 
 def default_methods(model: str) -> list[str]:
@@ -22,24 +33,34 @@ def default_methods(model: str) -> list[str]:
             and state.method_available(model, m)]
 
 
-def _method_label(model: str, method: str) -> str:
-    explainer = get_explainer(method)
-    if explainer.cost == "fast":
-        return method
+def _cost(model: str, method: str) -> str:
+    if get_explainer(method).cost == "fast":
+        return "fast"
     seconds = state.engine().expected_seconds(model, method)
-    return f"{method} (slow, ~{seconds:.0f} s here)" if seconds else f"{method} (slow)"
+    return f"slow, computed on request (~{seconds:.0f} s on this machine)" if seconds else \
+        "slow, computed on request (can take many seconds on CPU)"
 
 
-def _figure(rgb: np.ndarray, contour: list[np.ndarray], truth: list[np.ndarray]) -> go.Figure:
-    figure = go.Figure(go.Image(z=rgb, hoverinfo="skip"))
+def _figure(image_png: bytes, shape: tuple[int, int], contour: list[np.ndarray], truth: list[np.ndarray],
+            display: DisplayMap, colour_map: str) -> go.Figure:
+    source = "data:image/png;base64," + base64.b64encode(image_png).decode()
+    figure = go.Figure(go.Image(source=source, hoverinfo="skip"))
     for line in contour:
         figure.add_trace(go.Scatter(x=line[:, 0], y=line[:, 1], mode="lines", line={"color": "white", "width": 2},
                                     hoverinfo="skip", showlegend=False))
     for line in truth:
         figure.add_trace(go.Scatter(x=line[:, 0], y=line[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
                                     line={"color": "#00e676", "width": 2, "dash": "dot"}))
-    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=360, xaxis={"visible": False},
-                         yaxis={"visible": False})
+    # The colour bar: an invisible marker carrying the map's value range.
+    figure.add_trace(go.Scatter(
+        x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+        marker={"colorscale": PLOTLY_SCALES.get(colour_map, "Jet"), "cmin": display.low,
+                "cmax": display.high if display.high > display.low else display.low + 1e-9, "color": [display.low],
+                "showscale": True, "colorbar": {"title": {"text": "relevance", "side": "right"}, "thickness": 12,
+                                                "len": 0.9, "tickformat": ".3g"}}))
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=360,
+                         xaxis={"visible": False, "range": [0, shape[1]]},
+                         yaxis={"visible": False, "range": [shape[0], 0], "scaleanchor": "x"})
     return figure
 
 
@@ -56,88 +77,133 @@ def _truth_outlines(finding: str, shape: tuple[int, int], scale: float) -> list[
 def _controls() -> dict:
     c1, c2, c3, c4 = st.columns(4)
     with c1:
-        opacity = st.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
+        st.slider("Opacity", 0.0, 1.0, step=0.05, key="opacity")
     with c2:
-        colour_map = st.selectbox("Colour map", list(COLOUR_MAPS), key="colour_map")
+        st.selectbox("Colour map", list(COLOUR_MAPS), key="colour_map")
     with c3:
-        mode = st.radio("Colour range", ["per map", "fixed"], key="range_mode", horizontal=True,
-                        help="per map: each map from its own minimum to maximum. fixed: 0 to 1 for maps that are "
-                             "absolute (NEMt, random), 0 to the map's maximum otherwise, so weak maps look weak.")
+        st.radio("Colour range", list(SCALE_MODES), key="range_mode", horizontal=True,
+                 format_func=SCALE_LABELS.get,
+                 help="absolute (default): 0 to 1 for methods whose maps are absolute (NEMt, random), 0 to the "
+                      "map's own maximum otherwise, so 0 stays 0 and weak maps look weak. per map: each map from its "
+                      "own minimum to maximum (stretches weak maps). Every tile's colour bar gives the values.")
     with c4:
-        contour = st.toggle("Top-p% contour", value=True, key="contour")
-        percent = st.slider("p (%)", 1, 50, 10, key="contour_p", disabled=not contour)
-    return {"opacity": opacity, "colour_map": colour_map, "mode": mode, "contour": contour, "percent": percent}
+        st.toggle("Top-p% contour", key="contour",
+                  help="Outline of the map's top p% pixels; none on an empty map. Pixel-level maps (Integrated "
+                       "Gradients, random) are smoothed first.")
+        st.slider("p (%)", 1, 50, key="contour_p", disabled=not st.session_state["contour"])
+    return {k: st.session_state[k] for k in ("opacity", "colour_map", "range_mode", "contour", "contour_p")}
 
 
-def _overlay(case, explanation: Explanation, settings: dict, truth: bool) -> tuple[go.Figure, bytes]:
+def _tile_caption(explanation: Explanation, finding: dict) -> list[str]:
+    lines = [f"{method_name(explanation.method)} · {explanation.target} p={finding['probability']:.2f} "
+             f"(operating point {finding['threshold']:.2f})"]
+    if not finding["positive"]:
+        lines.append("Below the operating point: the model does not report this finding.")
+    return lines
+
+
+def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, truth: bool, finding: dict) -> None:
     full = explanation.resized_to_image(case.pixels.shape)
-    pixels = shrink(case.pixels, DISPLAY_SIDE)
-    heat = display_scale(shrink(full, DISPLAY_SIDE), settings["mode"], get_explainer(explanation.method).unit_range)
-    rgb = blend(pixels, heat, settings["opacity"], settings["colour_map"])
-    contour = outlines(top_region(heat, settings["percent"])) if settings["contour"] else []
-    scale = pixels.shape[0] / case.pixels.shape[0]
+    background = shrink(pixels, DISPLAY_SIDE)
+    display = scale_map(shrink(full, DISPLAY_SIDE), settings["range_mode"],
+                        get_explainer(explanation.method).unit_range)
+    rgb = blend(background, display.heat, settings["opacity"], settings["colour_map"])
+    contour = outlines(contour_mask(display, settings["contour_p"], explanation.method)) \
+        if settings["contour"] else []
+    scale = background.shape[0] / case.pixels.shape[0]
     truth_lines = _truth_outlines(explanation.target, case.pixels.shape, scale) if truth else []
-    return _figure(rgb, contour, truth_lines), png_bytes(rgb)
+    method = explanation.method
+    st.markdown(f"**{method_name(method)}** · {explanation.seconds * 1000:.0f} ms",
+                help=method_description(method))
+    if not finding["positive"]:
+        st.caption(f":material/block: {explanation.target} is below its operating point "
+                   f"({finding['probability']:.2f} < {finding['threshold']:.2f}): the model does not report it.")
+    if display.empty:
+        st.warning(f"This map is empty: {display.reason}. Nothing is outlined.", icon=":material/blur_off:")
+    figure = _figure(png_bytes(rgb), background.shape, contour, truth_lines, display, settings["colour_map"])
+    st.plotly_chart(figure, width="stretch", key=f"overlay-{method}", config={"displayModeBar": False})
+    caption = _tile_caption(explanation, finding) + ([f"This map is empty: {display.reason}."] if display.empty
+                                                      else [])
+    exported = png_bytes(export_tile(rgb, contour, truth_lines, display, settings["colour_map"], caption))
+    st.download_button("Overlay PNG", exported, file_name=f"{case.sha256[:12]}_{explanation.target}_{method}.png",
+                       mime="image/png", key=f"png-{method}", icon=":material/download:")
+
+
+def _request_slow(key: tuple) -> None:
+    st.session_state[state.SLOW_REQUESTS] = {*st.session_state.get(state.SLOW_REQUESTS, set()), key}
+
+
+def _methods_picker(model: str) -> list[str]:
+    available = [m for m in list_explainers() if state.method_available(model, m)]
+    chosen = st.session_state.get("methods")
+    if chosen is None:
+        st.session_state["methods"] = default_methods(model)
+    elif not set(chosen) <= set(available):
+        kept = [m for m in chosen if m in available]
+        dropped = [method_name(m) for m in chosen if m not in available]
+        st.session_state["methods"] = kept or default_methods(model)
+        st.warning(f"{model} cannot run {', '.join(dropped)}: removed from the methods.", icon=":material/info:")
+    st.multiselect("Methods", available, key="methods", format_func=method_name,
+                   help="Fast methods are on by default; slow ones are computed when you ask (a Compute button on "
+                        "their tile).\n\n" + methods_help(available, {m: _cost(model, m) for m in available}))
+    return list(st.session_state["methods"])
 
 
 def render() -> None:
     """The Explain page."""
-    st.title("Explain")
+    prediction: Prediction | None = layout.start("Explain")
     case = state.case_or_message()
     if case is None:
         return
     model = state.current_model()
-    prediction = state.prediction_or_message(case, model)
     if prediction is None:
-        return
+        prediction = state.prediction_or_message(case, model)
+        if prediction is None:
+            return
     labels = list(prediction.labels)
-    ranked = [r["label"] for r in prediction.ranked()]
-    if st.session_state.get("target") not in labels:
-        st.session_state["target"] = ranked[0]
+    state.ensure_target(prediction)
     left, right = st.columns([1, 2])
     with left:
         st.selectbox("Finding to explain", labels, key="target",
-                     format_func=lambda n: f"{n} ({prediction.probabilities[labels.index(n)]:.2f})",
-                     help="Defaults to the top predicted finding; any label can be explained.")
-    available = [m for m in list_explainers() if state.method_available(model, m)]
-    if "methods" not in st.session_state or not set(st.session_state["methods"]) <= set(available):
-        st.session_state["methods"] = default_methods(model)
+                     help="Defaults to the case's top finding and stays chosen across pages; any label can be "
+                          "explained (one below its operating point is marked on every tile).")
     with right:
-        st.multiselect("Methods", available, key="methods", format_func=lambda m: _method_label(model, m),
-                       help="Fast methods take well under a second; slow ones (marked) can take many seconds "
-                            "on CPU.")
+        methods = _methods_picker(model)
     settings = _controls()
     phantom = st.session_state.get("case_source") == "phantom" and bool(st.session_state.get("case_masks"))
-    truth = st.toggle("Ground-truth outline (phantom cases)", value=phantom, key="truth", disabled=not phantom)
-    target, methods = st.session_state["target"], st.session_state["methods"]
+    st.session_state.setdefault("truth", phantom)
+    truth = st.toggle("Ground-truth outline (phantom cases)", key="truth", disabled=not phantom) and phantom
+    target = st.session_state["target"]
+    finding = state.finding_summary(prediction, target)
     if not methods:
         st.info("Choose at least one method.")
         return
+    pixels = state.display_pixels(case)
     explanations: dict[str, Explanation] = {}
+    requested = st.session_state.get(state.SLOW_REQUESTS, set())
     columns = st.columns(min(GRID_COLUMNS, len(methods)))
     for i, method in enumerate(methods):
         with columns[i % len(columns)]:
+            key = (case.sha256, model, target, method)
+            if get_explainer(method).cost == "slow" and key not in requested:
+                st.markdown(f"**{method_name(method)}** · not computed yet", help=method_description(method))
+                st.button(f"Compute {method_name(method)}", key=f"compute-{method}", on_click=_request_slow,
+                          args=(key,), icon=":material/play_arrow:", help=_cost(model, method))
+                continue
             try:
-                with st.spinner(f"{method}…"):
+                with st.spinner(f"{method_name(method)}…", show_time=True):
                     explanation = state.engine().explain(case, model, method, target)
             except XaiError as exc:
-                st.error(f"{method}: {exc}")
+                st.error(f"{method_name(method)}: {exc}")
                 continue
             explanations[method] = explanation
-            figure, png = _overlay(case, explanation, settings, truth)
-            st.markdown(f"**{method}** · {explanation.seconds * 1000:.0f} ms")
-            st.plotly_chart(figure, width="stretch", key=f"overlay-{method}",
-                            config={"displayModeBar": False})
-            st.download_button("Overlay PNG", png, file_name=f"{case.sha256[:12]}_{target}_{method}.png",
-                               mime="image/png", key=f"png-{method}", icon=":material/download:")
-    st.session_state["explanations"] = {m: e for m, e in explanations.items()}
+            _tile(case, pixels, explanation, settings, truth, finding)
+    st.session_state["explanations"] = dict(explanations)
     if explanations:
         npz = maps_npz({m: e.map for m, e in explanations.items()}, model=model, target=target, sha256=case.sha256)
         st.download_button("All maps (NPZ, model-input resolution)", npz,
                            file_name=f"{case.sha256[:12]}_{target}_maps.npz", mime="application/octet-stream",
                            key="npz", icon=":material/download:")
-    if prediction.random_weights:
-        st.warning("This model has random weights (testing mode): its maps mean nothing.")
 
 
 render()

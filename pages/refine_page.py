@@ -6,12 +6,14 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui import state
+from ui import layout, state
+from ui.methods import method_name, methods_help
+from xai_core.display import scale_map
 from xai_core.errors import XaiError
-from xai_core.explainers import list_explainers
+from xai_core.explainers import get_explainer, list_explainers
 from xai_core.metrics import iou_curve
 from xai_core.models import list_models
-from xai_core.overlay import blend, display_scale, outlines
+from xai_core.overlay import blend, outlines
 
 SEGMENTERS = list_models("segmenter")
 
@@ -46,7 +48,7 @@ def _iou_curve(relevance: np.ndarray, region: np.ndarray) -> go.Figure:
 
 def render() -> None:
     """The Refine & certainty page."""
-    st.title("Refine & certainty")
+    layout.start("Refine & certainty")
     case = state.case_or_message()
     if case is None:
         return
@@ -56,14 +58,16 @@ def render() -> None:
         return
     engine = state.engine()
     labels = list(prediction.labels)
-    if st.session_state.get("target") not in labels:
-        st.session_state["target"] = prediction.ranked()[0]["label"]
+    state.ensure_target(prediction)
     c1, c2, c3, c4 = st.columns(4)
     with c1:
-        st.selectbox("Finding", labels, key="target")
+        st.selectbox("Finding", labels, key="target", help="The same finding as on the other pages.")
     with c2:
         methods = [m for m in list_explainers() if state.method_available(model, m)]
-        st.selectbox("Method", methods, key="refine_method", index=methods.index("gradcam"))
+        if st.session_state.get("refine_method") not in methods:
+            st.session_state["refine_method"] = "gradcam" if "gradcam" in methods else methods[0]
+        st.selectbox("Method", methods, key="refine_method", format_func=method_name,
+                     help=methods_help(methods, {m: get_explainer(m).cost for m in methods}))
     if st.session_state.get("segmenter") not in SEGMENTERS:  # the phantom's anatomy for demo, real anatomy else
         st.session_state["segmenter"] = "demo-anatomy" if model.startswith("demo") else "xrv-pspnet"
     with c3:
@@ -73,7 +77,7 @@ def render() -> None:
     with c4:
         mode = st.radio("SegX mode", ["soft", "binary"], key="segx_mode", horizontal=True,
                         help="soft: the map inside the region, rescaled; binary: the top-p% pixels inside it")
-        percent = st.slider("p (%)", 1, 30, 5, key="segx_p")
+        percent = st.slider("p (%)", 1, 30, key="segx_p")
     target, method, segmenter = st.session_state["target"], st.session_state["refine_method"], \
         st.session_state["segmenter"]
     try:
@@ -87,10 +91,19 @@ def render() -> None:
     if region.fallback:
         st.warning(f"No anatomy is defined for {target}: both lungs are used as its region.")
     lines = outlines(region.mask)
+    finding = state.finding_summary(prediction, target)
+    if not finding["positive"]:
+        st.caption(f":material/block: {target} is below its operating point ({finding['probability']:.2f} < "
+                   f"{finding['threshold']:.2f}): the model does not report it, so its map and certainty say "
+                   "little.")
+    display = scale_map(explanation.map, "absolute", get_explainer(method).unit_range)
+    if display.empty:
+        st.warning(f"This map is empty: {display.reason}.", icon=":material/blur_off:")
     left, right = st.columns(2)
     with left:
-        rgb = blend(pixels, display_scale(explanation.map, "per map"), 0.5)
-        st.plotly_chart(_panel(rgb, lines, f"{method}: original"), width="stretch", key="original")
+        rgb = blend(pixels, display.heat, 0.5)
+        st.plotly_chart(_panel(rgb, lines, f"{method_name(method)}: original (0 to {display.high:.3g})"),
+                        width="stretch", key="original")
     with right:
         rgb = blend(pixels, refined, 0.5)
         st.plotly_chart(_panel(rgb, lines, f"SegX ({mode}) inside {' + '.join(region.structures)}"),

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import access, state
+from ui import access, layout, state
+from ui.methods import method_description, method_name
+from xai_core.display import scale_map
 from xai_core.errors import InputError, StoreError
+from xai_core.explainers import get_explainer
 from xai_core.imaging import to_png_bytes
-from xai_core.overlay import overlay_png, shrink
+from xai_core.overlay import blend, overlay_png, png_bytes, shrink
 from xai_core.report import case_report_html
 from xai_core.store import MAX_COMMENT, VERDICTS, CaseStore
+
+TILE_SIDE = 320
 
 
 def _save_case_and_results(store: CaseStore, case, model: str) -> None:
@@ -49,7 +54,16 @@ def _record(case, model: str, target: str, method: str) -> None:
     except InputError as exc:
         st.session_state["store_problem"] = f"Not saved: {exc}"
         return
-    st.session_state["saved_message"] = f"Saved: {method} · {target} · {verdict} (as {user.username})"
+    st.session_state["saved_message"] = (method, f"Saved: {method_name(method)} · {target} · {verdict} "
+                                                 f"(as {user.username})")
+
+
+def _pictures(case, explanation) -> tuple[bytes, bytes]:
+    """The original and the overlay (absolute scale, as on the Explain page), both small."""
+    pixels = shrink(state.display_pixels(case), TILE_SIDE)
+    full = shrink(explanation.resized_to_image(case.pixels.shape), TILE_SIDE)
+    display = scale_map(full, "absolute", get_explainer(explanation.method).unit_range)
+    return to_png_bytes(pixels), png_bytes(blend(pixels, display.heat, 0.5))
 
 
 def _current_case_panel(store: CaseStore) -> None:
@@ -59,27 +73,42 @@ def _current_case_panel(store: CaseStore) -> None:
         st.info("Load a case and open the Explain page: its explanations can then be reviewed here.")
         return
     model = state.current_model()
+    prediction = state.prediction_quiet(case, model)
     user = access.session_user()
     latest = store.latest_verdicts(case.sha256)
     st.caption(f"Verdicts are recorded as {user.username} ({user.role}).")
     st.text(f"Case: {state.shared_case_name(case)}")
+    saved = st.session_state.pop("saved_message", None)
+    if saved:
+        st.toast(saved[1], icon=":material/check:")
     for method, explanation in explanations.items():
         target = explanation.target
         with st.form(f"form-{method}", clear_on_submit=False, border=True):
-            st.markdown(f"**{method}** explaining **{target}**")
+            st.markdown(f"**{method_name(method)}** explaining **{target}**", help=method_description(method))
+            if prediction is not None and target in prediction.labels:
+                finding = state.finding_summary(prediction, target)
+                reported = "reported" if finding["positive"] else "below its operating point: not reported"
+                st.caption(f"{target}: probability {finding['probability']:.2f} (operating point "
+                           f"{finding['threshold']:.2f}, {reported})")
+            original, overlay = _pictures(case, explanation)
+            left, right = st.columns(2)
+            with left:
+                st.image(original, caption="original", width="stretch")
+            with right:
+                st.image(overlay, caption=f"{method_name(method)} overlay", width="stretch")
             previous = latest.get((model, target, method))
             if previous:
-                st.caption(f"Latest verdict: {previous.verdict} ({previous.created} UTC)")
+                st.caption(f"Latest verdict: {previous.verdict} ({layout.local_time(previous.created)})")
                 if previous.reviewer or previous.comment:  # plain text: a comment is never Markdown or HTML
                     st.text(f"{previous.reviewer or 'unknown reviewer'}: {previous.comment}")
             st.radio("Does this explanation look right?", VERDICTS, key=f"verdict-{method}", horizontal=True,
                      index=VERDICTS.index(previous.verdict) if previous else None)
             st.text_area("Comment", key=f"comment-{method}", height=68, max_chars=MAX_COMMENT)
             st.form_submit_button("Save verdict", on_click=_record, args=(case, model, target, method))
+        if saved and saved[0] == method:
+            st.success(saved[1], icon=":material/check:")
     if "store_problem" in st.session_state:
         st.error(st.session_state.pop("store_problem"), icon=":material/database:")
-    if "saved_message" in st.session_state:
-        st.success(st.session_state.pop("saved_message"), icon=":material/check:")
 
 
 def _worklist(store: CaseStore) -> None:
@@ -87,24 +116,33 @@ def _worklist(store: CaseStore) -> None:
     if not cases:
         st.info("No stored cases yet: saving a verdict stores its case, predictions and overlays.")
         return
-    st.dataframe([{k: c[k] for k in ("label", "source", "results", "verdicts", "last_verdict", "created")}
-                  | {"case": c["sha256"][:12]} for c in cases], hide_index=True, width="stretch")
-    titles = {f"{c['label']} · {c['sha256'][:12]}": c["sha256"] for c in cases}
+    st.dataframe([{"label": c["label"], "source": c["source"], "results": c["results"], "verdicts": c["verdicts"],
+                   "last verdict": layout.local_time(c["last_verdict"]), "stored": layout.local_time(c["created"]),
+                   "case": c["sha256"][:12]} for c in cases], hide_index=True, width="stretch")
+    titles = {f"{c['label']} · {c['sha256'][:12]}": c for c in cases}
     choice = st.selectbox("Case", list(titles), key="review_case")
-    sha = titles[choice]
+    chosen = titles[choice]
+    sha = chosen["sha256"]
+    if st.button("Open in Explain", key="review_open", icon=":material/open_in_new:",
+                 help="Makes this case current and opens it on the Explain page (samples, and uploads of this "
+                      "session; other uploads must be uploaded again: only their hash is stored)."):
+        if state.reopen_case(sha, chosen["label"]):
+            st.switch_page("pages/explain_page.py")
+        st.warning("This case's image is not on this server (uploads are not stored): upload the file again on the "
+                   "Case page.", icon=":material/upload_file:")
     verdicts = store.verdicts(sha)
     if verdicts:  # a dataframe, not st.table: table cells render Markdown (an image link would be fetched)
-        st.dataframe([{"time (UTC)": v.created, "model": v.model, "finding": v.target, "method": v.method,
-                       "verdict": v.verdict, "comment": v.comment, "reviewer": v.reviewer, "role": v.role}
-                      for v in verdicts], hide_index=True, width="stretch")
+        st.dataframe([{"time": layout.local_time(v.created), "model": v.model, "finding": v.target,
+                       "method": method_name(v.method), "verdict": v.verdict, "comment": v.comment,
+                       "reviewer": v.reviewer, "role": v.role} for v in verdicts], hide_index=True, width="stretch")
     st.download_button("Export case report (HTML)", case_report_html(store, sha), file_name=f"case_{sha[:12]}.html",
                        mime="text/html", key="report", icon=":material/download:")
 
 
 def render() -> None:
     """The Review page."""
-    st.title("Review")
     access.require("review")
+    layout.start("Review")
     store = state.store_or_message()
     if store is None:
         return

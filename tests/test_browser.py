@@ -74,8 +74,12 @@ def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
             pytest.fail(f"no Chromium to drive ({exc.message.splitlines()[0]}): `make test` installs one "
                         "(scripts/setup-browser)")
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        outside: list[str] = []  # every request to anything but the app itself (fonts, icons, help links)
+        page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else outside.append(r.url))
         page.goto(server, wait_until="networkidle")
         expect(page.get_by_text("Load a radiograph to begin")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("not for clinical use").first).to_be_visible(), "the disclaimer on the first screen"
+        assert page.get_by_test_id("stSidebarNav").count() == 0, "no legacy pages/ navigation"
         page.locator("input[type=file]").set_input_files(str(dicom))
         expect(page.get_by_text("Window centre")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Findings above their operating point")).to_be_visible(timeout=60_000)
@@ -89,7 +93,9 @@ def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
         charts = page.get_by_test_id("stPlotlyChart")
         expect(charts.first).to_be_visible(timeout=120_000)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=120_000)
-        expect(page.locator("strong", has_text="gradcam").first).to_be_visible()
+        expect(page.locator("strong", has_text="Grad-CAM").first).to_be_visible()
+        expect(page.get_by_text("**Finding:** Effusion").or_(page.get_by_text("Finding: Effusion")).first) \
+            .to_be_visible(), "the header names the finding"
         assert page.get_by_test_id("stException").count() == 0, "no traceback on the page"
         shot = _shot(page, tmp_path, "explain")
         assert shot.stat().st_size > 50_000
@@ -113,6 +119,10 @@ def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
 
         page.get_by_role("link", name="Review").click()
         expect(page.get_by_text("Does this explanation look right?").first).to_be_visible(timeout=60_000)
+        page.get_by_text("agree", exact=True).first.click()
+        page.get_by_role("button", name="Save verdict").first.click()
+        expect(page.get_by_text("Saved:").first).to_be_visible(timeout=60_000)
         _shot(page, tmp_path, "review")
         assert page.get_by_test_id("stException").count() == 0
+        assert outside == [], f"requests outside the app: {outside[:5]}"
         browser.close()

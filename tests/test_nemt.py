@@ -315,8 +315,8 @@ def test_train_nemt_records_and_resumes(tmp_path, monkeypatch):
 
 
 def test_a_model_without_a_nemt_module_says_how_to_train_one():
-    from xai_core.explainers import get_explainer
     from xai_core.errors import MissingWeightsError
+    from xai_core.explainers import get_explainer
 
     handle = load_model("demo-anatomy")  # any model without a NEMt entry and with real weights
     with pytest.raises(MissingWeightsError, match="train nemt --model demo-anatomy"):

@@ -10,13 +10,25 @@ from ui.access import session_user
 from xai_core.engine import Engine, Prediction, get_engine
 from xai_core.errors import StoreError, XaiError
 from xai_core.explainers import get_explainer
-from xai_core.imaging import Radiograph
+from xai_core.imaging import Radiograph, load_radiograph, rewindow
 from xai_core.mammi import AnnotationStore, bundled_annotation
 from xai_core.models import get_card, list_models
+from xai_core.samples import all_samples
 from xai_core.store import CaseStore, case_name, default_path, identifying_parts
 
 PREFERRED_MODEL = "demo"
-DEPENDENT_KEYS = ("prediction", "target", "explanations")
+DEPENDENT_KEYS = ("prediction", "target", "explanations", "truth")
+# The per-case context: widget values kept across pages and reruns (Streamlit drops a widget's value on a run that
+# does not draw it; `keep_context` re-asserts them at the top of every page). Widgets with these keys take their
+# defaults from `CONTEXT_DEFAULTS`, never from a `value=` argument.
+CONTEXT_DEFAULTS = {
+    "opacity": 0.5, "colour_map": "jet", "range_mode": "absolute", "contour": True, "contour_p": 10,
+    "segx_mode": "soft", "segx_p": 5, "concept_layer": None, "concept_query": "", "concept_order": None,
+    "eval_data": None, "eval_n": 20, "eval_methods": None, "eval_groups": None,
+}
+CONTEXT_KEYS = ("model", "target", "methods", "truth", "refine_method", "segmenter", "sample", *CONTEXT_DEFAULTS)
+SLOW_REQUESTS = "slow_requests"  # (sha256, model, target, method) of slow maps the user asked for
+MAX_SESSION_CASES = 8  # radiographs kept in the session so the worklist can reopen them
 
 
 @st.cache_resource(show_spinner=False)
@@ -64,10 +76,118 @@ def current_model() -> str:
     return st.session_state.get("model") or available_models()[0]
 
 
+def keep_context() -> None:
+    """Keeps the per-case context across pages and reruns: fills in defaults and re-asserts every context value
+    (a widget not drawn on a page would otherwise lose its value)."""
+    for key, value in CONTEXT_DEFAULTS.items():
+        if value is not None and key not in st.session_state:
+            st.session_state[key] = value
+    for key in CONTEXT_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def reset_dependent_state() -> None:
-    """Forget what was computed for the previous case or model."""
+    """Forget what was computed for the previous case or model (the finding is kept while the model has it)."""
+    target = st.session_state.get("target")
     for key in DEPENDENT_KEYS:
         st.session_state.pop(key, None)
+    if target is not None:
+        st.session_state["kept_target"] = target
+
+
+def on_model_change() -> None:
+    """The model changed: predictions and maps go; the finding is kept where the new model has it."""
+    reset_dependent_state()
+    st.session_state.pop("notice", None)
+
+
+def ensure_target(prediction: Prediction) -> str:
+    """The finding of the context: kept while the model has it, the top finding for a new case, and never switched
+    without a notice (shown in the page header)."""
+    labels = list(prediction.labels)
+    target = st.session_state.get("target") or st.session_state.pop("kept_target", None)
+    if target in labels:
+        st.session_state["target"] = target
+        return target
+    top = prediction.ranked()[0]["label"]
+    if target is not None:
+        st.session_state["notice"] = (f"{prediction.model} has no finding '{target}': the finding is now {top}, "
+                                      f"its top finding.")
+    st.session_state["target"] = top
+    return top
+
+
+def finding_summary(prediction: Prediction, target: str) -> dict:
+    """The chosen finding's probability, operating point and whether the model reports it."""
+    return prediction.finding(list(prediction.labels).index(target))
+
+
+def prediction_quiet(case: Radiograph, model: str) -> Prediction | None:
+    """The prediction for the header, or None when there is none (the page itself says why)."""
+    if model_problem(model):
+        return None
+    try:
+        return engine().predict(case, model)
+    except XaiError:
+        return None
+
+
+def remember_session_case(radiograph: Radiograph, meta: dict) -> None:
+    """Keeps a loaded case (and how it was loaded) so the worklist can reopen it in this session."""
+    cases = dict(st.session_state.get("session_cases") or {})
+    cases.pop(radiograph.sha256, None)
+    cases[radiograph.sha256] = (radiograph, meta)
+    while len(cases) > MAX_SESSION_CASES:
+        cases.pop(next(iter(cases)))
+    st.session_state["session_cases"] = cases
+
+
+def _sample_with(sha256: str, label: str) -> tuple[Radiograph, dict] | None:
+    """A bundled or real sample whose title the stored label carries and whose content has this hash."""
+    for sample in all_samples():
+        if sample.title not in label:
+            continue
+        try:
+            radiograph = load_radiograph(sample.path)
+        except XaiError:
+            continue
+        if radiograph.sha256 == sha256:
+            return radiograph, {"origin": "sample", "labels": sample.labels, "source": sample.source,
+                                "masks": sample.masks, "title": sample.title}
+    return None
+
+
+def reopen_case(sha256: str, label: str = "") -> bool:
+    """Makes a stored case current again: one loaded earlier in this session, or a sample named in its label
+    (False when the image is neither: uploads are not stored, only their hash, thumbnail and results)."""
+    found = (st.session_state.get("session_cases") or {}).get(sha256)
+    if found is None:
+        found = _sample_with(sha256, label)
+    if found is None:
+        return False
+    radiograph, meta = found
+    set_case(radiograph, meta.get("origin", "upload"), labels=meta.get("labels"), source=meta.get("source"),
+             masks=meta.get("masks"))
+    if meta.get("title"):
+        st.session_state["case_title"] = meta["title"]
+    return True
+
+
+def display_window(case: Radiograph) -> tuple[float, float] | None:
+    """The display-only window chosen for this case on the Case page (None: the file's own)."""
+    return (st.session_state.get("display_windows") or {}).get(case.sha256)
+
+
+def display_pixels(case: Radiograph):
+    """The case's pixels as the reader windowed them (display only: the model always gets `case` itself)."""
+    window = display_window(case)
+    if window is None:
+        return case.pixels
+    try:
+        return rewindow(case, *window).pixels
+    except XaiError:
+        return case.pixels
 
 
 def current_case() -> Radiograph | None:
@@ -86,7 +206,11 @@ def set_case(radiograph: Radiograph, origin: str, *, labels: list[str] | None = 
         reset_dependent_state()
     st.session_state["case"] = radiograph
     if previous is None or previous.sha256 != radiograph.sha256:
+        st.session_state.pop("kept_target", None)  # a new case opens on its own top finding
+        st.session_state.pop("notice", None)
         st.session_state.update(case_origin=origin, case_labels=labels, case_source=source, case_masks=masks or {})
+    remember_session_case(radiograph, {"origin": origin, "labels": labels, "source": source, "masks": masks or {},
+                                       "title": st.session_state.get("case_title")})
 
 
 def remember_case_label(sha256: str) -> None:
@@ -105,13 +229,27 @@ def shared_case_name(case: Radiograph) -> str:
     return case_name(case.sha256, label, forbidden=identifying_parts(case.source_name))
 
 
+@st.cache_resource(show_spinner=False)
+def _known_problems() -> dict[str, str]:
+    """Models found unusable in this server process (name -> why), for marking them in every picker."""
+    return {}
+
+
 def model_problem(name: str) -> str | None:
     """Why a model cannot be used here (e.g. missing weights), or None."""
     try:
         engine().model(name)
     except XaiError as exc:
+        _known_problems()[name] = str(exc)
         return str(exc)
+    _known_problems().pop(name, None)
     return None
+
+
+def known_problems() -> dict[str, str]:
+    """Models found unusable in this server process so far (name -> why). Pickers mark them in their help text and
+    a caption (never in the option labels: a label that changes would drop the selection)."""
+    return dict(_known_problems())
 
 
 def is_demo_model(name: str) -> bool:

@@ -51,15 +51,35 @@ def _read_boxes(box_file: Path) -> dict[str, list[tuple[str, float, float, float
     return boxes
 
 
+# labels.csv layouts: ours (image, labels) and the NIH ChestX-ray14 Data_Entry file (Image Index, Finding Labels).
+LABEL_COLUMNS = (("image", "labels"), ("Image Index", "Finding Labels"))
+
+
+def label_columns(fieldnames: list[str] | None, source: Path) -> tuple[str, str]:
+    """The (image, labels) column names of a labels.csv header; InputError naming the accepted layouts."""
+    names = [name.strip() for name in fieldnames or []]
+    for image, labels in LABEL_COLUMNS:
+        if image in names and labels in names:
+            return image, labels
+    accepted = " or ".join(f"'{i}','{lab}'" for i, lab in LABEL_COLUMNS)
+    raise InputError(f"{source.name} has the columns {', '.join(repr(n) for n in names) or 'none'}; expected "
+                     f"{accepted} (labels separated by '|')")
+
+
 def folder_cases(folder: Path, size: int, n: int | None = None) -> Iterator[EvalCase]:
-    """labels.csv (image,labels) + images/ (any supported format), optional masks/<id>_<finding>.png,
+    """labels.csv (image,labels, or NIH's Image Index,Finding Labels) + images/ (any supported format), optional
+    masks/<id>_<finding>.png,
     fixations/<id>.csv (REFLACX or MIMIC-EGD) and an NIH BBox_List-style boxes csv (bboxes.csv); every image is
     centre-cropped to a square and resized to `size` px, as the model sees it."""
     with (folder / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        image_column, labels_column = label_columns(reader.fieldnames, folder / "labels.csv")
+        rows = list(reader)
     boxes = _read_boxes(folder / "bboxes.csv")
     for row in rows[:n]:
-        image_id = Path(row["image"]).stem
+        image_id = Path(row[image_column]).stem
         matches = sorted((folder / "images").glob(f"{image_id}.*"))
         if not matches:
             continue
@@ -73,7 +93,7 @@ def folder_cases(folder: Path, size: int, n: int | None = None) -> Iterator[Eval
             cut = mask[crop.top:crop.top + crop.size, crop.left:crop.left + crop.size].astype(np.uint8)
             return cv2.resize(cut, (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
 
-        labels = [x for x in row["labels"].split("|") if x and x != "No Finding"]
+        labels = [x.strip() for x in (row[labels_column] or "").split("|") if x.strip() and x.strip() != "No Finding"]
         masks = {}
         for finding in labels:
             path = folder / "masks" / f"{image_id}_{finding}.png"

@@ -5,8 +5,8 @@ beat Gauss-Legendre's end-clustered ones on the demo model (mean |completeness g
 0.13 vs 0.27, 18 phantom test positives; XRAI regions: benchmarks/explainers.py --xrai-agreement).
 
 Precision 'auto' (default) runs the forward and backward passes under bfloat16 autocast where the hardware runs it
-fast (AMX CPUs, bf16 GPUs): on 2 AMX cores 1.9x faster for `demo` (maps correlating at 0.995 with float32, mean
-|completeness gap| 0.19 vs 0.21) and 2.5x for DenseNet121 (correlation 0.97); 'float32' gives the exact integral."""
+fast (AMX CPUs, bf16 GPUs): IG is many forward and backward passes, and there bfloat16 makes each one cheaper for
+maps that stay close to float32's (speed-up and agreement: docs/benchmarks.md); 'float32' gives the exact integral."""
 
 from __future__ import annotations
 

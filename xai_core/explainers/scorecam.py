@@ -25,10 +25,10 @@ def channel_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 class ScoreCAM(Explainer):
     name = "scorecam"
     cost = "slow"
-    # batch 16: the fastest masked-forward batch on a 2-core CPU (4.4 s vs 5.7 s at 64 for demo).
+    # batch 16: the fastest masked-forward batch we measured on a 2-core CPU (64 was slower; docs/benchmarks.md).
     # precision: "bfloat16" runs the masked forwards (only they: the activations stay float32) under autocast,
-    # 1.5x faster again on AMX CPUs, maps correlating at 0.9999 with float32 (benchmarks/explainers.py);
-    # "auto" (default) uses it where the hardware runs it fast, else float32.
+    # faster where the hardware runs bfloat16 fast, for maps that barely differ from float32's
+    # (docs/benchmarks.md); "auto" (default) uses it where the hardware runs it fast, else float32.
     defaults: ClassVar[dict[str, Any]] = {"layer": None, "batch": 16, "top_k": None, "precision": "auto"}
 
     def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, layer: str | None, batch: int,

@@ -6,9 +6,8 @@ and updates them only for the pixels just covered, instead of recomputing every 
 at every step. The rule matters: the top-10% regions at 32 right-Riemann steps agree with those at the reference's
 settings at IoU 0.94 on 18 phantom test positives, at 32 Gauss-Legendre steps only 0.79 (the region order flips on
 small attribution changes); `python -m xai_core bench explainers --xrai-agreement N` measures it. Precision 'auto'
-(IG under bfloat16 autocast where the hardware runs it fast) is 1.6x faster again for `demo` and 2.5x for
-DenseNet121 on 2 AMX cores (bench explainers, batch 1), at IoU 0.906 (demo, 18 images) and 0.904 (DenseNet121, 6)
-against the reference's settings; 'float32' keeps the exact integrals.
+(IG under bfloat16 autocast where the hardware runs it fast) is faster again, for a small loss of region agreement
+with the reference's settings (speed-up and IoU: docs/benchmarks.md); 'float32' keeps the exact integrals.
 """
 
 from __future__ import annotations

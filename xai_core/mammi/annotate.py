@@ -101,7 +101,7 @@ def layer_activations(handle: ModelHandle, x: torch.Tensor, layer: str) -> torch
     """One number per neuron per image, after the neuron's activation function: [B, K]. features: the card's feature
     layer after its ReLU, pooled per channel; output: each label's sigmoid probability. On logits, p=93 leaves the
     output neurons of demo 1-22 representatives, mostly multi-finding outliers; on probabilities every confident
-    positive qualifies and the cap (50) applies (hit rates of both: README, Measured)."""
+    positive qualifies and the cap (50) applies (hit rates of both: docs/models.md)."""
     with torch.inference_mode():
         if layer == "output":
             return torch.sigmoid(handle.module(x.to(handle.device)).float()).cpu()

@@ -7,7 +7,7 @@ threads (triangulation, interpolation and WebP encoding release the GIL; `set_th
 bound a triangle that covers a removed pixel, and dropping them shrinks the triangulation from up to 75% of the image
 to the borders of its regions. Scattered maps (random) have no interior; for them OpenCV triangulates (faster than
 qhull on many points) and the pixels of each triangle are walked directly (rasterize_linear), which beats scipy's
-point location. Agreement: tests/test_metrics.py; speed: benchmarks/pic.py.
+point location. Agreement: tests/test_metrics.py; speed: benchmarks/pic.py, figures in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def random_mask(shape: tuple[int, int], fraction: float = 0.01, seed: int = 0) -
 
 
 # In lossless WebP, `quality` is the compression effort, not fidelity. The reference encodes at 100; effort 0 gives
-# sizes within 0.7% of it (mean 0.1%, identical for a third; 156 bokeh images of Grad-CAM, IG and random maps) in
-# half the time, with the same AUCs within 0.002 (tests/test_metrics.py, benchmarks/pic.py).
+# nearly the same sizes much faster, so the AUCs barely move (how much they move, and issue 24's recheck, which
+# found more than first measured: docs/benchmarks.md; tests/test_metrics.py, benchmarks/pic.py).
 WEBP_EFFORT = 0
 
 
@@ -142,8 +142,9 @@ def _jittered_delaunay(pixels: np.ndarray, shape: tuple[int, int]):
 
 
 # Above this many points (scattered maps at the denser thresholds), OpenCV's incremental Delaunay (Subdiv2D) is used:
-# 5x faster than qhull on 10,000-40,000 pixel positions and, needing no jitter, as close to the reference's
-# interpolation (benchmarks/pic.py). Below it, its fixed set-up cost makes no difference.
+# several times faster than qhull on tens of thousands of pixel positions (docs/benchmarks.md) and, needing no
+# jitter, as close to the reference's interpolation (benchmarks/pic.py). Below it, its fixed set-up cost makes no
+# difference.
 GRID_DELAUNAY_ABOVE = 2048
 
 
@@ -170,8 +171,8 @@ def _grid_delaunay(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray | N
 
 
 # Above this many triangles, walking the pixels of each triangle beats scipy's point location, whose per-triangle
-# barycentric set-up dominates: 0.05 s instead of 0.25 s for the 50,000 triangles of a scattered map at half the
-# pixels (224 px). Below it (blob-shaped maps), scipy is faster. Same values to 1e-12: tests/test_metrics.py.
+# barycentric set-up dominates for the many small triangles of a scattered map (docs/benchmarks.md). Below it
+# (blob-shaped maps), scipy is faster. Same values to 1e-12: tests/test_metrics.py.
 RASTERIZE_ABOVE = 4096
 
 

@@ -1,8 +1,8 @@
 """A classifier's hook-free float32 CPU forward on ONNX Runtime.
 
-Why: the metrics of `evaluate` and Score-CAM's masked forwards need only logits, thousands of times per run. On
-the 2-core AVX2 CPUs we build on, ONNX Runtime runs demo's forward 1.2-1.4x faster than PyTorch eager at batch 16
-and 2x faster at batch 1 (the NEMt row of `python benchmarks/explainers.py` prints both forwards, same run).
+Why: the metrics of `evaluate` and Score-CAM's masked forwards need only logits, thousands of times per run, and
+on the CPUs we build on ONNX Runtime runs demo's forward faster than PyTorch eager, most at batch 1 (figures:
+docs/benchmarks.md; the NEMt row of `python benchmarks/explainers.py` prints both forwards, same run).
 Gradients, hooks and bfloat16 stay on PyTorch.
 """
 
@@ -59,8 +59,8 @@ def export_onnx(module: nn.Module, spec: InputSpec, outputs: int = 1, labels: in
     names = [f"output{i}" for i in range(outputs)]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        # torch's TorchScript exporter is deprecated in favour of torch.export, which takes 18 s on demo instead of
-        # 0.7 s; with torch pinned, the fast one is used and its notice silenced
+        # torch's TorchScript exporter is deprecated in favour of torch.export, which exports demo many times more
+        # slowly (docs/benchmarks.md); with torch pinned, the fast one is used and its notice silenced
         warnings.simplefilter("ignore", DeprecationWarning)
         # a trace that depends on the probe's values (a Python branch on a tensor) would be wrong for other inputs
         warnings.simplefilter("error", torch.jit.TracerWarning)

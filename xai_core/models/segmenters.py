@@ -23,7 +23,7 @@ class UNet(nn.Module):
     """A small U-Net with one sigmoid output channel per structure (structures may overlap).
 
     The stem halves the resolution and the logits are upsampled back: anatomy needs no full-resolution decoder,
-    and this makes a training step ~4x cheaper on CPU.
+    and this makes a training step several times cheaper on CPU (docs/benchmarks.md).
     """
 
     def __init__(self, out_channels: int, widths: tuple[int, ...] = (16, 32, 64, 128), in_channels: int = 1) -> None:

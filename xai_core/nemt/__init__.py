@@ -98,7 +98,7 @@ class _PixelsToMap(torch.nn.Module):
 
 def explanation_from_pixels(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The relevance map [B, H, W] of each image for its target: classifier and decoder as one ONNX Runtime graph
-    on a CPU (demo at batch 1: about one plain forward), else the PyTorch pyramid and decoder."""
+    on a CPU (then about as cheap as a plain forward: docs/benchmarks.md), else the PyTorch pyramid and decoder."""
     decoder = load_decoder(handle)
     graph = handle.onnx(f"nemt-{decoder.instance}", lambda: _PixelsToMap(handle.module, decoder),
                         labels=len(handle.card.labels))

@@ -18,7 +18,7 @@ CAM_SCALE = 0.15  # demo: a positive finding's CAM peaks at 7-54 (median 37), a 
 
 class Pointwise(nn.Conv2d):
     """A 1x1 convolution computed as one matrix product: at batch 1 on CPU, oneDNN's 1x1 convolutions with few
-    output channels cost 3-50x more (80 -> 1 channels at 56 px: 321 vs 76 us; 1 -> 1 at 224 px: 2.8 ms vs 52 us)."""
+    output channels cost many times more than the product (docs/benchmarks.md)."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias)
@@ -41,7 +41,7 @@ class LabelPointwise(nn.Module):
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         bias = self.bias[targets].view(-1, 1, 1, 1)
-        if self.in_channels == 1:  # one fused op (a grey input): half the time of the product at 224 px
+        if self.in_channels == 1:  # one fused op (a grey input): cheaper than the product (docs/benchmarks.md)
             return torch.addcmul(bias, x, self.weight[targets].view(-1, 1, 1, 1))
         out = torch.bmm(self.weight[targets].unsqueeze(1), x.flatten(2)).view(x.shape[0], 1, *x.shape[-2:])
         return out + bias
@@ -84,10 +84,11 @@ class NEMtDecoder(nn.Module):
     skip heads, one per label: with label-blind heads the maps of two findings in one image correlated 0.5-0.7, each
     deleting both). `input_kernel` 3 reads configs from before 2026-11-30: one 3x3 input head for every label.
 
-    Beyond the paper's decoder, which has an up-block at every level: at batch 1 on CPU an up-block costs 0.6-3 ms
-    (more at finer levels, mostly per-op overhead) against a 23 ms classifier forward, and the 21 px smoothing of
-    the keep-mask leaves fine levels little to add. demo, one block: 2.3 ms per map, relevance mass 0.175 on test
-    positives; four (48, 24, 12, 6 channels): 10.7 ms, 0.115.
+    Beyond the paper's decoder, which has an up-block at every level: at batch 1 on CPU an up-block is not cheap
+    next to a classifier forward (more at finer levels, mostly per-op overhead), and the 21 px smoothing of the
+    keep-mask leaves fine levels little to add. On demo one block costs a fraction of four (48, 24, 12, 6 channels)
+    per map and reached a higher relevance mass on test positives (timings: docs/benchmarks.md; scores:
+    docs/models.md).
 
     `cam_readout` (beyond the paper): the logits also get a per-label keep bias minus the target's class activation
     map, a 1x1 readout of the bottleneck that `init_cam_readout` starts from the classifier's own head. Deletion then

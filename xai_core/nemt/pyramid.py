@@ -47,8 +47,8 @@ class _PyramidOutputs(nn.Module):
 
 
 def handle_pyramid(handle: ModelHandle, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """`pyramid_forward` of a loaded classifier, run where it is fastest: ONNX Runtime on a CPU (demo at batch 1,
-    2 threads: about half PyTorch's time), else PyTorch. Call under torch.inference_mode()."""
+    """`pyramid_forward` of a loaded classifier, run where it is fastest: ONNX Runtime on a CPU (docs/benchmarks.md),
+    else PyTorch. Call under torch.inference_mode()."""
     if supports_pyramid(handle.module):
         forward = handle.onnx("pyramid", lambda: _PyramidOutputs(handle.module), 1 + len(DENSENET_TAPS))
         if forward is not None:

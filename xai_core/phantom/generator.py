@@ -106,7 +106,8 @@ class _Canvas:
 
 @functools.lru_cache(maxsize=32)
 def _linspace(start: float, stop: float, num: int) -> np.ndarray:
-    """np.linspace, computed once per argument set (it costs ~10 us a call); read-only."""
+    """np.linspace, computed once per argument set (a call costs more than a cache lookup: docs/benchmarks.md);
+    read-only."""
     values = np.linspace(start, stop, num)
     values.flags.writeable = False
     return values
@@ -138,7 +139,7 @@ def _film_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     oy, ox = rng.integers(0, size, 2)
     flip = rng.integers(4)
     window = bank[oy:oy + size, ox:ox + size]
-    return np.ascontiguousarray(np.rot90(window, int(flip)))  # contiguous: 3x faster arithmetic downstream
+    return np.ascontiguousarray(np.rot90(window, int(flip)))  # contiguous: faster arithmetic downstream
 
 
 def _sample_findings(rng: np.random.Generator) -> list[str]:

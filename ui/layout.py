@@ -1,0 +1,109 @@
+"""What every page starts with: the kept per-case context, the shared sidebar, the title and the case header (case,
+model, finding and its probability, the demo disclaimer, notices)."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+
+import streamlit as st
+
+from ui import access, state
+from xai_core.engine import Prediction
+from xai_core.errors import XaiError
+from xai_core.imaging import to_png_bytes
+
+DISCLAIMER = "Demonstration model: trained on synthetic radiographs, not for clinical use."
+RESEARCH_NOTE = "Research software: not a medical device, not for clinical use."
+
+
+def sidebar() -> None:
+    """Identity, model picker with its card, device, the current case's thumbnail."""
+    with st.sidebar:
+        st.header("Chest X-ray XAI")
+        user = access.session_user()
+        if user is not None:
+            access.sidebar_identity(user)
+        models = state.available_models()
+        state.model_problem(state.current_model())  # known before the picker is drawn, so its help can say so
+        problems = state.known_problems()
+        st.selectbox("Model", models, key="model", on_change=state.on_model_change,
+                     help="Models that cannot run on this server: " + "; ".join(problems) if problems else
+                     "Every classifier of the registry; one that cannot run here says why when chosen.")
+        model = state.current_model()
+        if model in problems:
+            st.caption(f"{model} cannot run here: see the page for what is missing.")
+        try:
+            card = state.card_summary(model)
+        except XaiError:  # a card that cannot be summarised must not hide the page
+            card = {}
+        with st.expander("Model card"):
+            st.json(card, expanded=False)
+        st.caption(f"Device: {state.engine().device}")
+        current = state.current_case()
+        if current is not None:  # the file name is shown in this session only; others see the shared name
+            st.image(to_png_bytes(current.pixels), caption=current.source_name, width=160)
+
+
+def _finding_line(prediction: Prediction, target: str) -> str:
+    finding = state.finding_summary(prediction, target)
+    verdict = ("above its operating point" if finding["positive"]
+               else "below its operating point: the model does not report it")
+    return (f"**Finding:** {target} · probability {finding['probability']:.2f} ({verdict}, "
+            f"{finding['threshold']:.2f})")
+
+
+def header(*, uses_finding: bool = True) -> Prediction | None:
+    """The case header: which case, model and finding this page shows, with the finding's probability. Returns
+    the prediction (None without a case or when the model cannot run; the page says why)."""
+    model = state.current_model()
+    case = state.current_case()
+    demo = state.is_demo_model(model)
+    if demo:
+        st.info(DISCLAIMER, icon=":material/science:")
+    else:
+        st.caption(RESEARCH_NOTE)
+    if case is None:
+        st.caption(f"**Model:** {model} · no case loaded")
+        return None
+    prediction = state.prediction_quiet(case, model)
+    parts = [f"**Case:** {state.shared_case_name(case)}", f"**Model:** {model}"]
+    if prediction is not None and uses_finding:
+        target = state.ensure_target(prediction)
+        parts.append(_finding_line(prediction, target))
+    st.markdown(" · ".join(parts))
+    notice = st.session_state.pop("notice", None)
+    if notice:
+        st.warning(notice, icon=":material/swap_horiz:")
+    if prediction is not None and prediction.random_weights:
+        st.warning("This model has random weights (testing mode): its findings and maps mean nothing.")
+    return prediction
+
+
+def start(title: str, *, uses_finding: bool = True) -> Prediction | None:
+    """Every page's first call: keeps the context, draws the sidebar, the title and the case header."""
+    state.keep_context()
+    sidebar()
+    st.title(title)
+    return header(uses_finding=uses_finding)
+
+
+def local_time(iso: str | None) -> str:
+    """A stored UTC timestamp as the reader's local time ('12 Mar 2025, 14:05 CET'): the browser's time zone where
+    it is known, the server's otherwise."""
+    if not iso:
+        return ""
+    try:
+        moment = datetime.datetime.fromisoformat(str(iso).replace(" UTC", "").replace("Z", "+00:00"))
+    except ValueError:
+        return str(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    zone = None
+    try:
+        name = st.context.timezone
+        zone = zoneinfo.ZoneInfo(name) if name else None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, AttributeError):
+        zone = None
+    local = moment.astimezone(zone)
+    return local.strftime("%d %b %Y, %H:%M ") + (local.tzname() or "")
