@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from xai_core.errors import TargetError
+from xai_core.errors import ParameterError, TargetError
 from xai_core.imaging import Radiograph
 from xai_core.models.cards import CropBox, InputSpec, ModelCard, center_square, to_model_range
 from xai_core.models.onnx_forward import onnx_forward
@@ -137,10 +137,10 @@ def use_bfloat16(precision: str, device: torch.device) -> bool:
     """Whether to run forwards under bfloat16 autocast: 'auto' where the hardware runs it fast, 'float32' never,
     'bfloat16' always (an error where it would be slow)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     supported = bfloat16_supported(device)
     if precision == "bfloat16" and not supported:
-        raise ValueError(f"bfloat16 needs a CPU with AVX512-BF16/AMX or a CUDA GPU; {device} has neither: use "
+        raise ParameterError(f"bfloat16 needs a CPU with AVX512-BF16/AMX or a CUDA GPU; {device} has neither: use "
                          f"precision='float32'")
     return precision == "bfloat16" or (precision == "auto" and supported)
 
