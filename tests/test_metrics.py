@@ -428,3 +428,24 @@ def test_webp_effort_keeps_the_reference_effort_sizes_and_aucs(monkeypatch):
     monkeypatch.setattr(pic, "WEBP_EFFORT", 100)
     reference_effort = [pic_curve(image, m, predict, mask, min_score=0.0).auc for m in maps]
     np.testing.assert_allclose(ours, reference_effort, atol=0.005)
+
+
+def test_workers_never_run_the_parents_main_script(tmp_path, monkeypatch):
+    """Under Streamlit the page script is `__main__`: spawned evaluate workers must not run it."""
+    import sys
+    import types
+
+    from xai_core.evaluation import resolve_metrics, run_evaluation
+
+    marker = tmp_path / "main-ran"
+    script = tmp_path / "page.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    page = types.ModuleType("__main__")
+    page.__file__ = str(script)
+    page.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    run_evaluation("demo", "phantom:test", 2, ["random"], resolve_metrics("relevance_mass"), tmp_path / "out",
+                   progress=False, workers=2)
+    assert not marker.exists(), "a worker ran the parent's main script"
+    assert page.__file__ == str(script) and page.__spec__ is None, "the main module is restored"
+    assert (tmp_path / "out" / "per_image.csv").read_text().count("\n") > 1

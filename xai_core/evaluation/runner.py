@@ -4,16 +4,18 @@ per-image CSV, per-image SIC/AIC curves, summary with intervals, plots, resumabl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,39 @@ def _start_worker(parent: int, model: str, device: str, allow_random_weights: bo
     _WORKER["options"] = {**options, "segmenter": segmenter_handle}
 
 
+def _ready() -> None:
+    """A task that only proves a worker has started."""
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Spawned processes re-run the parent's `__main__` before anything else; under Streamlit that is the page
+    script (Streamlit installs it as `__main__`), which must not run in a worker. While the block runs, the main
+    module names no file or spec, so workers import only what their tasks need."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def start_pool(workers: int, initializer: Callable[..., None], initargs: tuple) -> ProcessPoolExecutor:
+    """`workers` spawned processes, all started (and initialised) before this returns."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
+    with _main_hidden():
+        for started in [pool.submit(_ready) for _ in range(workers)]:
+            started.result()
+    return pool
+
+
 def _worker_case(case: EvalCase) -> list[dict[str, Any]]:
     return evaluate_case(_WORKER["handle"], case, **_WORKER["options"])
 
@@ -233,10 +268,9 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     pool = None
     if workers > 1:
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker,
-                                   initargs=(os.getpid(), model, str(chosen), allow_random_weights, threads, options,
-                                             segmenter_name))
+        pool = start_pool(workers, initializer=_start_worker,
+                          initargs=(os.getpid(), model, str(chosen), allow_random_weights, threads, options,
+                                    segmenter_name))
     try:
         with table.open("a", newline="") as sink, curve_file.open("a") as curve_sink:
             writer = csv.DictWriter(sink, columns)
