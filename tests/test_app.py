@@ -193,12 +193,7 @@ def test_a_verdict_survives_a_new_session_on_the_same_store(monkeypatch, tmp_pat
     monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
     monkeypatch.setenv("XAI_STORE_PATH", str(tmp_path / "cases.sqlite"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
-    at.sidebar.selectbox(key="model").set_value(MODEL).run()
-    _pick_phantom_sample(at, "Nodule")
-    at.switch_page("pages/explain_page.py").run()
-    at.multiselect(key="methods").set_value(["gradcam"]).run()
-    at.switch_page("pages/review_page.py").run()
-    assert not at.exception
+    _to_review(at)
     at.radio(key="verdict-gradcam").set_value("disagree")
     at.text_area(key="comment-gradcam").input("looks at the tag")
     at.button[0].click().run()

@@ -134,6 +134,8 @@ def test_logins_and_store_backup_from_the_command_line(tmp_path, monkeypatch, ca
     store = tmp_path / "cases.sqlite"
     CaseStore(store)
     capsys.readouterr()
+    assert main(["store-check", "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert not (tmp_path / "missing.sqlite").exists(), "checking never creates a store"
     assert main(["store-check", "--store", str(store)]) == 0
     assert json.loads(capsys.readouterr().out)["integrity"] == "ok"
     copy = tmp_path / "backup.sqlite"

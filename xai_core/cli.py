@@ -310,6 +310,8 @@ def _cmd_store_backup(args: argparse.Namespace) -> int:
 
 
 def _cmd_store_check(args: argparse.Namespace) -> int:
+    if args.store and not Path(args.store).is_file():
+        raise InputError(f"no case store at {args.store}")
     status = CaseStore(args.store).status()
     print_json(status)
     return 0 if status["integrity"] == "ok" else EXIT_BAD_INPUT
