@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from xai_core import removal as removal_ops
 from xai_core.errors import UnknownNameError
 from xai_core.metrics import pic
 from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
@@ -26,6 +27,7 @@ from xai_core.segx import refine
 
 Direction = Literal["higher", "lower"]
 NEEDS = ("mask", "model", "fixations", "region")  # what a metric may need besides the map
+REMOVAL_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_corr")  # they read the removal's baseline
 CURVE_SAMPLES = 101  # points kept per SIC/AIC curve (x = 0, 0.01, ..., 1) for the median curves
 Scorer = Callable[[np.ndarray], np.ndarray]  # pixel images [N, S, S] in [0, 1] -> the target's probability [N]
 
@@ -46,6 +48,10 @@ class MapContext:
     pic_mask: np.ndarray | None = None  # PIC's fixed random kept pixels; default: 1% drawn with seed 0
     gaze_sigma: float = 6.0
     bokeh_cache: dict[bytes, tuple[np.ndarray, int]] | None = None  # PIC bokeh images of this image, by kept set
+    # how deletion, insertion and faithfulness correlation remove pixels (xai_core.removal; in pixel space [0, 1]):
+    # ROAD's noisy linear imputation by default; "blur", "mean", or "constant" (mid-grey, the legacy baseline)
+    removal: str = removal_ops.DEFAULT_METHOD
+    removal_params: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
     _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
@@ -61,14 +67,20 @@ class MapContext:
             self._shared[key] = compute()
         return self._shared[key]
 
+    def remover(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """The removal operator of deletion, insertion and faithfulness correlation, on pixel images in [0, 1]."""
+        defaults = {"constant": {"value": 0.5}, "road": removal_ops.FAST_SOLVER}.get(self.removal, {})
+        params = {**defaults, **self.removal_params}
+        return removal_ops.numpy_remover(self.removal, value_range=(0.0, 1.0), **params)
+
     def baseline(self) -> np.ndarray:
-        """What removed pixels become in deletion, insertion and faithfulness correlation: mid-grey (0.5), i.e. the
-        middle of the model's value range."""
-        return np.full_like(self.image, 0.5, dtype=np.float32)
+        """The fully removed image: where deletion ends and insertion starts."""
+        image = np.asarray(self.image, np.float32)
+        return self.remover()(image[None], np.ones((1, *image.shape), bool))[0]
 
     def deletion_insertion(self) -> dict[str, float]:
         return self.shared("deletion_insertion", lambda: deletion_insertion(
-            np.asarray(self.image, np.float32), self.relevance, self.score, self.baseline()))
+            np.asarray(self.image, np.float32), self.relevance, self.score, remover=self.remover()))
 
     def pic(self) -> dict[str, pic.PicResult | pic.PicSkip]:
         """SIC and AIC of the map from the same bokeh images and model calls."""
@@ -238,7 +250,8 @@ def _sparseness(c: MapContext) -> float:
     return _first(sparseness(c.relevance[None]))
 
 
-# Faithfulness: the model's score while pixels are removed (mid-grey) or added by decreasing relevance.
+# Faithfulness: the model's score while pixels are removed (in-filled by the context's removal operator) or added
+# by decreasing relevance. REMOVAL_METRICS are the ones the baseline self-check can invalidate per finding.
 @register("deletion_auc", "faithfulness", "lower", needs=("model",), bounds=(0.0, 1.0),
           description="area under the target score while the most relevant pixels are removed first")
 def _deletion_auc(c: MapContext) -> float:
@@ -254,7 +267,7 @@ def _insertion_auc(c: MapContext) -> float:
 @register("faithfulness_corr", "faithfulness", "higher", needs=("model",), bounds=(-1.0, 1.0),
           description="Pearson correlation of random subsets' relevance sums with the score drop on removing them")
 def _faithfulness_corr(c: MapContext) -> float:
-    return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, c.baseline())
+    return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=c.remover())
 
 
 # Performance information curves (PIC; NaN where the skip rules drop the image).

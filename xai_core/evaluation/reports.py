@@ -25,15 +25,26 @@ if TYPE_CHECKING:  # annotations only
 PIC_KINDS = ("sic", "aic")
 
 
-def summarise_table(table: Path, methods: list[str], metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise_table(table: Path, methods: list[str], metrics: list[str],
+                    invalid: dict[str, list[str]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """{method: {metric: {"mean", "ci_low", "ci_high", "n"}}} from the per-image CSV (for SIC/AIC: the mean of
-    per-image AUCs; `median_curves` aggregates the curves themselves)."""
+    per-image AUCs; `median_curves` aggregates the curves themselves). `invalid`: {metric: findings} whose rows are
+    left out of that metric's mean (the baseline self-check); such an entry says which ("invalid_findings") and how
+    many rows ("n_invalid")."""
     frame = pd.read_csv(table)
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for method in methods:
         rows = frame[frame["method"] == method]
-        out[method] = {m: summarise(pd.to_numeric(rows[m], errors="coerce").to_numpy()) for m in
-                       [*metrics, "seconds"] if m in rows}
+        out[method] = {}
+        for m in [*metrics, "seconds"]:
+            if m not in rows:
+                continue
+            left_out = (invalid or {}).get(m, [])
+            kept = rows[~rows["finding"].isin(left_out)] if left_out else rows
+            out[method][m] = summarise(pd.to_numeric(kept[m], errors="coerce").to_numpy())
+            if left_out:
+                out[method][m] = {**out[method][m], "invalid_findings": list(left_out),
+                                  "n_invalid": int(len(rows) - len(kept))}
     return out
 
 
@@ -73,16 +84,23 @@ def median_curves(curve_file: Path, methods: list[str], *, n_boot: int = 1000, s
 
 
 def print_summary(summary: dict[str, dict[str, dict[str, float]]], metrics: list[str]) -> str:
-    """A plain-text table: methods x metrics, mean [95% interval]."""
+    """A plain-text table: methods x metrics, mean [95% interval]; '*' marks a mean that leaves out findings the
+    baseline self-check found invalid, named under the table."""
     header = f"{'method':<10}" + "".join(f"{m:>24}" for m in metrics)
     lines = [header]
+    invalid: dict[str, list[str]] = {}
     for method, values in summary.items():
         cells = []
         for m in metrics:
             v = values.get(m)
-            cells.append(f"{v['mean']:>8.3f} [{v['ci_low']:.3f},{v['ci_high']:.3f}]" if v and v["n"] else
+            mark = "*" if v and v.get("invalid_findings") else " "
+            if mark == "*":
+                invalid[m] = v["invalid_findings"]
+            cells.append(f"{v['mean']:>8.3f} [{v['ci_low']:.3f},{v['ci_high']:.3f}]{mark}" if v and v["n"] else
                          f"{'n/a':>24}")
         lines.append(f"{method:<10}" + "".join(f"{c:>24}" for c in cells))
+    for m, findings in invalid.items():
+        lines.append(f"* {m}: left out {', '.join(findings)} (the removal baseline reads as positive; invalid)")
     return "\n".join(lines)
 
 

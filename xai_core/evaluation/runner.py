@@ -26,8 +26,10 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from xai_core import baselines
+from xai_core import removal as removal_ops
 from xai_core.errors import InputError
-from xai_core.evaluation.registry import MapContext, compute_metrics
+from xai_core.evaluation.registry import REMOVAL_METRICS, MapContext, compute_metrics
 from xai_core.evaluation.reports import median_curves, summarise_table, write_curve_plots, write_plots
 from xai_core.evaluation.sources import EvalCase, cases_from
 from xai_core.explainers import get_explainer
@@ -39,6 +41,27 @@ from xai_core.models.cards import to_model_range
 from xai_core.models.segmenters import segment
 from xai_core.runtime import pick_device
 from xai_core.segx import region_for
+
+DEFAULT_REMOVAL = removal_ops.DEFAULT_METHOD
+BASELINE_CHECK_N = 100  # held-out phantom cases of the baseline self-check in `run_evaluation`
+
+
+def baseline_self_check(handle: ModelHandle, removal: str, n: int, metrics: list[str]) -> dict[str, Any] | None:
+    """The model's reading of the fully removed baseline of `removal`, per finding (xai_core.baselines), and the
+    invalid (finding, metric) pairs it implies: {metric: [findings]} for the removal metrics among `metrics`. None
+    when no removal metric is asked for or n is 0."""
+    wanted = [m for m in metrics if m in REMOVAL_METRICS]
+    if not wanted or n <= 0:
+        return None
+    recipe = baselines.METHOD_BASELINE.get(removal, removal)
+    result = baselines.check_baselines(handle, n=n, recipes=[recipe])
+    entry = result["recipes"][recipe]
+    findings = baselines.invalid_findings(result, removal)
+    return {"removal": removal_ops.describe(removal), "recipe": recipe, "description": entry["description"],
+            "data": result["data"], "bar": entry["bar"], "pushed": entry["pushed"],
+            "mean_probability_negatives": entry["mean_probability_negatives"],
+            "probability": entry.get("probability"), "reads_positive": findings,
+            "invalid": {metric: findings for metric in wanted}}
 
 
 class CaseMemo:
@@ -86,9 +109,10 @@ class CaseMemo:
 def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: np.ndarray,
                   metrics: set[str] | list[str], pic_mask: np.ndarray, gaze_sigma: float,
                   memo: CaseMemo | None = None, curves: dict[str, list[float]] | None = None,
-                  region: np.ndarray | None = None) -> dict[str, float]:
+                  region: np.ndarray | None = None, removal: str = DEFAULT_REMOVAL) -> dict[str, float]:
     """The requested registered metrics of one map of a case's finding (`memo`: work shared by the maps of one
-    case; `curves`: receives the SIC/AIC curves; `region`: the finding's anatomy, for SegX). Metrics whose inputs
+    case; `curves`: receives the SIC/AIC curves; `region`: the finding's anatomy, for SegX; `removal`: how the
+    faithfulness metrics remove pixels, a method of xai_core.removal). Metrics whose inputs
     the case lacks (no lesion mask, no fixations, no region) are left out."""
     memo = memo or CaseMemo(handle)
     context = MapContext(
@@ -96,7 +120,7 @@ def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: 
         score=memo.for_target(handle.card.labels.index(finding)),
         decision_threshold=handle.card.thresholds.get(finding, 0.5), fixations=case.fixations, region=region,
         pic_mask=pic_mask, gaze_sigma=gaze_sigma, bokeh_cache=memo.bokehs,
-        curves=curves if curves is not None else {})
+        curves=curves if curves is not None else {}, removal=removal)
     return compute_metrics(metrics, context)
 
 
@@ -116,7 +140,8 @@ def case_anatomy(segmenter: ModelHandle, image: np.ndarray, size: int) -> dict[s
 
 def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metrics: list[str], *, seed: int = 0,
                   gaze_sigma: float = 6.0, done: set[tuple[str, str, str]] | frozenset = frozenset(),
-                  precision: str = "auto", segmenter: ModelHandle | None = None) -> list[dict[str, Any]]:
+                  precision: str = "auto", segmenter: ModelHandle | None = None,
+                  removal: str = DEFAULT_REMOVAL) -> list[dict[str, Any]]:
     """Per-image rows (case_id, finding, method, seconds, metrics..., and "curves": the SIC/AIC curves) of one
     case's positive findings not in `done`. Each method explains all of the case's findings in one call, so
     per-image work is shared, and integrals are shared across methods (XRAI's low-baseline IG is `ig`'s when the
@@ -144,7 +169,7 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
                 curves: dict[str, list[float]] = {}
                 region = None if anatomy is None else region_for(finding, segmenter.card.name, anatomy).mask
                 values = image_metrics(handle, case, finding, relevance, metrics, pic_mask, gaze_sigma, memo,
-                                       curves, region)
+                                       curves, region, removal)
                 rows.append({"case_id": case.case_id, "finding": finding, "method": method,
                              "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics},
                              "curves": curves})
@@ -236,10 +261,18 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
                    seed: int = 0, device: str | None = None, gaze_sigma: float = 6.0, progress: bool = True,
                    on_progress: Callable[[int, int], None] | None = None,
                    allow_random_weights: bool = False, workers: int = 1, precision: str = "auto",
-                   segmenter: str = "demo-anatomy") -> dict[str, Any]:
+                   segmenter: str = "demo-anatomy", removal: str = DEFAULT_REMOVAL,
+                   baseline_check_n: int = BASELINE_CHECK_N) -> dict[str, Any]:
     """Evaluate `methods` on the positive findings of `n` cases, over `workers` processes (0: one per core);
     resumes from `out/per_image.csv`. Writes per_image.csv, pic_curves.jsonl, summary.json, pic_curves.json,
-    run.json and the plots; returns the summary {method: {metric: {"mean", "ci_low", "ci_high", "n"}}}."""
+    run.json and the plots; returns the summary {method: {metric: {"mean", "ci_low", "ci_high", "n"}}}.
+
+    `removal` (a method of xai_core.removal) is how deletion, insertion and faithfulness correlation remove pixels.
+    Before a removal metric is trusted, the baseline self-check (xai_core.baselines, `baseline_check_n` held-out
+    phantom cases; 0 skips it) runs the model on the fully removed images: where that baseline reads as positive
+    for a finding, the (finding, metric) pairs are invalid, their rows stay in per_image.csv but are left out of the
+    metric's mean, and summary.json says so ("invalid_findings" in the metric's entry; run.json: "baseline_check").
+    """
     for method in methods:
         get_explainer(method)
     chosen = pick_device(device)
@@ -259,7 +292,8 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
                 raise InputError(f"{table} was written with other metrics ({reader.fieldnames}); use another --out")
             done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
     options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_sigma": gaze_sigma, "done": done,
-               "precision": precision}
+               "precision": precision, "removal": removal}
+    check = baseline_self_check(handle, removal, baseline_check_n, metrics)
     segmenter_name = segmenter if "segx_iou_at_5" in metrics else None
     segmenter_handle = None if segmenter_name is None else load_model(segmenter_name, chosen,
                                                                       allow_random_weights=allow_random_weights)
@@ -309,9 +343,10 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    summary = summarise_table(table, methods, metrics)
+    summary = summarise_table(table, methods, metrics, invalid=check["invalid"] if check else None)
     summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "workers": workers,
-                   "segmenter": segmenter_name,
+                   "segmenter": segmenter_name, "removal": removal_ops.describe(removal),
+                   "baseline_check": check,
                    "scoring_bfloat16": scoring_bfloat16,
                    "cases_without_positives": skipped_no_positive, "summary": summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

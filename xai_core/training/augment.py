@@ -6,7 +6,9 @@ faithfulness correlation) and NEMt's deletion objective. Here a share of the tra
 by the removal operators of `xai_core.removal` (noisy linear imputation, blur with or without noise, mean, a
 constant) or by healthy texture, at random sizes and shapes, from a small patch up to everything outside the
 lesions. Pixels of a lesion (the phantom's lesion masks, dilated by a margin) are never touched, so every label
-stays true: a positive keeps its evidence, a negative stays negative.
+stays true: a positive keeps its evidence, a negative stays negative. Fills that ignore the anatomy (mean, a
+constant, noise) only replace everything outside the lesions: a local patch of them would be an opacity, i.e. look
+like a lesion while labelled negative (the first retraining did that and lost Nodule and Consolidation AUROC).
 
 Every draw comes from a random stream keyed by (seed, split, index), so the data stream stays deterministic and
 training stays resumable.
@@ -26,7 +28,10 @@ from xai_core.phantom import PhantomCase, generate_case
 from xai_core.training.common import to_model_input
 
 REGIONS = ("whole", "boxes", "ellipses", "blobs", "scatter")
-FILLS = ("road", "blur", "blur_noise", "mean", "constant", "texture")
+FILLS = ("road", "blur", "blur_noise", "mean", "constant", "texture", "noise")
+# fills that do not follow the surrounding anatomy: a patch of them inside a lung is an opacity (it looks like a
+# nodule or a consolidation), so they only ever replace everything outside the lesions (region "whole")
+GLOBAL_ONLY_FILLS = ("mean", "constant", "noise")
 VALUE_RANGE = (-1024.0, 1024.0)
 _SPLIT_KEYS = {"train": 1, "val": 2, "test": 3, "samples": 4}
 
@@ -35,9 +40,9 @@ _SPLIT_KEYS = {"train": 1, "val": 2, "test": 3, "samples": 4}
 class RemovalAugment:
     """The recipe of the augmentation (recorded in the classifier's recipe, so it is part of the manifest)."""
 
-    rate: float = 0.5  # share of training images that get a removal
-    region_weights: tuple[float, ...] = (0.25, 0.2, 0.15, 0.25, 0.15)  # over REGIONS
-    fill_weights: tuple[float, ...] = (0.25, 0.17, 0.17, 0.14, 0.14, 0.13)  # over FILLS
+    rate: float = 0.4  # share of training images that get a removal
+    region_weights: tuple[float, ...] = (0.3, 0.2, 0.15, 0.2, 0.15)  # over REGIONS
+    fill_weights: tuple[float, ...] = (0.24, 0.16, 0.16, 0.13, 0.13, 0.12, 0.06)  # over FILLS
     protect_px: int = 4  # lesion masks are dilated by this many pixels before they are protected
     soft_rate: float = 0.25  # share of removals whose mask edge is feathered (a soft blend, like NEMt's masks)
     donor_seed_offset: int = 100  # healthy texture comes from train cases of seed data_seed + this
@@ -117,7 +122,10 @@ def apply_removal(x: torch.Tensor, lesions: np.ndarray, augment: RemovalAugment,
     callable returning a PhantomCase (only called for the texture fill). Returns the image and what was done."""
     S = x.shape[-1]
     region = str(rng.choice(REGIONS, p=np.asarray(augment.region_weights) / sum(augment.region_weights)))
-    fill = str(rng.choice(FILLS, p=np.asarray(augment.fill_weights) / sum(augment.fill_weights)))
+    weights = np.asarray(augment.fill_weights, np.float64)
+    if region != "whole":  # a local region takes only fills that follow the anatomy around it
+        weights = weights * np.array([name not in GLOBAL_ONLY_FILLS for name in FILLS])
+    fill = str(rng.choice(FILLS, p=weights / weights.sum()))
     keep = protected(lesions, augment.protect_px)
     mask_np = region_mask(rng, region, S) & ~keep
     mask = torch.from_numpy(mask_np.astype(np.float32)).view(1, 1, S, S)
@@ -131,7 +139,7 @@ def apply_removal(x: torch.Tensor, lesions: np.ndarray, augment: RemovalAugment,
         out = removal.road(x4, mask, noise=float(rng.uniform(0, 0.03)), value_range=VALUE_RANGE, seed=seed,
                            iterations=20, coarse_iterations=15, tol=1e-3)
     elif fill in ("blur", "blur_noise"):
-        noise = float(rng.uniform(0.005, 0.08)) if fill == "blur_noise" else 0.0
+        noise = float(rng.uniform(0.005, 0.06)) if fill == "blur_noise" else 0.0
         sigma = float(np.exp(rng.uniform(np.log(1.5), np.log(30))))
         out = removal.blur(x4, mask, sigma=sigma, noise=noise, value_range=VALUE_RANGE, seed=seed)
     elif fill == "mean":
@@ -140,6 +148,8 @@ def apply_removal(x: torch.Tensor, lesions: np.ndarray, augment: RemovalAugment,
     elif fill == "constant":
         value = float(rng.choice([0.0, -1024.0, 1024.0])) if rng.random() < 0.3 else float(rng.uniform(-1024, 1024))
         out = removal.constant(x4, mask, value=value, value_range=VALUE_RANGE)
+    elif fill == "noise":  # the image's mean plus strong white noise
+        out = removal.mean(x4, mask, noise=float(rng.uniform(0.02, 0.25)), value_range=VALUE_RANGE, seed=seed)
     else:
         texture = _healthy_texture(x4, donor(), augment.protect_px, rng)
         noise = torch.from_numpy(rng.standard_normal((S, S)).astype(np.float32)).view(1, 1, S, S)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from xai_core import removal
 from xai_core.explainers import get_explainer
 from xai_core.metrics import relevance_mass, relevance_rank, summarise
 from xai_core.models import ModelHandle, load_model
@@ -40,11 +41,12 @@ class NEMtRecipe:
     lr: float = 2e-3
     lam: float = 2.0
     negative_rate: float = 0.25
-    # Value deleted pixels take in the classifier's input space. The spec says 0; for `demo` (input [-1024, 1024])
-    # 0 is mid-grey, which the classifier reads as an opacity: deleting a dilated lesion then drops p by only 0.38
-    # on average and deleting everything by 0.53, so the loss has no localised optimum. -600 (aerated lung, the
-    # 30th intensity percentile of phantom films) gives 0.71 for the lesion and 0.59 for everything.
-    fill: float = -600.0
+    # What deleted pixels take in the classifier's input space: a removal method of `xai_core.removal` (the image's
+    # fully-removed version, blended in by the soft mask), or a constant. The spec's constant 0 (and the former
+    # -600) read as Effusion and Cardiomegaly to a classifier trained on intact films only (issue 24), which left
+    # the deletion objective nothing to find for them; `demo` is now trained with removal augmentation, for which
+    # the image's mean is an in-distribution fill (docs/testbed.md).
+    fill: float | str = "mean"
     seed: int = 0
     data_seed: int = 1  # a different stretch of the train split from the classifier's own training
     size: int = 224
@@ -70,6 +72,14 @@ def sample_targets(y: torch.Tensor, predicted: torch.Tensor, negative_rate: floa
     pool = torch.where(take_negative.unsqueeze(1) | ~positive.any(1, keepdim=True), ~positive, positive)
     pool = torch.where(pool.any(1, keepdim=True), pool, torch.ones_like(pool))
     return torch.multinomial(pool.float(), 1, generator=generator).squeeze(1)
+
+
+def fill_image(x: torch.Tensor, fill: float | str, value_range: tuple[float, float], seed: int = 0
+               ) -> float | torch.Tensor:
+    """What deleted pixels become: a constant, or x fully removed by a named method of `xai_core.removal`."""
+    if isinstance(fill, str):
+        return removal.fully_removed(x, fill, value_range=value_range, seed=seed)
+    return float(fill)
 
 
 def build_decoder(handle: ModelHandle, recipe: NEMtRecipe) -> NEMtDecoder:
@@ -118,6 +128,7 @@ def train_nemt(recipe: NEMtRecipe, *, device: str = "auto", checkpoint_dir: str 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.steps,
                                                    pct_start=0.1)
     name = f"{recipe.model}-nemt"
+    value_range = tuple(float(v) for v in handle.card.input.value_range)
 
     def loader_from(step: int) -> DataLoader:
         stream = PhantomStream("train", step * recipe.batch, (recipe.steps - step) * recipe.batch,
@@ -134,7 +145,9 @@ def train_nemt(recipe: NEMtRecipe, *, device: str = "auto", checkpoint_dir: str 
                                  generator).to(dev)
         mask = keep_mask(decoder, taps, x, targets, random_kernel(generator))
         p_original = probabilities.gather(1, targets.view(-1, 1)).squeeze(1)
-        loss, _ = nemt_loss(classifier, x, mask, targets, p_original, lam=recipe.lam, fill=recipe.fill)
+        loss, _ = nemt_loss(classifier, x, mask, targets, p_original, lam=recipe.lam,
+                            fill=fill_image(x, recipe.fill, value_range, int(torch.randint(2**31, (1,),
+                                                                                            generator=generator))))
         return loss
 
     seconds = run_training(name, decoder, optimiser, schedule, loader_from, step_loss, recipe.steps, asdict(recipe),
