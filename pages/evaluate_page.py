@@ -11,7 +11,15 @@ import streamlit as st
 from ui import access, layout, state
 from ui.methods import method_colour, method_name, methods_help
 from xai_core.errors import XaiError
-from xai_core.evaluation import ALL_METRICS, METRIC_GROUPS, box_figure, curve_figure, get_metric, run_evaluation
+from xai_core.evaluation import (
+    ALL_METRICS,
+    METRIC_GROUPS,
+    box_figure,
+    curve_figure,
+    get_metric,
+    method_summaries,
+    run_evaluation,
+)
 from xai_core.explainers import get_explainer, list_explainers
 
 RESULTS = Path("results") / "dashboard"
@@ -75,6 +83,65 @@ def _zero_scored_message(run: dict, data: str) -> str:
     return text
 
 
+POOLED = "Pooled (all findings)"
+INVALID = "⚠ invalid"
+
+
+def _cell(value: dict | None) -> str:
+    """A summary entry as shown: mean [95% CI], "n/a" where undefined (null in summary.json)."""
+    if not value or not value.get("n") or value.get("mean") is None:
+        return "n/a"
+    low, high = value.get("ci_low"), value.get("ci_high")
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{value['mean']:.3f}{interval}"
+
+
+def _summary_tables(pooled: dict, by_finding: dict) -> None:
+    """The summary pooled or for one finding (a selectbox), with the invalid (finding, metric) pairs of the
+    baseline self-check marked and their reasons: left out of the pooled means (*), shown but marked per finding."""
+    findings = sorted({finding for values in by_finding.values() for finding in values})
+    options = [POOLED, *findings]
+    if st.session_state.get("eval_view") not in options:
+        st.session_state["eval_view"] = POOLED
+    view = st.selectbox("Rows", options, key="eval_view",
+                        help="Pooled over every positive finding, or one finding's rows (the same summaries per "
+                             "finding: mean [95% CI] over its cases).")
+    reasons = {cell["invalid_reason"]: finding for values in by_finding.values()
+               for finding, cells in values.items() for cell in cells.values() if cell.get("invalid")}
+    if view == POOLED:
+        rows = [{"method": method_name(method),
+                 **{metric: _cell(v) + (" *" if v.get("invalid_findings") else "")
+                    for metric, v in values.items() if metric in ALL_METRICS or metric == "seconds"}}
+                for method, values in pooled.items()]
+    else:
+        rows = [{"method": method_name(method),
+                 **{metric: _cell(v) + (f" {INVALID}" if v.get("invalid") else "")
+                    for metric, v in values.get(view, {}).items() if metric in ALL_METRICS}}
+                for method, values in by_finding.items() if view in values]
+        reasons = {reason: finding for reason, finding in reasons.items() if finding == view}
+    st.dataframe(rows, hide_index=True, width="stretch")
+    if reasons:
+        marked = "* marks a mean that leaves them out" if view == POOLED else f"{INVALID} marks them"
+        st.warning("The baseline self-check found (finding, metric) pairs whose removal baseline reads as the "
+                   f"finding: their values carry no signal, so the pooled means leave them out ({marked}).\n\n"
+                   + "\n".join(f"- {reason}" for reason in reasons), icon=":material/block:")
+
+
+def _pic_coverage(coverage: dict) -> None:
+    """Per finding and pooled: the positives each PIC curve kept and how many each skip rule dropped."""
+    if not coverage:
+        return
+    rules = coverage["rules"]
+    rows = [{"curve": kind.upper(), "finding": finding, **counts}
+            for kind in ("sic", "aic") if kind in coverage
+            for finding, counts in [*coverage[kind]["by_finding"].items(), ("pooled", coverage[kind]["pooled"])]]
+    st.markdown("**PIC coverage**: positive (case, finding) pairs the SIC/AIC curves kept, and how many each skip "
+                "rule dropped")
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption("; ".join(f"{rule}: {why}" for rule, why in rules.items())
+               + ". The SIC/AIC means and median curves are over the kept pairs only.")
+
+
 def render() -> None:
     """The Evaluate page."""
     access.require("evaluate")  # researchers and admins only (app.py does not list the page for reviewers)
@@ -133,15 +200,13 @@ def render() -> None:
         run.setdefault("labels", list(state.engine().model(model).card.labels))
         st.warning(_zero_scored_message(run, data), icon=":material/search_off:")
         return
-    rows = [{"method": method_name(method),
-             **{metric: f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-                for metric, v in values.items() if metric in ALL_METRICS or metric == "seconds"}}
-            for method, values in summary.items()]
-    st.dataframe(rows, hide_index=True, width="stretch")
+    pooled = method_summaries(summary)
+    _summary_tables(pooled, summary.get("by_finding", {}))
     directions = {m: get_metric(m).direction for m in ALL_METRICS if m in per_image}
     st.caption("Direction: " + ", ".join(f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in directions.items())
                + " (↑ higher is better, ↓ lower is better); the table gives mean [95% CI].")
-    st.plotly_chart(_recolour(box_figure(per_image, list(summary), [m for m in ALL_METRICS if m in per_image])),
+    _pic_coverage(summary.get("pic_coverage", {}))
+    st.plotly_chart(_recolour(box_figure(per_image, list(pooled), [m for m in ALL_METRICS if m in per_image])),
                     width="stretch", key="eval_boxes")
     curves_file = shown / "pic_curves.json"
     curves = json.loads(curves_file.read_text()) if curves_file.is_file() else {}

@@ -9,6 +9,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CXR = ROOT.parent / "shared" / "data" / "real-cxr"
 SAMPLES = ROOT / "assets" / "samples"
+# a per-image CSV of an evaluation: Effusion and Mass, two methods, SIC kept or dropped by a skip rule
+PER_IMAGE = ("case_id,finding,method,seconds,deletion_auc,complexity,sic_auc,sic_skip\n"
+             "a,Effusion,gradcam,0.1,0.9,5.0,nan,blurred_as_high\n"
+             "a,Effusion,random,0.1,0.8,6.0,nan,blurred_as_high\n"
+             "b,Effusion,gradcam,0.1,0.7,5.2,0.6,kept\n"
+             "b,Effusion,random,0.1,nan,nan,nan,empty_map\n"
+             "b,Mass,gradcam,0.1,0.2,4.0,0.8,kept\n"
+             "b,Mass,random,0.1,0.6,6.2,0.5,kept\n"
+             "c,Mass,gradcam,0.1,0.4,4.4,nan,low_score\n"
+             "c,Mass,random,0.1,0.5,6.3,nan,low_score\n")
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +62,28 @@ def demo_nemt_decoder():
     from xai_core.nemt import load_decoder
 
     return load_decoder(load_model("demo"))
+
+
+@pytest.fixture(scope="session")
+def flat_reads_effusion_check():
+    """The runner's baseline self-check (removal "constant": a flat mid-grey image) of a toy model that reads any
+    image without texture as Effusion and intact phantom cases as normal: its removal metrics are invalid for
+    Effusion only. A function of the metrics evaluated."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from xai_core.evaluation.runner import baseline_self_check
+    from xai_core.models import InputSpec
+    from xai_core.phantom import FINDINGS
+
+    class ReadsFlatAsEffusion(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.full((x.shape[0], len(FINDINGS)), -8.0)
+            logits[:, FINDINGS.index("Effusion")] = 5.0 - x.std(dim=(1, 2, 3)) / 10
+            return logits
+
+    card = SimpleNamespace(name="toy", labels=list(FINDINGS), thresholds=dict.fromkeys(FINDINGS, 0.5),
+                           input=InputSpec(1, 64, (-1024.0, 1024.0)))
+    handle = SimpleNamespace(card=card, module=ReadsFlatAsEffusion(), device=torch.device("cpu"))
+    return lambda metrics: baseline_self_check(handle, "constant", 4, metrics)

@@ -227,9 +227,56 @@ def test_evaluate_page_runs_a_small_evaluation(app, tmp_path, monkeypatch):
     assert not app.exception and not app.error
     assert app.get("download_button"), "per-image CSV and summary JSON can be downloaded"
     assert app.dataframe, "the summary table is shown"
+    pooled = app.dataframe[0].value
+    assert {"complexity", "sparseness", "relevance_mass"} <= set(pooled.columns), "map shape beside the rest"
+    assert list(pooled["method"]) == ["Grad-CAM", "random baseline"]
+    rows = app.selectbox(key="eval_view")
+    assert rows.value == "Pooled (all findings)" and len(rows.options) > 1, "pooled, then one entry per finding"
+    rows.set_value(rows.options[1]).run()
+    assert not app.exception and not app.error
+    one = app.dataframe[0].value
+    assert list(one["method"]) == ["Grad-CAM", "random baseline"] and "complexity" in one.columns
     assert app.selectbox(key="eval_data").options == ["phantom:test", "phantom:val", "phantom:train"], \
         "the phantom splits only: no server folder can be typed in"
     assert not app.text_input, "no free-text data field"
+
+
+def test_evaluate_page_marks_invalid_pairs_with_the_reason_and_shows_pic_coverage_per_finding(
+        app, tmp_path, monkeypatch, flat_reads_effusion_check):
+    from tests.conftest import PER_IMAGE
+    from xai_core.evaluation import summary_document
+    from xai_core.files import strict_json
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "per_image.csv").write_text(PER_IMAGE)
+    metrics = ["deletion_auc", "complexity", "sic_auc"]
+    document = summary_document(out / "per_image.csv", ["gradcam", "random"], metrics,
+                                flat_reads_effusion_check(metrics))
+    (out / "summary.json").write_text(strict_json(document))
+    app.session_state["eval_out"] = str(out)
+    app.switch_page("pages/evaluate_page.py").run()
+    assert not app.exception and not app.error
+    pooled = app.dataframe[0].value
+    assert pooled.loc[0, "deletion_auc"].startswith("0.300") and pooled.loc[0, "deletion_auc"].endswith("*")
+    assert not pooled.loc[0, "complexity"].endswith("*")
+    warning = app.warning[0].value
+    assert "deletion_auc leaves out Effusion: the removed image reads as Effusion (p = 0.99" in warning
+    coverage = next(d.value for d in app.dataframe if "blurred_as_high" in d.value.columns)
+    mass = coverage[(coverage["curve"] == "SIC") & (coverage["finding"] == "Mass")].iloc[0]
+    assert (mass["positives"], mass["kept"], mass["low_score"]) == (2, 1, 1)
+    assert any("low_score:" in c.value for c in app.caption), "what each skip rule means"
+
+    app.selectbox(key="eval_view").set_value("Effusion").run()
+    assert not app.exception
+    effusion = app.dataframe[0].value
+    assert effusion.loc[0, "deletion_auc"].startswith("0.800") and "invalid" in effusion.loc[0, "deletion_auc"], \
+        "the value is still shown, marked invalid"
+    assert "invalid" not in effusion.loc[0, "complexity"] and "Effusion" in app.warning[0].value
+    app.selectbox(key="eval_view").set_value("Mass").run()
+    assert not app.exception and not app.warning, "no invalid pair for Mass"
+    assert "invalid" not in app.dataframe[0].value.loc[0, "deletion_auc"]
 
 
 def test_evaluate_page_reads_only_allow_listed_folders_and_reports_a_bad_one(app, tmp_path, monkeypatch):

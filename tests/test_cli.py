@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 from xai_core.cli import main
@@ -143,3 +146,52 @@ def test_logins_and_store_backup_from_the_command_line(tmp_path, monkeypatch, ca
     assert CaseStore(copy).status()["integrity"] == "ok"
     assert main(["store-backup", str(copy), "--store", str(store)]) == 2  # no silent overwrite
     assert "error:" in capsys.readouterr().err
+
+
+def test_check_baselines_prints_a_table_or_strict_json_and_exits_1_when_a_baseline_reads_positive(capsys):
+    assert main(["check-baselines", "--model", "demo", "--n", "12", "--json", "--device", "cpu"]) in (0, 1)
+    out = capsys.readouterr().out
+    check = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in strict JSON"))
+    assert check["model"] == "demo" and check["data"]["indices"] == [0, 12]
+    assert {"mean", "blur", "road", "zero", "constant_-600"} <= set(check["recipes"])
+    assert check["passes"] == all(entry["passes"] for entry in check["recipes"].values())
+    code = main(["check-baselines", "--model", "demo", "--n", "12", "--device", "cpu"])
+    table = capsys.readouterr().out
+    assert code == (0 if check["passes"] else 1), "exit 1 exactly when a baseline reads as positive"
+    for name, entry in check["recipes"].items():
+        row = next(line for line in table.splitlines() if line.startswith(name + " "))
+        assert ("READS POSITIVE" in row) == (not entry["passes"])
+        assert all(finding in row for finding in entry["reads_positive"])
+    assert main(["check-baselines", "--model", "nope"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["check-baselines", "--n", "0"]) == 2
+
+
+def test_evaluate_defaults_to_every_metric_and_prints_and_stores_per_finding_tables(tmp_path, capsys):
+    from xai_core.cli import build_parser
+    from xai_core.evaluation import resolve_metrics
+
+    assert {"complexity", "sparseness"} <= set(resolve_metrics(build_parser().parse_args(["evaluate"]).metrics))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--n", "1", "--methods", "gradcam", "--metrics", "shape,pic", "--out", str(out),
+                 "--device", "cpu", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "complexity" in printed and "sparseness" in printed and "per finding" in printed
+    assert "PIC coverage, SIC" in printed and "blurred_as_high" in printed
+
+    def strict(path):
+        return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {path.name}"))
+
+    summary, run = strict(out / "summary.json"), strict(out / "run.json")
+    assert run["summary"] == {k: v for k, v in summary.items() if k not in ("by_finding", "pic_coverage")}
+    with (out / "per_image.csv").open(newline="") as table:
+        rows = list(csv.DictReader(table))
+    findings = {row["finding"] for row in rows}
+    assert set(summary["by_finding"]["gradcam"]) == findings
+    for cells in [summary["gradcam"], *summary["by_finding"]["gradcam"].values()]:
+        assert all((cell["mean"] is None) == (cell["n"] == 0) for cell in cells.values()), "null, never NaN"
+    for kind in ("sic", "aic"):
+        for finding, counts in summary["pic_coverage"][kind]["by_finding"].items():
+            outcomes = [row[f"{kind}_skip"] for row in rows if row["finding"] == finding]
+            assert counts["positives"] == len(outcomes) == sum(v for k, v in counts.items() if k != "positives")
+            assert all(counts[outcome] == outcomes.count(outcome) for outcome in set(outcomes))

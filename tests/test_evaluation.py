@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import PER_IMAGE
 from xai_core.errors import InputError, UnknownNameError
 from xai_core.evaluation import (
     ALL_METRICS,
@@ -320,3 +321,107 @@ def test_one_bootstrap_helper_handles_undefined_resamples():
     assert math.isfinite(low) and low < separation(values, labels) < high
     never = bootstrap_interval((values, labels), lambda v, y: float("nan"), paired=True, n_boot=50)
     assert all(math.isnan(v) for v in never)
+
+
+def test_pic_outcome_names_the_skip_rule_that_dropped_a_map():
+    import pickle
+
+    from xai_core.metrics.pic import SKIP_RULES, PicSkip
+
+    kept = context(MAPS["perfect"])
+    compute_metrics(["sic_auc", "aic_auc"], kept)
+    assert kept.pic_outcome("sic") == kept.pic_outcome("aic") == "kept"
+    low = context(MAPS["perfect"], score=lambda images: np.full(len(images), 0.2))
+    assert math.isnan(compute_metrics(["sic_auc", "aic_auc"], low)["sic_auc"])
+    assert low.pic_outcome("sic") == low.pic_outcome("aic") == "low_score"
+    flat = context(MAPS["perfect"], score=lambda images: np.full(len(images), 0.9))
+    compute_metrics(["sic_auc"], flat)
+    assert flat.pic_outcome("sic") == "blurred_as_high"
+    empty = context(np.zeros((S, S), np.float32))
+    assert math.isnan(compute_metrics(["sic_auc"], empty)["sic_auc"]) and empty.pic_outcome("sic") == "empty_map"
+    assert context(MAPS["perfect"]).pic_outcome("sic") == "", "no curve asked for"
+    skip = pickle.loads(pickle.dumps(PicSkip("original score 0.200 < 0.5", "low_score")))
+    assert skip.rule == "low_score" and str(skip) == "original score 0.200 < 0.5"
+    assert set(SKIP_RULES) == {"low_score", "blurred_as_high", "no_information"}
+
+
+def test_evaluate_case_rows_say_what_became_of_each_pic_curve(monkeypatch):
+    from xai_core.evaluation.runner import evaluate_case, table_columns
+    from xai_core.models import InputSpec, ModelCard, ModelHandle
+
+    monkeypatch.setenv("XAI_NO_ONNX", "1")
+    card = ModelCard("three-channel", ["Mass", "Nodule"], InputSpec(3, S, (0.0, 1.0)), "", "", {"Mass": 0.5}, {},
+                     "test")
+    handle = ModelHandle(card, _ThreeChannel().eval(), torch.device("cpu"))
+    case = EvalCase("c0", _image(), ["Mass"], {"Mass": MASK})
+    metrics = ["complexity", "sic_auc", "aic_auc"]
+    rows = evaluate_case(handle, case, ["random"], metrics, precision="float32")
+    # Mass: sigmoid(mean pixel - 0.5) < 0.5 on this image, so both curves are dropped by the score rule
+    assert rows[0]["sic_skip"] == rows[0]["aic_skip"] == "low_score" and math.isnan(rows[0]["sic_auc"])
+    assert table_columns(metrics) == ["case_id", "finding", "method", "seconds", *metrics, "sic_skip", "aic_skip"]
+    assert table_columns(["complexity"]) == ["case_id", "finding", "method", "seconds", "complexity"]
+
+
+def test_summary_per_finding_marks_invalid_pairs_counts_pic_coverage_and_is_strict_json(
+        tmp_path, flat_reads_effusion_check):
+    from xai_core.evaluation import method_summaries, print_by_finding, print_pic_coverage, summary_document
+    from xai_core.files import strict_json
+    from xai_core.metrics.stats import summarise
+
+    table = tmp_path / "per_image.csv"
+    table.write_text(PER_IMAGE)
+    metrics = ["deletion_auc", "complexity", "sic_auc"]
+    check = flat_reads_effusion_check(metrics)
+    assert check["invalid"] == {"deletion_auc": ["Effusion"]}
+    document = summary_document(table, ["gradcam", "random"], metrics, check)
+    assert set(method_summaries(document)) == {"gradcam", "random"}
+    pooled = document["gradcam"]["deletion_auc"]
+    assert pooled["n"] == 2 and pooled["mean"] == pytest.approx(0.3) and pooled["n_invalid"] == 2
+    by_finding = document["by_finding"]
+    effusion = by_finding["gradcam"]["Effusion"]["deletion_auc"]
+    assert effusion["invalid"] and effusion["mean"] == pytest.approx(0.8) and effusion["n"] == 2, \
+        "an invalid pair keeps its value, marked"
+    assert "deletion_auc leaves out Effusion: the removed image reads as Effusion (p = 0.99" in \
+        effusion["invalid_reason"]
+    assert "invalid" not in by_finding["gradcam"]["Mass"]["deletion_auc"]
+    assert "invalid" not in by_finding["gradcam"]["Effusion"]["complexity"], "only the removal metrics"
+    assert by_finding["gradcam"]["Effusion"]["complexity"] == summarise(np.array([5.0, 5.2])), "the same summarise"
+    coverage = document["pic_coverage"]
+    assert set(coverage) == {"rules", "sic"} and "empty_map" in coverage["rules"]
+    assert coverage["sic"]["by_finding"] == {
+        "Effusion": {"positives": 2, "kept": 1, "low_score": 0, "blurred_as_high": 1, "no_information": 0,
+                     "empty_map": 0},
+        "Mass": {"positives": 2, "kept": 1, "low_score": 1, "blurred_as_high": 0, "no_information": 0,
+                 "empty_map": 0}}
+    assert coverage["sic"]["pooled"]["positives"] == 4 and coverage["sic"]["pooled"]["kept"] == 2
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in strict JSON")
+
+    stored = json.loads(strict_json(document), parse_constant=no_constants)
+    assert stored["by_finding"]["random"]["Effusion"]["sic_auc"] == {"mean": None, "ci_low": None, "ci_high": None,
+                                                                    "n": 0}
+    text = print_by_finding(stored["by_finding"], metrics)
+    effusion_row = next(line for line in text.splitlines() if line.startswith("gradcam") and "Effusion" in line)
+    mass_row = next(line for line in text.splitlines() if line.startswith("gradcam") and "Mass" in line)
+    assert "0.800 (2)!" in effusion_row and "!" not in mass_row and "n/a" in text
+    assert f"! {effusion['invalid_reason']}" in text
+    coverage_text = print_pic_coverage(stored["pic_coverage"])
+    assert any(line.split() == ["Mass", "2", "1", "1", "0", "0", "0"] for line in coverage_text.splitlines())
+
+
+def test_a_table_from_before_the_pic_outcome_columns_resumes_without_them(tmp_path):
+    from xai_core.evaluation import run_evaluation
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    header = "case_id,finding,method,seconds,complexity,sic_auc"
+    (out / "per_image.csv").write_text(header + "\n")
+    run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity", "sic_auc"], out, progress=False,
+                   device="cpu")
+    lines = (out / "per_image.csv").read_text().splitlines()
+    assert lines[0] == header and len(lines) > 1 and all(line.count(",") == 5 for line in lines)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pic_coverage"] == {} and summary["by_finding"]["gradcam"]
+    with pytest.raises(InputError, match="other metrics"):
+        run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity"], out, progress=False, device="cpu")

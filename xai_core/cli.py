@@ -6,7 +6,6 @@ import argparse
 import getpass
 import importlib.util
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,18 +16,27 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from xai_core import auth
+from xai_core import auth, baselines
 from xai_core.engine import Engine
 from xai_core.errors import InputError, UnknownNameError, XaiError
-from xai_core.evaluation import print_summary, resolve_metrics, run_evaluation
+from xai_core.evaluation import (
+    print_by_finding,
+    print_pic_coverage,
+    print_summary,
+    resolve_metrics,
+    run_evaluation,
+)
 from xai_core.explainers import list_explainers
+from xai_core.files import strict_json
 from xai_core.imaging import Radiograph, load_radiograph
 from xai_core.mammi import annotate_neurons
+from xai_core.metrics.gaze import GAZE_KERNELS, resolve_gaze_kernel
 from xai_core.models import get_card, list_models
 from xai_core.overlay import overlay_png
 from xai_core.phantom import generate_case
 from xai_core.phantom.samples import write_samples
 from xai_core.phantom.writers import contact_sheet, write_split
+from xai_core.runtime import pick_device
 from xai_core.segx import by_label, calibrate, store_calibration
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
@@ -40,22 +48,9 @@ DEFAULT_MODEL = "demo"
 EXIT_BAD_INPUT = 2
 
 
-def finite_json(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None (JSON has no NaN: `null` means undefined)."""
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def print_json(value: Any) -> None:
     """Print strict JSON (never NaN or Infinity) to stdout."""
-    print(json.dumps(finite_json(value), indent=2, allow_nan=False, default=str))
+    print(strict_json(value))
 
 
 def _shown_name(radiograph: Radiograph, show_name: bool) -> str:
@@ -237,16 +232,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = resolve_metrics(args.metrics)
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
-                             device=args.device, gaze_sigma=args.gaze_sigma, workers=args.workers,
+                             device=args.device, gaze_kernel=resolve_gaze_kernel(args.gaze_kernel, args.gaze_sigma),
+                             workers=args.workers,
                              precision=args.precision, segmenter=args.segmenter)
     print(print_summary(summary, metrics))
+    stored = json.loads((Path(args.out) / "summary.json").read_text())
+    print("\nper finding: mean (n)")
+    print(print_by_finding(stored["by_finding"], metrics))
+    if stored["pic_coverage"]:
+        print("\n" + print_pic_coverage(stored["pic_coverage"]))
     run = json.loads((Path(args.out) / "run.json").read_text())
     for method, kinds in run.get("pic_median_curves", {}).items():
         print(f"{method:<10} median-curve AUC " + ", ".join(
-            f"{kind.upper()} {c['median_curve_auc']:.3f} [{c['ci_low']:.3f},{c['ci_high']:.3f}] (n={c['n']})"
-            for kind, c in kinds.items()))
+            f"{kind.upper()} {_number(c['median_curve_auc'])} [{_number(c['ci_low'])},{_number(c['ci_high'])}] "
+            f"(n={c['n']})" for kind, c in kinds.items()))
     print(f"per-image rows: {Path(args.out) / 'per_image.csv'}; summary: {Path(args.out) / 'summary.json'}")
     return 0
+
+
+def _number(value: float | None) -> str:
+    """A value read back from strict JSON (null where undefined), to 3 decimals."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+EXIT_BASELINE_READS_POSITIVE = 1
+
+
+def _cmd_check_baselines(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1 (got {args.n})")
+    check = baselines.run(args.model, n=args.n, seed=args.seed, device=str(pick_device(args.device)),
+                          more=args.more)
+    if args.json:
+        print_json(check)
+    else:
+        print(baselines.format_table(check))
+        print("passes" if check["passes"] else "FAILS: a removal baseline reads as positive (see the verdicts)")
+    return 0 if check["passes"] else EXIT_BASELINE_READS_POSITIVE
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -421,7 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", default="gradcam,gradcampp,scorecam,ig,xrai,nemt,random")
     evaluate.add_argument("--metrics", default="all", help="all, groups (localisation, shape, faithfulness, pic, "
                                                            "gaze) or metric names, comma-separated")
-    evaluate.add_argument("--gaze-sigma", type=float, default=6.0, help="gaze heatmap blur in pixels (model grid)")
+    evaluate.add_argument("--gaze-kernel", choices=tuple(GAZE_KERNELS), default=None,
+                          help="gaze heatmap settings: mimic (default; Watson et al. 2023: 20 px box, sigma 150 px "
+                               "in source pixels, scaled to the grid) or legacy (7 px box, sigma 6 px on the grid)")
+    evaluate.add_argument("--gaze-sigma", type=float, default=None,
+                          help="overrides the kernel's blur, in its pixels; alone, the legacy kernel with this sigma "
+                               "in model-grid pixels (the flag's earlier meaning)")
     evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--workers", type=int, default=0,
@@ -431,6 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                           help="of the metrics' model calls: auto = bfloat16 where the hardware runs it fast")
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    check = sub.add_parser(
+        "check-baselines", help="does the model read images with their information removed as 'no finding'?",
+        description="The baseline self-check (xai_core.baselines): the model's probabilities on each removal "
+                    "baseline (mean fill, blur, blur + noise, noisy linear imputation, local in-fills, constant "
+                    "images) over held-out phantom cases, per finding and pooled: the share of negative (case, "
+                    "finding) pairs each removal pushes over the operating point, against its bar (0.05 global, "
+                    "0.10 local; a constant image must read negative for every finding). Exit status: 0 when every "
+                    "recipe passes, 1 when a baseline reads as positive, 2 for bad input (unknown model, missing "
+                    "weights, --n under 1).")
+    check.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
+    check.add_argument("--n", type=int, default=200, help="held-out phantom cases (default: 200)")
+    check.add_argument("--seed", type=int, default=baselines.HELD_OUT_SEED,
+                       help=f"phantom seed of the {baselines.HELD_OUT_SPLIT} split (default: "
+                            f"{baselines.HELD_OUT_SEED}, which no training or manifest metric used)")
+    check.add_argument("--more", action="store_true",
+                       help="also the removals training never draws exactly (other operators, sizes, shapes)")
+    check.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $XAI_DEVICE, else auto)")
+    check.add_argument("--json", action="store_true", help="print the whole check as JSON (null where undefined)")
+    check.set_defaults(run=_cmd_check_baselines)
 
     annotate = sub.add_parser("annotate-neurons", help="MAMMI: name what a layer's neurons respond to (resumable)")
     annotate.add_argument("--model", default=DEFAULT_MODEL)
@@ -460,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code (2 for bad input or a model that cannot load)."""
+    """Entry point; returns the process exit code (2 for bad input or a model that cannot load; 1 from
+    check-baselines when a removal baseline reads as positive)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,27 @@ def file_lock(path: Path, timeout: float = 60.0) -> FileLock:
     """A lock shared by every process that writes `path` (a `.lock` file beside it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path) + ".lock", timeout=timeout)
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has no NaN: `null` means undefined) and numpy
+    scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON text of `value` (never NaN or Infinity: `finite_json`)."""
+    return json.dumps(finite_json(value), indent=indent, allow_nan=False, default=str)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

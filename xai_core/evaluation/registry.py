@@ -20,7 +20,7 @@ from xai_core import removal as removal_ops
 from xai_core.errors import UnknownNameError
 from xai_core.metrics import pic
 from xai_core.metrics.faithfulness import deletion_insertion, faithfulness_correlation
-from xai_core.metrics.gaze import cc, gaze_heatmap, kl_divergence, nss, sim
+from xai_core.metrics.gaze import GazeKernel, cc, gaze_heatmap, kl_divergence, nss, sim
 from xai_core.metrics.localisation import auitc, iou_at, pointing_game, relevance_mass, relevance_rank
 from xai_core.metrics.shape import complexity, sparseness
 from xai_core.segx import refine
@@ -29,6 +29,8 @@ Direction = Literal["higher", "lower"]
 NEEDS = ("mask", "model", "fixations", "region")  # what a metric may need besides the map
 REMOVAL_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_corr")  # they read the removal's baseline
 CURVE_SAMPLES = 101  # points kept per SIC/AIC curve (x = 0, 0.01, ..., 1) for the median curves
+PIC_KINDS = ("sic", "aic")
+PIC_KEPT, PIC_EMPTY_MAP = "kept", "empty_map"  # PIC outcomes besides the skip rules (MapContext.pic_outcome)
 Scorer = Callable[[np.ndarray], np.ndarray]  # pixel images [N, S, S] in [0, 1] -> the target's probability [N]
 
 
@@ -46,7 +48,11 @@ class MapContext:
     fixations: np.ndarray | None = None  # [N, 3] x, y, duration on the [S, S] grid
     region: np.ndarray | None = None  # bool [S, S]: the finding's anatomy (SegX)
     pic_mask: np.ndarray | None = None  # PIC's fixed random kept pixels; default: 1% drawn with seed 0
-    gaze_sigma: float = 6.0
+    # the gaze heatmap's kernel (xai_core.metrics.gaze): a GazeKernel or preset name, None: mimic (legacy where only
+    # gaze_sigma is given); gaze_sigma overrides its blur; gaze_source_px: source pixels the grid's side spans
+    gaze_kernel: GazeKernel | str | float | None = None
+    gaze_sigma: float | None = None
+    gaze_source_px: float | None = None
     bokeh_cache: dict[bytes, tuple[np.ndarray, int]] | None = None  # PIC bokeh images of this image, by kept set
     # how deletion, insertion and faithfulness correlation remove pixels (xai_core.removal; in pixel space [0, 1]):
     # ROAD's noisy linear imputation by default; "blur", "mean", or "constant" (mid-grey, the legacy baseline)
@@ -98,8 +104,18 @@ class MapContext:
 
         return self.shared("pic", compute)
 
+    def pic_outcome(self, kind: str) -> str:
+        """What became of the map's `kind` ("sic" or "aic") curve: "kept", the PIC skip rule that dropped the image
+        (a key of pic.SKIP_RULES), "empty_map" (no curve: the map has no relevance), or "" when it was not asked
+        for."""
+        if "pic" in self._shared:
+            curve = self._shared["pic"][kind]
+            return curve.rule if isinstance(curve, pic.PicSkip) else PIC_KEPT
+        return "" if has_relevance(self.relevance) else PIC_EMPTY_MAP
+
     def gaze_heat(self) -> np.ndarray:
-        return self.shared("gaze_heat", lambda: gaze_heatmap(self.fixations, self.relevance.shape, self.gaze_sigma))
+        return self.shared("gaze_heat", lambda: gaze_heatmap(self.fixations, self.relevance.shape, self.gaze_sigma,
+                                                             kernel=self.gaze_kernel, source_px=self.gaze_source_px))
 
 
 def has_relevance(relevance: np.ndarray) -> bool:

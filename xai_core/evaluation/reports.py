@@ -15,14 +15,23 @@ from matplotlib.figure import Figure
 from plotly.colors import qualitative  # deferred: plotly is slow to import, needed only for plots
 from plotly.subplots import make_subplots
 
-from xai_core.evaluation.registry import CURVE_SAMPLES
+from xai_core.evaluation.registry import CURVE_SAMPLES, PIC_EMPTY_MAP, PIC_KEPT, PIC_KINDS
+from xai_core.metrics.pic import SKIP_RULES
 from xai_core.metrics.stats import bootstrap_interval, summarise
 
 if TYPE_CHECKING:  # annotations only
     import pandas as pd
     import plotly.graph_objects as go
 
-PIC_KINDS = ("sic", "aic")
+# summary.json's keys besides the methods' own (no method is named so): the per-finding summaries and PIC coverage
+SUMMARY_KEYS = ("by_finding", "pic_coverage")
+# PIC outcomes counted per finding, besides "kept"
+PIC_OUTCOMES = {**SKIP_RULES, PIC_EMPTY_MAP: "every method's map of the case was empty (no curve was attempted)"}
+
+
+def method_summaries(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The pooled entries of a summary.json, {method: {metric: ...}}, without SUMMARY_KEYS."""
+    return {k: v for k, v in summary.items() if k not in SUMMARY_KEYS}
 
 
 def summarise_table(table: Path, methods: list[str], metrics: list[str],
@@ -46,6 +55,86 @@ def summarise_table(table: Path, methods: list[str], metrics: list[str],
                 out[method][m] = {**out[method][m], "invalid_findings": list(left_out),
                                   "n_invalid": int(len(rows) - len(kept))}
     return out
+
+
+def invalid_reasons(check: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """{metric: {finding: why}} for the invalid (finding, metric) pairs of a baseline self-check (the runner's
+    `baseline_self_check`), e.g. "deletion_auc leaves out Effusion: the removed image reads as Effusion (p = 0.97;
+    baseline: ...)"."""
+    if not check:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for metric, findings in check["invalid"].items():
+        for finding in findings:
+            if check.get("probability"):  # a constant baseline: one image
+                detail = f"p = {check['probability'][finding]:.2f}"
+            else:
+                detail = (f"{check['pushed'][finding]:.0%} of its negatives pushed over the operating point, bar "
+                          f"{check['bar']:.0%}; mean p on negatives {check['mean_probability_negatives'][finding]:.2f}")
+            out.setdefault(metric, {})[finding] = (f"{metric} leaves out {finding}: the removed image reads as "
+                                                   f"{finding} ({detail}; baseline: {check['description']})")
+    return out
+
+
+def summarise_by_finding(table: Path, methods: list[str], metrics: list[str],
+                         invalid: dict[str, list[str]] | None = None,
+                         reasons: dict[str, dict[str, str]] | None = None
+                         ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """{method: {finding: {metric: {"mean", "ci_low", "ci_high", "n"}}}} from the per-image CSV, by the same
+    `summarise` as the pooled table. The invalid pairs (`invalid`: {metric: findings}) keep their value, since it
+    is the evidence, marked "invalid": true with "invalid_reason" (`reasons`, from `invalid_reasons`)."""
+    frame = pd.read_csv(table)
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for method in methods:
+        rows = frame[frame["method"] == method]
+        out[method] = {}
+        for finding, group in rows.groupby("finding", sort=True):
+            cells: dict[str, dict[str, Any]] = {}
+            for m in metrics:
+                if m not in group:
+                    continue
+                cells[m] = summarise(pd.to_numeric(group[m], errors="coerce").to_numpy())
+                if finding in (invalid or {}).get(m, []):
+                    reason = (reasons or {}).get(m, {}).get(finding, "the removal baseline reads as positive")
+                    cells[m] = {**cells[m], "invalid": True, "invalid_reason": reason}
+            out[method][str(finding)] = cells
+    return out
+
+
+def _outcome_counts(outcomes: pd.Series) -> dict[str, int]:
+    counts = {"positives": len(outcomes), PIC_KEPT: int((outcomes == PIC_KEPT).sum())}
+    return {**counts, **{rule: int((outcomes == rule).sum()) for rule in PIC_OUTCOMES}}
+
+
+def pic_coverage(table: Path) -> dict[str, Any]:
+    """How many positive (case, finding) pairs each PIC skip rule dropped, per finding and pooled, from the
+    per-image CSV's "sic_skip" / "aic_skip" columns: {"rules": {rule: why}, kind: {"pooled": counts,
+    "by_finding": {finding: counts}}} with counts {"positives", "kept", rule...: n}. The skip rules do not depend
+    on the map, so each pair counts once, whatever the methods ("empty_map" only when every method's map of the
+    case was empty). {} without PIC columns."""
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    out: dict[str, Any] = {}
+    for kind in PIC_KINDS:
+        column = f"{kind}_skip"
+        if column not in frame:
+            continue
+        rows = frame[frame[column] != ""]
+        rank = (rows[column] == PIC_EMPTY_MAP).astype(int)  # a pair's outcome: any map's, an empty one last
+        pairs = rows.assign(rank=rank).sort_values("rank", kind="stable").drop_duplicates(["case_id", "finding"])
+        out[kind] = {"pooled": _outcome_counts(pairs[column]),
+                     "by_finding": {str(finding): _outcome_counts(group[column])
+                                    for finding, group in pairs.groupby("finding", sort=True)}}
+    return {"rules": dict(PIC_OUTCOMES), **out} if out else {}
+
+
+def summary_document(table: Path, methods: list[str], metrics: list[str], check: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """summary.json of a per-image CSV: the pooled {method: {metric: ...}} (invalid pairs of the baseline self-check
+    `check` left out of the means), "by_finding" (invalid pairs marked, with the reason) and "pic_coverage"."""
+    invalid = check["invalid"] if check else None
+    return {**summarise_table(table, methods, metrics, invalid=invalid),
+            "by_finding": summarise_by_finding(table, methods, metrics, invalid, invalid_reasons(check)),
+            "pic_coverage": pic_coverage(table)}
 
 
 def median_curves(curve_file: Path, methods: list[str], *, n_boot: int = 1000, seed: int = 0
@@ -89,7 +178,7 @@ def print_summary(summary: dict[str, dict[str, dict[str, float]]], metrics: list
     header = f"{'method':<10}" + "".join(f"{m:>24}" for m in metrics)
     lines = [header]
     invalid: dict[str, list[str]] = {}
-    for method, values in summary.items():
+    for method, values in method_summaries(summary).items():
         cells = []
         for m in metrics:
             v = values.get(m)
@@ -101,6 +190,51 @@ def print_summary(summary: dict[str, dict[str, dict[str, float]]], metrics: list
         lines.append(f"{method:<10}" + "".join(f"{c:>24}" for c in cells))
     for m, findings in invalid.items():
         lines.append(f"* {m}: left out {', '.join(findings)} (the removal baseline reads as positive; invalid)")
+    return "\n".join(lines)
+
+
+def print_by_finding(by_finding: dict[str, dict[str, dict[str, dict[str, Any]]]], metrics: list[str]) -> str:
+    """A plain-text table: one row per method and finding, mean (n) per metric; '!' marks an invalid (finding,
+    metric) pair (its value is the evidence, not a result), with the reasons under the table."""
+    width = max(12, *(len(m) + 2 for m in metrics)) if metrics else 12
+    finding_width = max([14, *(len(f) + 2 for values in by_finding.values() for f in values)])
+    lines = [f"{'method':<10}{'finding':<{finding_width}}" + "".join(f"{m:>{width}}" for m in metrics)]
+    reasons: dict[str, None] = {}
+    for method, findings in by_finding.items():
+        for finding, values in findings.items():
+            cells = []
+            for m in metrics:
+                v = values.get(m)
+                if not v or not v["n"]:
+                    cells.append(f"{'n/a':>{width}}")
+                    continue
+                mark = "!" if v.get("invalid") else " "
+                if v.get("invalid"):
+                    reasons[v.get("invalid_reason", f"{m} leaves out {finding}")] = None
+                cell = f"{v['mean']:.3f} ({v['n']}){mark}"
+                cells.append(f"{cell:>{width}}")
+            lines.append(f"{method:<10}{finding:<{finding_width}}" + "".join(cells))
+    lines += [f"! {reason} (invalid: left out of the pooled mean)" for reason in reasons]
+    return "\n".join(lines)
+
+
+def print_pic_coverage(coverage: dict[str, Any]) -> str:
+    """A plain-text table per PIC kind: per finding and pooled, the positives, how many the curves kept and how
+    many each skip rule dropped; the rules' meaning under the tables."""
+    if not coverage:
+        return ""
+    rules = list(coverage["rules"])
+    lines = []
+    for kind in PIC_KINDS:
+        if kind not in coverage:
+            continue
+        lines.append(f"PIC coverage, {kind.upper()}: positives kept and dropped per skip rule")
+        lines.append(f"{'finding':<16}{'positives':>10}{'kept':>7}" + "".join(f"{r:>17}" for r in rules))
+        rows = [*coverage[kind]["by_finding"].items(), ("pooled", coverage[kind]["pooled"])]
+        for finding, counts in rows:
+            lines.append(f"{finding:<16}{counts['positives']:>10}{counts[PIC_KEPT]:>7}"
+                         + "".join(f"{counts[r]:>17}" for r in rules))
+    lines += [f"  {rule}: {why}" for rule, why in coverage["rules"].items()]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -29,12 +30,20 @@ from tqdm import tqdm
 from xai_core import baselines
 from xai_core import removal as removal_ops
 from xai_core.errors import InputError
-from xai_core.evaluation.registry import REMOVAL_METRICS, MapContext, compute_metrics
-from xai_core.evaluation.reports import median_curves, summarise_table, write_curve_plots, write_plots
+from xai_core.evaluation.registry import PIC_KINDS, REMOVAL_METRICS, MapContext, compute_metrics
+from xai_core.evaluation.reports import (
+    median_curves,
+    method_summaries,
+    summary_document,
+    write_curve_plots,
+    write_plots,
+)
 from xai_core.evaluation.sources import EvalCase, cases_from
 from xai_core.explainers import get_explainer
 from xai_core.explainers.ig import shared_integrals
+from xai_core.files import strict_json
 from xai_core.metrics import pic
+from xai_core.metrics.gaze import DEFAULT_GAZE_KERNEL, GazeKernel, resolve_gaze_kernel
 from xai_core.models import ModelHandle, load_model
 from xai_core.models.base import use_bfloat16
 from xai_core.models.cards import to_model_range
@@ -107,21 +116,42 @@ class CaseMemo:
 
 
 def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: np.ndarray,
-                  metrics: set[str] | list[str], pic_mask: np.ndarray, gaze_sigma: float,
+                  metrics: set[str] | list[str], pic_mask: np.ndarray, gaze_kernel: GazeKernel | str | float,
                   memo: CaseMemo | None = None, curves: dict[str, list[float]] | None = None,
-                  region: np.ndarray | None = None, removal: str = DEFAULT_REMOVAL) -> dict[str, float]:
+                  region: np.ndarray | None = None, removal: str = DEFAULT_REMOVAL,
+                  pic_outcomes: dict[str, str] | None = None) -> dict[str, float]:
     """The requested registered metrics of one map of a case's finding (`memo`: work shared by the maps of one
     case; `curves`: receives the SIC/AIC curves; `region`: the finding's anatomy, for SegX; `removal`: how the
-    faithfulness metrics remove pixels, a method of xai_core.removal). Metrics whose inputs
+    faithfulness metrics remove pixels, a method of xai_core.removal; `pic_outcomes`: receives, per requested PIC
+    kind, "kept" or the skip rule that dropped the image, see MapContext.pic_outcome). Metrics whose inputs
     the case lacks (no lesion mask, no fixations, no region) are left out."""
     memo = memo or CaseMemo(handle)
     context = MapContext(
         relevance=np.asarray(relevance), image=case.image, mask=case.masks.get(finding),
         score=memo.for_target(handle.card.labels.index(finding)),
         decision_threshold=handle.card.thresholds.get(finding, 0.5), fixations=case.fixations, region=region,
-        pic_mask=pic_mask, gaze_sigma=gaze_sigma, bokeh_cache=memo.bokehs,
+        pic_mask=pic_mask, gaze_kernel=gaze_kernel, gaze_source_px=case.source_px, bokeh_cache=memo.bokehs,
         curves=curves if curves is not None else {}, removal=removal)
-    return compute_metrics(metrics, context)
+    values = compute_metrics(metrics, context)
+    if pic_outcomes is not None:
+        pic_outcomes.update({kind: context.pic_outcome(kind) for kind in PIC_KINDS if f"{kind}_auc" in metrics})
+    return values
+
+
+def pic_skip_columns(metrics: list[str]) -> list[str]:
+    """The per-image CSV's PIC outcome columns ("sic_skip", "aic_skip") of the requested PIC metrics: "kept", the
+    skip rule that dropped the image (pic.SKIP_RULES) or "empty_map"."""
+    return [f"{kind}_skip" for kind in PIC_KINDS if f"{kind}_auc" in metrics]
+
+
+def table_columns(metrics: list[str]) -> list[str]:
+    """The per-image CSV's columns for `metrics`."""
+    return ["case_id", "finding", "method", "seconds", *metrics, *pic_skip_columns(metrics)]
+
+
+def write_strict_json(path: Path, value: Any) -> None:
+    """`value` as strict JSON (NaN and infinities as null: JSON has no NaN) in `path`."""
+    path.write_text(strict_json(value) + "\n")
 
 
 def _stable_seed(*parts: object) -> int:
@@ -139,7 +169,8 @@ def case_anatomy(segmenter: ModelHandle, image: np.ndarray, size: int) -> dict[s
 
 
 def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metrics: list[str], *, seed: int = 0,
-                  gaze_sigma: float = 6.0, done: set[tuple[str, str, str]] | frozenset = frozenset(),
+                  gaze_kernel: GazeKernel | str = DEFAULT_GAZE_KERNEL,
+                  done: set[tuple[str, str, str]] | frozenset = frozenset(),
                   precision: str = "auto", segmenter: ModelHandle | None = None,
                   removal: str = DEFAULT_REMOVAL) -> list[dict[str, Any]]:
     """Per-image rows (case_id, finding, method, seconds, metrics..., and "curves": the SIC/AIC curves) of one
@@ -167,11 +198,13 @@ def evaluate_case(handle: ModelHandle, case: EvalCase, methods: list[str], metri
             seconds = (time.perf_counter() - start) / len(pending)
             for finding, relevance in zip(pending, maps.detach().float().cpu().numpy(), strict=True):
                 curves: dict[str, list[float]] = {}
+                outcomes: dict[str, str] = {}
                 region = None if anatomy is None else region_for(finding, segmenter.card.name, anatomy).mask
-                values = image_metrics(handle, case, finding, relevance, metrics, pic_mask, gaze_sigma, memo,
-                                       curves, region, removal)
+                values = image_metrics(handle, case, finding, relevance, metrics, pic_mask, gaze_kernel, memo,
+                                       curves, region, removal, outcomes)
                 rows.append({"case_id": case.case_id, "finding": finding, "method": method,
                              "seconds": round(seconds, 5), **{m: values.get(m, "") for m in metrics},
+                             **{f"{kind}_skip": outcome for kind, outcome in outcomes.items()},
                              "curves": curves})
     return rows
 
@@ -258,7 +291,8 @@ def default_workers(device: str, n_cases: int) -> int:
 
 
 def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: list[str], out: Path, *,
-                   seed: int = 0, device: str | None = None, gaze_sigma: float = 6.0, progress: bool = True,
+                   seed: int = 0, device: str | None = None, gaze_kernel: GazeKernel | str = DEFAULT_GAZE_KERNEL,
+                   progress: bool = True,
                    on_progress: Callable[[int, int], None] | None = None,
                    allow_random_weights: bool = False, workers: int = 1, precision: str = "auto",
                    segmenter: str = "demo-anatomy", removal: str = DEFAULT_REMOVAL,
@@ -268,10 +302,15 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     run.json and the plots; returns the summary {method: {metric: {"mean", "ci_low", "ci_high", "n"}}}.
 
     `removal` (a method of xai_core.removal) is how deletion, insertion and faithfulness correlation remove pixels.
+    `gaze_kernel` (a GazeKernel or preset name of xai_core.metrics.gaze; run.json records it) builds the gaze
+    heatmaps.
     Before a removal metric is trusted, the baseline self-check (xai_core.baselines, `baseline_check_n` held-out
     phantom cases; 0 skips it) runs the model on the fully removed images: where that baseline reads as positive
     for a finding, the (finding, metric) pairs are invalid, their rows stay in per_image.csv but are left out of the
     metric's mean, and summary.json says so ("invalid_findings" in the metric's entry; run.json: "baseline_check").
+    summary.json also holds "by_finding" ({method: {finding: {metric: ...}}}, invalid pairs marked, not left out)
+    and "pic_coverage" (positives each PIC skip rule dropped, per finding); it and run.json are strict JSON (null
+    where a value is undefined, never NaN).
     """
     for method in methods:
         get_explainer(method)
@@ -283,15 +322,19 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     out.mkdir(parents=True, exist_ok=True)
     table = out / "per_image.csv"
     curve_file = out / "pic_curves.jsonl"
-    columns = ["case_id", "finding", "method", "seconds", *metrics]
+    columns = table_columns(metrics)
+    legacy = columns[:4 + len(metrics)]  # tables from before the PIC outcome columns resume without them
     done: set[tuple[str, str, str]] = set()
     if table.is_file():
         with table.open(newline="") as handle_csv:
             reader = csv.DictReader(handle_csv)
-            if reader.fieldnames != columns:
+            if reader.fieldnames == legacy:
+                columns = legacy
+            elif reader.fieldnames != columns:
                 raise InputError(f"{table} was written with other metrics ({reader.fieldnames}); use another --out")
             done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
-    options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_sigma": gaze_sigma, "done": done,
+    kernel = resolve_gaze_kernel(gaze_kernel)
+    options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_kernel": kernel, "done": done,
                "precision": precision, "removal": removal}
     check = baseline_self_check(handle, removal, baseline_check_n, metrics)
     segmenter_name = segmenter if "segx_iou_at_5" in metrics else None
@@ -307,7 +350,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
                                     segmenter_name))
     try:
         with table.open("a", newline="") as sink, curve_file.open("a") as curve_sink:
-            writer = csv.DictWriter(sink, columns)
+            writer = csv.DictWriter(sink, columns, extrasaction="ignore" if columns == legacy else "raise")
             if new_file:
                 writer.writeheader()
             bar = tqdm(total=n, desc=f"evaluate {model}", unit="case", disable=not progress)
@@ -343,18 +386,20 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    summary = summarise_table(table, methods, metrics, invalid=check["invalid"] if check else None)
+    document = summary_document(table, methods, metrics, check)
+    summary = method_summaries(document)
     summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "workers": workers,
                    "segmenter": segmenter_name, "removal": removal_ops.describe(removal),
+                   "gaze_kernel": dataclasses.asdict(kernel),
                    "baseline_check": check,
                    "scoring_bfloat16": scoring_bfloat16,
                    "cases_without_positives": skipped_no_positive, "summary": summary}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_strict_json(out / "summary.json", document)
     curves = median_curves(curve_file, methods)
     summary_doc["pic_median_curves"] = {m: {k: {key: v for key, v in c.items() if key != "y"} for k, c in kinds.items()}
                                         for m, kinds in curves.items()}
     (out / "pic_curves.json").write_text(json.dumps(curves) + "\n")
-    (out / "run.json").write_text(json.dumps(summary_doc, indent=2) + "\n")
+    write_strict_json(out / "run.json", summary_doc)
     write_plots(table, methods, metrics, out)
     write_curve_plots(curves, out)
     return summary

@@ -28,6 +28,9 @@ class EvalCase:
     labels: list[str]
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # finding -> bool [S, S]
     fixations: np.ndarray | None = None  # [N, 3] x, y, duration on the [S, S] grid
+    # source-image pixels the grid's side spans (the square crop), to scale the gaze kernel; None: drawn on the grid
+    # (phantom), taken as gaze.NOMINAL_SOURCE_PX
+    source_px: float | None = None
 
 
 def phantom_cases(split: str, n: int, seed: int, size: int) -> Iterator[EvalCase]:
@@ -69,8 +72,8 @@ def label_columns(fieldnames: list[str] | None, source: Path) -> tuple[str, str]
 def folder_cases(folder: Path, size: int, n: int | None = None) -> Iterator[EvalCase]:
     """labels.csv (image,labels, or NIH's Image Index,Finding Labels) + images/ (any supported format), optional
     masks/<id>_<finding>.png,
-    fixations/<id>.csv (REFLACX or MIMIC-EGD) and an NIH BBox_List-style boxes csv (bboxes.csv); every image is
-    centre-cropped to a square and resized to `size` px, as the model sees it."""
+    fixations/<id>.csv (REFLACX, or MIMIC-EGD: the rows of DICOM_ID <id>) and an NIH BBox_List-style boxes csv
+    (bboxes.csv); every image is centre-cropped to a square and resized to `size` px, as the model sees it."""
     with (folder / "labels.csv").open(newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is not None:
@@ -106,9 +109,9 @@ def folder_cases(folder: Path, size: int, n: int | None = None) -> Iterator[Eval
         fixations = None
         gaze_file = folder / "fixations" / f"{image_id}.csv"
         if gaze_file.is_file():
-            raw = read_fixations(gaze_file)
+            raw = read_fixations(gaze_file, dicom_id=image_id)
             fixations = np.stack([(raw[:, 0] - crop.left) * scale, (raw[:, 1] - crop.top) * scale, raw[:, 2]], 1)
-        yield EvalCase(image_id, image.astype(np.float32), labels, masks, fixations)
+        yield EvalCase(image_id, image.astype(np.float32), labels, masks, fixations, source_px=float(crop.size))
 
 
 def cases_from(data: str, n: int, seed: int, size: int) -> Iterator[EvalCase]:

@@ -41,12 +41,14 @@ class NEMtRecipe:
     lr: float = 2e-3
     lam: float = 2.0
     negative_rate: float = 0.25
-    # What deleted pixels take in the classifier's input space: a removal method of `xai_core.removal` (the image's
-    # fully-removed version, blended in by the soft mask), or a constant. The spec's constant 0 (and the former
-    # -600) read as Effusion and Cardiomegaly to a classifier trained on intact films only (issue 24), which left
-    # the deletion objective nothing to find for them; `demo` is now trained with removal augmentation, for which
-    # the image's mean is an in-distribution fill (docs/testbed.md).
-    fill: float | str = "mean"
+    # What deleted pixels take in the classifier's input space: a removal method of `xai_core.removal` applied to
+    # the pixels the current mask deletes (keep < 0.5; "road": imputed from the kept pixels around them), blended in
+    # by the soft mask, or a constant. The spec's constant 0 (and the former -600) read as Effusion and
+    # Cardiomegaly to a classifier trained on intact films only (issue 24), which left the deletion objective
+    # nothing to find for them. `demo` is now trained with removal augmentation, whose local fills follow the
+    # anatomy (imputation, blur); a flat patch (the image's mean) inside a lung reads as an opacity, so the
+    # default is ROAD's imputation, with a short fixed solve (FILL_SOLVER) since it runs every step.
+    fill: float | str = "road"
     seed: int = 0
     data_seed: int = 1  # a different stretch of the train split from the classifier's own training
     size: int = 224
@@ -74,12 +76,19 @@ def sample_targets(y: torch.Tensor, predicted: torch.Tensor, negative_rate: floa
     return torch.multinomial(pool.float(), 1, generator=generator).squeeze(1)
 
 
-def fill_image(x: torch.Tensor, fill: float | str, value_range: tuple[float, float], seed: int = 0
-               ) -> float | torch.Tensor:
-    """What deleted pixels become: a constant, or x fully removed by a named method of `xai_core.removal`."""
-    if isinstance(fill, str):
-        return removal.fully_removed(x, fill, value_range=value_range, seed=seed)
-    return float(fill)
+FILL_SOLVER = {"iterations": 8, "coarse_iterations": 8, "tol": 0.0}  # the in-training imputation's fixed work
+
+
+def fill_image(x: torch.Tensor, keep: torch.Tensor, fill: float | str, value_range: tuple[float, float],
+               seed: int = 0) -> float | torch.Tensor:
+    """What deleted pixels become: a constant, or x with the pixels the keep-mask deletes (keep < 0.5) removed by
+    a named method of `xai_core.removal` (no gradient: the mask's gradient comes through the blend)."""
+    if not isinstance(fill, str):
+        return float(fill)
+    params = FILL_SOLVER if fill == "road" else {}
+    with torch.no_grad():
+        return removal.remove(x, (keep.detach() < 0.5).to(x.dtype), fill, value_range=value_range, seed=seed,
+                              **params)
 
 
 def build_decoder(handle: ModelHandle, recipe: NEMtRecipe) -> NEMtDecoder:
@@ -146,8 +155,8 @@ def train_nemt(recipe: NEMtRecipe, *, device: str = "auto", checkpoint_dir: str 
         mask = keep_mask(decoder, taps, x, targets, random_kernel(generator))
         p_original = probabilities.gather(1, targets.view(-1, 1)).squeeze(1)
         loss, _ = nemt_loss(classifier, x, mask, targets, p_original, lam=recipe.lam,
-                            fill=fill_image(x, recipe.fill, value_range, int(torch.randint(2**31, (1,),
-                                                                                            generator=generator))))
+                            fill=fill_image(x, mask, recipe.fill, value_range,
+                                            int(torch.randint(2**31, (1,), generator=generator))))
         return loss
 
     seconds = run_training(name, decoder, optimiser, schedule, loader_from, step_loss, recipe.steps, asdict(recipe),
