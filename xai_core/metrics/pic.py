@@ -31,8 +31,24 @@ THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34,
 CURVE_POINTS = 1000
 
 
+# The skip rules, by the name a PicSkip carries in `rule` (evaluation counts them per finding: "pic_coverage").
+SKIP_RULES = {
+    "low_score": "the original score is under the minimum (0.5); for AIC: the finding is not predicted at the "
+                 "model's operating point",
+    "blurred_as_high": "the fully blurred image already scores as high as the original",
+    "no_information": "the blurred image holds as much information (WebP size) as the original",
+}
+
+
 class PicSkip(Exception):
-    """The image is skipped (original score too low, or the blurred image already scores as high)."""
+    """The image is skipped by a skip rule (`rule`, a key of SKIP_RULES); the message gives the numbers."""
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return self.__class__, (str(self), self.rule)
 
 
 @dataclass
@@ -268,16 +284,17 @@ def pic_curves(image: np.ndarray, relevance: np.ndarray, predict: Callable[[np.n
     for name, read_out in curves.items():
         fully_blurred, original = read_out(raw_ends)
         if original < min_score:
-            results[name] = PicSkip(f"original score {original:.3f} < {min_score}")
+            results[name] = PicSkip(f"original score {original:.3f} < {min_score}", "low_score")
         elif fully_blurred >= original:
-            results[name] = PicSkip(f"blurred score {fully_blurred:.3f} >= original {original:.3f}")
+            results[name] = PicSkip(f"blurred score {fully_blurred:.3f} >= original {original:.3f}",
+                                    "blurred_as_high")
         else:
             ends[name] = np.array([fully_blurred, original])
     if not ends:
         return results
     info_original = bokeh_and_size(np.ones_like(mask))[1]
     if info_blurred >= info_original:
-        skip = PicSkip("the blurred image holds as much information as the original")
+        skip = PicSkip("the blurred image holds as much information as the original", "no_information")
         return {**results, **dict.fromkeys(ends, skip)}
     rebuilt = bokehs_and_sizes([(relevance >= np.quantile(relevance, 1 - t)) | mask for t in thresholds])
     raw = np.asarray(predict(np.stack([b for b, _ in rebuilt])), np.float64)
