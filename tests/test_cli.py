@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 from xai_core.cli import main
+from xai_core.models import get_card
 
 MODEL = "xrv-densenet121-nih"
 
@@ -195,3 +196,16 @@ def test_evaluate_defaults_to_every_metric_and_prints_and_stores_per_finding_tab
             outcomes = [row[f"{kind}_skip"] for row in rows if row["finding"] == finding]
             assert counts["positives"] == len(outcomes) == sum(v for k, v in counts.items() if k != "positives")
             assert all(counts[outcome] == outcomes.count(outcome) for outcome in set(outcomes))
+
+
+def test_evaluate_names_the_removal_method_and_its_baseline_check(tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--n", "1", "--methods", "gradcam", "--metrics", "deletion_auc", "--out", str(out),
+                 "--device", "cpu", "--workers", "1", "--removal", "blur", "--baseline-check-n", "3"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["removal"].startswith("blur")
+    assert run["baseline_check"]["recipe"] == "blur" and run["baseline_check"]["data"]["indices"] == [0, 3]
+    assert set(run["baseline_check"]["pushed"]) == set(get_card("demo").labels)
+    with pytest.raises(SystemExit) as refused:
+        main(["evaluate", "--n", "1", "--out", str(tmp_path / "bad"), "--removal", "paint"])
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()

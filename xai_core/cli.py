@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from xai_core import auth, baselines
+from xai_core import auth, baselines, removal
 from xai_core.engine import Engine
 from xai_core.errors import InputError, UnknownNameError, XaiError
 from xai_core.evaluation import (
+    BASELINE_CHECK_N,
     print_by_finding,
     print_pic_coverage,
     print_summary,
@@ -234,7 +235,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
                              device=args.device, gaze_kernel=resolve_gaze_kernel(args.gaze_kernel, args.gaze_sigma),
                              workers=args.workers,
-                             precision=args.precision, segmenter=args.segmenter)
+                             precision=args.precision, segmenter=args.segmenter, removal=args.removal,
+                             baseline_check_n=args.baseline_check_n)
     print(print_summary(summary, metrics))
     stored = json.loads((Path(args.out) / "summary.json").read_text())
     print("\nper finding: mean (n)")
@@ -455,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="processes, each on its own cases (default 0: one per core on CPU for 8 cases or "
                                "more, else one)")
     evaluate.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for the segx metric")
+    evaluate.add_argument("--removal", default=removal.DEFAULT_METHOD, choices=removal.METHODS,
+                          help="how deletion, insertion and faithfulness correlation remove pixels (default: road, "
+                               "ROAD's noisy linear imputation; constant: the legacy mid-grey)")
+    evaluate.add_argument("--baseline-check-n", type=int, default=BASELINE_CHECK_N,
+                          help="held-out phantom cases of the removal baseline self-check (0: skip it)")
     evaluate.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                           help="of the metrics' model calls: auto = bfloat16 where the hardware runs it fast")
     evaluate.set_defaults(run=_cmd_evaluate)

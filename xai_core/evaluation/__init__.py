@@ -33,6 +33,7 @@ from xai_core.evaluation.reports import (
     write_plots,
 )
 from xai_core.evaluation.runner import (
+    BASELINE_CHECK_N,
     MIN_CASES_PER_EXTRA_WORKER,
     CaseMemo,
     case_anatomy,
@@ -46,6 +47,7 @@ from xai_core.evaluation.sources import EvalCase, cases_from, folder_cases, phan
 
 __all__ = [
     "ALL_METRICS",
+    "BASELINE_CHECK_N",
     "CURVE_SAMPLES",
     "METRIC_GROUPS",
     "MIN_CASES_PER_EXTRA_WORKER",
