@@ -13,6 +13,8 @@ from ui.methods import method_colour, method_name, methods_help
 from xai_core.errors import XaiError
 from xai_core.evaluation import (
     ALL_METRICS,
+    DEFAULT_GAZE_KERNEL,
+    DEFAULT_REMOVAL,
     METRIC_GROUPS,
     box_figure,
     curve_figure,
@@ -172,8 +174,9 @@ def render() -> None:
                                 help="pic and faithfulness run the model many times per map.\n\n"
                                      + _metric_help(list(METRIC_GROUPS)))
     metrics = [m for g in groups for m in METRIC_GROUPS[g]]
+    # the removal operator and gaze kernel in the name: a folder is only resumed with the settings it was made with
     out = RESULTS / f"{model}_{data.replace(':', '_').replace('/', '_')}_{n}_{'-'.join(sorted(methods))}_" \
-                    f"{'-'.join(sorted(groups))}"
+                    f"{'-'.join(sorted(groups))}_{DEFAULT_REMOVAL}_{DEFAULT_GAZE_KERNEL}"
     if st.button("Run", type="primary", key="eval_run", disabled=not (methods and metrics)):
         bar = st.progress(0.0, text="Evaluating…")
         try:

@@ -425,3 +425,21 @@ def test_a_table_from_before_the_pic_outcome_columns_resumes_without_them(tmp_pa
     assert summary["pic_coverage"] == {} and summary["by_finding"]["gradcam"]
     with pytest.raises(InputError, match="other metrics"):
         run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity"], out, progress=False, device="cpu")
+
+
+def test_a_results_folder_resumes_only_with_the_settings_its_rows_were_computed_with(tmp_path):
+    from xai_core.evaluation import SETTINGS_FILE, run_evaluation
+
+    def run(**options):
+        return run_evaluation("demo", "phantom:test", 1, ["random"], ["relevance_mass"], tmp_path / "out",
+                              device="cpu", progress=False, baseline_check_n=0, **options)
+
+    run(removal="blur")
+    settings = json.loads((tmp_path / "out" / SETTINGS_FILE).read_text())
+    assert settings["removal"].startswith("blur") and settings["model"] == "demo" and settings["weights"]
+    run(removal="blur")  # same settings: resumes
+    with pytest.raises(InputError, match=r"other settings.*removal"):
+        run(removal="road")
+    (tmp_path / "out" / SETTINGS_FILE).unlink()  # a folder from before settings were recorded
+    with pytest.raises(InputError, match="did not record its settings"):
+        run(removal="blur")

@@ -321,3 +321,27 @@ def test_a_model_without_a_nemt_module_says_how_to_train_one():
     handle = load_model("demo-anatomy")  # any model without a NEMt entry and with real weights
     with pytest.raises(MissingWeightsError, match="train nemt --model demo-anatomy"):
         get_explainer("nemt").explain(handle, torch.zeros(1, 1, 224, 224), torch.tensor([0]))
+
+
+def test_the_in_distribution_fill_gives_the_deletion_term_a_gradient_where_the_mask_keeps_most():
+    from xai_core.nemt.loss import nemt_loss
+    from xai_core.training.nemt import fill_image
+
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 5, padding=2), torch.nn.AdaptiveAvgPool2d(1),
+                                     torch.nn.Flatten())
+    x = torch.randn(2, 1, 32, 32) * 300
+    keep = torch.full((2, 1, 32, 32), 0.7, requires_grad=True)  # partly kept everywhere: over 0.5, under 0.95
+    fill = fill_image(x, keep, "road", (-1024.0, 1024.0))
+    assert not torch.equal(fill, x), "partly kept pixels get an in-filled value"
+    targets = torch.tensor([0, 2])
+    p = torch.sigmoid(classifier(x)).gather(1, targets.view(-1, 1)).squeeze(1).detach()
+
+    def mask_gradient(lam: float) -> torch.Tensor:
+        keep.grad = None
+        nemt_loss(classifier, x, keep, targets, p, lam=lam, fill=fill)[0].backward()
+        return keep.grad.clone()
+
+    deletion_term = mask_gradient(2.0) - mask_gradient(0.0)  # the area term's share cancels
+    assert deletion_term.abs().max() > 1e-6
+    assert not torch.equal(fill_image(x, keep.detach().clamp(min=0.96), "road", (-1024.0, 1024.0)), fill)

@@ -34,7 +34,11 @@ from xai_core.models.cards import to_model_range
 from xai_core.phantom import FINDINGS, generate_case
 
 HELD_OUT_SPLIT = "test"
-HELD_OUT_SEED = 7  # test seed 0 holds the manifest's metrics (0..999) and the bundled-model tests (2000..2399)
+# test seed 0 holds the manifest's metrics (0..999) and the bundled-model tests (2000..2399). Seed 7 is held out from
+# training, but the augmentation recipes were chosen while looking at it: figures reported as held-out use
+# REPORT_SEED, which no recipe choice looked at (benchmarks/testbed.py, docs/testbed.md)
+HELD_OUT_SEED = 7
+REPORT_SEED = 11
 BARS = {"global": 0.05, "constant": 0.05, "local": 0.10}
 # which check recipe is the fully-removed baseline of each removal method (deletion's end, insertion's start)
 METHOD_BASELINE = {"road": "road", "blur": "blur", "mean": "mean", "constant": "zero"}
@@ -182,6 +186,8 @@ def check_baselines(handle: Any, *, n: int = 200, split: str = HELD_OUT_SPLIT, s
         "model": handle.card.name,
         "data": {"split": split, "seed": seed, "indices": [0, n], "size": spec.size},
         "thresholds": dict(zip(labels, thresholds.tolist(), strict=True)),
+        # labels the phantom has no ground truth for (e.g. an xrv model's Edema): never checked, never invalidated
+        "unchecked": [label for label in handle.card.labels if label not in FINDINGS],
         "bars": dict(BARS),
         "clean": {"false_positive_rate": _per_finding(labels, clean["over"], clean["negatives"]),
                   "sensitivity": _per_finding(labels, clean["positives_over"], clean["positives"])},
@@ -242,6 +248,8 @@ def format_table(check: dict[str, Any]) -> str:
     fpr = check["clean"]["false_positive_rate"]
     lines.append(f"{'(intact FPR)':<14} {'':>5} " + " ".join(
         f"{'-' if fpr[lab] is None else format(fpr[lab], '.3f'):>6}" for lab in labels))
+    if check.get("unchecked"):
+        lines.append("not checked (no phantom ground truth): " + ", ".join(check["unchecked"]))
     return "\n".join(lines)
 
 

@@ -5,9 +5,10 @@ baseline self-check, the classifier's training-time removal augmentation). Pure 
 
 - `x` is [B, C, H, W] (or [C, H, W] / [H, W]) in the model's own value range (the demo family: [-1024, 1024]);
 - `mask` is 1 / True where a pixel is REMOVED, 0 where it is kept; boolean or soft in [0, 1]; [B, 1, H, W],
-  [B, H, W] or [H, W], broadcast over channels (and the batch). The fill is computed from the pixels with
-  mask < 0.5 (the kept ones); the output is `x * (1 - mask) + fill * mask`, so unmasked pixels are unchanged
-  bit for bit and a soft mask blends.
+  [B, H, W] or [H, W], broadcast over channels (and the batch). The output is `x * (1 - mask) + fill * mask`, so
+  unmasked pixels are unchanged bit for bit and a soft mask blends. `road` computes its fill from the kept pixels
+  only (mask < 0.5); `blur` and `mean` from the whole image, removed pixels included (a blurred copy of what was
+  there; large findings survive a light blur).
 
 Methods (each has a name, used in results; `describe` gives the name with its parameters):
 - `road` (default): ROAD's noisy linear imputation (Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy
@@ -45,8 +46,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # A fixed amount of solver work for callers that impute many images (the removal metrics: 42 images per deletion and
-# insertion curve): no tolerance test, so the result never depends on thread counts; within 0.005 of the exact
-# solution (pixel units, [0, 1]) up to 80% removed and 0.03 at 95% (docs/testbed.md), under ROAD's noise of 0.01.
+# insertion curve): no tolerance test, so the result never depends on thread counts. Its distance from the exact
+# solution, by share removed, is measured in docs/testbed.md (small against ROAD's noise of 0.01 up to 80% removed).
 FAST_SOLVER = {"iterations": 40, "coarse_iterations": 40, "tol": 0.0}
 
 # the 8-neighbour weights of ROAD's linear imputation (rows: dy -1, 0, 1; columns: dx -1, 0, 1)

@@ -34,7 +34,9 @@ from xai_core.evaluation.reports import (
 )
 from xai_core.evaluation.runner import (
     BASELINE_CHECK_N,
+    DEFAULT_REMOVAL,
     MIN_CASES_PER_EXTRA_WORKER,
+    SETTINGS_FILE,
     CaseMemo,
     case_anatomy,
     default_workers,
@@ -44,14 +46,18 @@ from xai_core.evaluation.runner import (
     run_evaluation,
 )
 from xai_core.evaluation.sources import EvalCase, cases_from, folder_cases, phantom_cases
+from xai_core.metrics.gaze import DEFAULT_GAZE_KERNEL
 
 __all__ = [
     "ALL_METRICS",
     "BASELINE_CHECK_N",
     "CURVE_SAMPLES",
+    "DEFAULT_GAZE_KERNEL",
+    "DEFAULT_REMOVAL",
     "METRIC_GROUPS",
     "MIN_CASES_PER_EXTRA_WORKER",
     "REGISTRY",
+    "SETTINGS_FILE",
     "SUMMARY_KEYS",
     "CaseMemo",
     "EvalCase",

@@ -54,6 +54,9 @@ class MapContext:
     gaze_sigma: float | None = None
     gaze_source_px: float | None = None
     bokeh_cache: dict[bytes, tuple[np.ndarray, int]] | None = None  # PIC bokeh images of this image, by kept set
+    # faithfulness correlation's in-filled images of this image, by removal: its random subsets do not depend on
+    # the map, so every map of a case shares them
+    subset_cache: dict[str, np.ndarray] | None = None
     # how deletion, insertion and faithfulness correlation remove pixels (xai_core.removal; in pixel space [0, 1]):
     # ROAD's noisy linear imputation by default; "blur", "mean", or "constant" (mid-grey, the legacy baseline)
     removal: str = removal_ops.DEFAULT_METHOD
@@ -283,7 +286,17 @@ def _insertion_auc(c: MapContext) -> float:
 @register("faithfulness_corr", "faithfulness", "higher", needs=("model",), bounds=(-1.0, 1.0),
           description="Pearson correlation of random subsets' relevance sums with the score drop on removing them")
 def _faithfulness_corr(c: MapContext) -> float:
-    return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=c.remover())
+    remover = c.remover()
+    if c.subset_cache is not None:
+        key = f"{c.removal}|{sorted(c.removal_params.items())}"
+
+        def shared(images: np.ndarray, removed: np.ndarray) -> np.ndarray:
+            if key not in c.subset_cache:
+                c.subset_cache[key] = remover(images, removed)
+            return c.subset_cache[key]
+
+        return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=shared)
+    return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=remover)
 
 
 # Performance information curves (PIC; NaN where the skip rules drop the image).

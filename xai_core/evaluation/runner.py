@@ -48,6 +48,7 @@ from xai_core.models import ModelHandle, load_model
 from xai_core.models.base import use_bfloat16
 from xai_core.models.cards import to_model_range
 from xai_core.models.segmenters import segment
+from xai_core.phantom import PHANTOM_VERSION
 from xai_core.runtime import pick_device
 from xai_core.segx import region_for
 
@@ -69,8 +70,37 @@ def baseline_self_check(handle: ModelHandle, removal: str, n: int, metrics: list
     return {"removal": removal_ops.describe(removal), "recipe": recipe, "description": entry["description"],
             "data": result["data"], "bar": entry["bar"], "pushed": entry["pushed"],
             "mean_probability_negatives": entry["mean_probability_negatives"],
-            "probability": entry.get("probability"), "reads_positive": findings,
+            "probability": entry.get("probability"), "reads_positive": findings, "unchecked": result["unchecked"],
             "invalid": {metric: findings for metric in wanted}}
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def run_settings(handle: ModelHandle, data: str, seed: int, removal: str, kernel: Any, precision: str
+                 ) -> dict[str, Any]:
+    """What decides the values of a results folder's rows besides the method and metric (a resumed run must match):
+    the model and its weights, the data, the seed, the removal operator, the gaze kernel, the precision."""
+    return {"model": handle.card.name, "weights": handle.card.provenance.get("weights_sha256"),
+            "data": data, "seed": seed, "removal": removal_ops.describe(removal), "gaze_kernel": str(kernel),
+            "precision": precision, "phantom_version": PHANTOM_VERSION}
+
+
+def check_resumable_settings(out: Path, settings: dict[str, Any], table: Path) -> None:
+    """Record a new folder's settings; refuse to resume one whose rows were computed with other settings (or
+    before settings were recorded), so that no summary mixes rows of two removal operators or models."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = sorted(k for k in settings if stored.get(k) != settings[k])
+        if changed:
+            detail = "; ".join(f"{k}: {stored.get(k)} -> {settings[k]}" for k in changed)
+            raise InputError(f"{out} holds results computed with other settings ({detail}); use another --out")
+        return
+    if table.is_file():
+        raise InputError(f"{out} holds results from a version that did not record its settings (removal operator, "
+                         f"gaze kernel, weights); use another --out")
+    write_strict_json(path, settings)
 
 
 class CaseMemo:
@@ -91,6 +121,7 @@ class CaseMemo:
         self.known: dict[bytes, np.ndarray] = {}
         self.model_images = 0
         self.bokehs: dict[bytes, tuple[np.ndarray, int]] = {}
+        self.subsets: dict[str, np.ndarray] = {}
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, n_labels] of pixel images [N, S, S] in [0, 1]."""
@@ -131,6 +162,7 @@ def image_metrics(handle: ModelHandle, case: EvalCase, finding: str, relevance: 
         score=memo.for_target(handle.card.labels.index(finding)),
         decision_threshold=handle.card.thresholds.get(finding, 0.5), fixations=case.fixations, region=region,
         pic_mask=pic_mask, gaze_kernel=gaze_kernel, gaze_source_px=case.source_px, bokeh_cache=memo.bokehs,
+        subset_cache=memo.subsets,
         curves=curves if curves is not None else {}, removal=removal)
     values = compute_metrics(metrics, context)
     if pic_outcomes is not None:
@@ -323,17 +355,15 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     table = out / "per_image.csv"
     curve_file = out / "pic_curves.jsonl"
     columns = table_columns(metrics)
-    legacy = columns[:4 + len(metrics)]  # tables from before the PIC outcome columns resume without them
     done: set[tuple[str, str, str]] = set()
     if table.is_file():
         with table.open(newline="") as handle_csv:
             reader = csv.DictReader(handle_csv)
-            if reader.fieldnames == legacy:
-                columns = legacy
-            elif reader.fieldnames != columns:
+            if reader.fieldnames != columns:
                 raise InputError(f"{table} was written with other metrics ({reader.fieldnames}); use another --out")
             done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
     kernel = resolve_gaze_kernel(gaze_kernel)
+    check_resumable_settings(out, run_settings(handle, data, seed, removal, kernel, precision), table)
     options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_kernel": kernel, "done": done,
                "precision": precision, "removal": removal}
     check = baseline_self_check(handle, removal, baseline_check_n, metrics)
@@ -350,7 +380,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
                                     segmenter_name))
     try:
         with table.open("a", newline="") as sink, curve_file.open("a") as curve_sink:
-            writer = csv.DictWriter(sink, columns, extrasaction="ignore" if columns == legacy else "raise")
+            writer = csv.DictWriter(sink, columns)
             if new_file:
                 writer.writeheader()
             bar = tqdm(total=n, desc=f"evaluate {model}", unit="case", disable=not progress)
@@ -398,7 +428,7 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     curves = median_curves(curve_file, methods)
     summary_doc["pic_median_curves"] = {m: {k: {key: v for key, v in c.items() if key != "y"} for k, c in kinds.items()}
                                         for m, kinds in curves.items()}
-    (out / "pic_curves.json").write_text(json.dumps(curves) + "\n")
+    write_strict_json(out / "pic_curves.json", curves)
     write_strict_json(out / "run.json", summary_doc)
     write_plots(table, methods, metrics, out)
     write_curve_plots(curves, out)

@@ -77,18 +77,23 @@ def sample_targets(y: torch.Tensor, predicted: torch.Tensor, negative_rate: floa
 
 
 FILL_SOLVER = {"iterations": 8, "coarse_iterations": 8, "tol": 0.0}  # the in-training imputation's fixed work
+# Pixels the keep-mask keeps at least this much are the imputation's known values; every other pixel gets an
+# in-filled value. The loss blends x * m + fill * (1 - m), whose gradient in m is x - fill: were only the pixels
+# under 0.5 in-filled, fill would equal x wherever m >= 0.5 (where the decoder starts, m = 0.88) and the deletion
+# term would have no gradient there, so a deleted region could shrink but never grow.
+FULLY_KEPT = 0.95
 
 
 def fill_image(x: torch.Tensor, keep: torch.Tensor, fill: float | str, value_range: tuple[float, float],
                seed: int = 0) -> float | torch.Tensor:
-    """What deleted pixels become: a constant, or x with the pixels the keep-mask deletes (keep < 0.5) removed by
+    """What deleted pixels become: a constant, or x with every pixel not fully kept (keep < FULLY_KEPT) removed by
     a named method of `xai_core.removal` (no gradient: the mask's gradient comes through the blend)."""
     if not isinstance(fill, str):
         return float(fill)
     params = FILL_SOLVER if fill == "road" else {}
     with torch.no_grad():
-        return removal.remove(x, (keep.detach() < 0.5).to(x.dtype), fill, value_range=value_range, seed=seed,
-                              **params)
+        return removal.remove(x, (keep.detach() < FULLY_KEPT).to(x.dtype), fill, value_range=value_range,
+                              seed=seed, **params)
 
 
 def build_decoder(handle: ModelHandle, recipe: NEMtRecipe) -> NEMtDecoder:
