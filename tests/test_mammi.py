@@ -180,6 +180,13 @@ def test_output_neurons_fire_as_probabilities_and_caches_are_not_mixed(tmp_path)
     features = annotate.probe_activations(handle, probe, "features", cache=cache, progress=False)
     output = annotate.probe_activations(handle, probe, "output", cache=cache, progress=False)
     assert features.shape[1] != output.shape[1] and ((output >= 0) & (output <= 1)).all()
+    stored = dict(np.load(cache, allow_pickle=False))
+    np.savez(cache, **{**stored, "acts": np.full_like(stored["acts"], 7.0)})
+    assert (annotate.probe_activations(handle, probe, "output", cache=cache, progress=False) == 7.0).all(), \
+        "the same weights resume from the cache"
+    np.savez(cache, **{**stored, "acts": np.full_like(stored["acts"], 7.0), "weights": "other-weights"})
+    np.testing.assert_allclose(annotate.probe_activations(handle, probe, "output", cache=cache, progress=False),
+                               output, atol=1e-6, err_msg="another model's activations are recomputed")
 
 
 def test_cli_annotate_neurons_json(tmp_path, capsys):

@@ -131,10 +131,13 @@ def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_si
     """Activations of every neuron on every probe image [N, K], resumable from `cache` (saved every batch)."""
     n = len(probe.ids)
     done, acts = 0, None
+    # a cache is only reused for the same weights: a retrained model of the same name responds differently
+    weights = str(handle.card.provenance.get("weights_sha256") or ("random" if handle.random_weights else "none"))
     if cache is not None and cache.is_file():
         stored = np.load(cache, allow_pickle=False)
         same_kind = "layer" in stored.files and str(stored["layer"]) == ACTIVATION_KINDS[layer]
-        if same_kind and list(stored["ids"]) == probe.ids[:len(stored["ids"])]:
+        same_weights = "weights" in stored.files and str(stored["weights"]) == weights
+        if same_kind and same_weights and list(stored["ids"]) == probe.ids[:len(stored["ids"])]:
             acts, done = stored["acts"], int(stored["done"])
     bar = tqdm(total=n, initial=done, desc=f"activations ({layer})", unit="img", disable=not progress)
     for indices in _batches(n, batch_size, done):
@@ -145,7 +148,8 @@ def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_si
         done = indices[-1] + 1
         if cache is not None:
             tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, acts=acts, done=done, ids=np.array(probe.ids[:done]), layer=ACTIVATION_KINDS[layer])
+            np.savez(tmp, acts=acts, done=done, ids=np.array(probe.ids[:done]), layer=ACTIVATION_KINDS[layer],
+                     weights=weights)
             tmp.replace(cache)
         bar.update(len(indices))
     bar.close()
