@@ -29,6 +29,23 @@ DEFAULT_METHODS = ("gradcam", "random")
 DEFAULT_GROUPS = ("localisation", "shape")
 
 
+def _settings_line(run: dict) -> str:
+    """What the run's removal metrics and gaze heatmaps were computed with, and what the baseline check covered."""
+    kernel = run.get("gaze_kernel")
+    kernel_name = kernel.get("name", "unknown") if isinstance(kernel, dict) else (kernel or "unknown")
+    parts = [f"Removal: {run.get('removal', 'unknown')}", f"gaze kernel: {kernel_name}"]
+    check = run.get("baseline_check")
+    if check:
+        data = check["data"]
+        parts.append(f"baseline self-check: the {check['recipe']} baseline on {data['indices'][1]} phantom "
+                     f"{data['split']} cases (seed {data['seed']})")
+        if check.get("unchecked"):
+            parts.append("not checked (no phantom ground truth): " + ", ".join(check["unchecked"]))
+    else:
+        parts.append("no baseline self-check (no removal metric, or it was skipped)")
+    return " · ".join(parts) + "."
+
+
 def _metric_help(groups: list[str]) -> str:
     """Each metric of the groups with its direction and description (from the metric registry)."""
     lines = []
@@ -205,6 +222,8 @@ def render() -> None:
         return
     pooled = method_summaries(summary)
     _summary_tables(pooled, summary.get("by_finding", {}))
+    run_file = shown / "run.json"
+    st.caption(_settings_line(json.loads(run_file.read_text()) if run_file.is_file() else {}))
     directions = {m: get_metric(m).direction for m in ALL_METRICS if m in per_image}
     st.caption("Direction: " + ", ".join(f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in directions.items())
                + " (↑ higher is better, ↓ lower is better); the table gives mean [95% CI].")

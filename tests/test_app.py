@@ -208,14 +208,46 @@ def test_a_verdict_survives_a_new_session_on_the_same_store(monkeypatch, tmp_pat
     assert again.get("download_button"), "the case report can be exported"
 
 
-def test_refine_page_shows_region_refined_map_and_certainty(app):
+def test_refine_page_says_the_verdict_in_plain_words_only_for_reported_findings(app, tmp_path, monkeypatch):
+    from tests.test_segu import labelled_scores
+    from xai_core import certainty
+    from xai_core.engine import get_engine
+
+    monkeypatch.setenv("XAI_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(certainty, "shipped_calibrations_file", lambda: tmp_path / "shipped.json")
+    app.sidebar.selectbox(key="model").set_value("demo").run()
     _pick_phantom_sample(app, "Cardiomegaly")
     app.switch_page("pages/refine_page.py").run()
     assert not app.exception and not app.error
-    app.selectbox(key="target").set_value("Cardiomegaly").run()
-    assert not app.exception
-    assert [m.label for m in app.metric] == ["cIoU (top-p% vs region)", "cAUITC", "Inside-mass"]
-    assert len(app.get("plotly_chart")) == 4  # original, refined, gauge, IoU curve
+    assert any("No verdict" in i.value and "no SegU calibration" in i.value for i in app.info) or any(
+        "below its operating point" in i.value for i in app.info), "uncalibrated: no verdict, and it says why"
+    engine = get_engine()  # the page's engine: a calibration of its demo / Grad-CAM / default SegU region
+    segmenter = certainty.default_segmenter("demo")
+    scores, correct, labels = labelled_scores()
+    record = certainty.calibration_record(
+        certainty.fit_calibration(scores, correct, labels), data="phantom:val", seed=0, n_cases=60, percent=5.0,
+        model_weights=certainty.weights_id(engine.model("demo")),
+        segmenter_weights=certainty.weights_id(engine.model(segmenter)), figures={})
+    certainty.store_calibration("demo", "gradcam", segmenter, record)
+    seen = {"reported": 0, "rejected": 0}
+    for label in app.selectbox(key="target").options:
+        app.selectbox(key="target").set_value(label).run()
+        assert not app.exception and not app.error
+        metrics = {m.label: m for m in app.metric}
+        if any(f"{label} is below its operating point" in i.value for i in app.info):
+            seen["rejected"] += 1
+            assert not {"cIoU", "Probability the finding is right"} & set(metrics), "nothing shown below it"
+            assert len(app.get("plotly_chart")) == 2  # the original and the SegX map only
+            continue
+        seen["reported"] += 1
+        assert set(metrics) >= {"Probability the finding is right", "Finding probability (the model's)", "cIoU",
+                                "cAUITC", "Inside-mass"}
+        assert all(m.proto.help for m in metrics.values()), "every score has its help text"
+        verdicts = [a.value for a in [*app.success, *app.warning] if "the explanation lies" in a.value.lower()]
+        assert len(verdicts) == 1 and verdicts[0].endswith(("likely right.", "doubt this finding."))
+        assert metrics["Probability the finding is right"].value.endswith("%")
+        assert len(app.get("plotly_chart")) == 4  # original, refined, the probability gauges, IoU curve
+    assert seen["reported"] >= 1 and seen["rejected"] >= 1, seen
 
 
 def test_evaluate_page_runs_a_small_evaluation(app, tmp_path, monkeypatch):
@@ -239,6 +271,9 @@ def test_evaluate_page_runs_a_small_evaluation(app, tmp_path, monkeypatch):
     assert app.selectbox(key="eval_data").options == ["phantom:test", "phantom:val", "phantom:train"], \
         "the phantom splits only: no server folder can be typed in"
     assert not app.text_input, "no free-text data field"
+    assert any(c.value.startswith("Removal: road(") and "gaze kernel: mimic" in c.value and
+               "no baseline self-check" in c.value for c in app.caption), \
+        "what the run was computed with (localisation and shape only: no removal metric, no check)"
 
 
 def test_evaluate_page_marks_invalid_pairs_with_the_reason_and_shows_pic_coverage_per_finding(
