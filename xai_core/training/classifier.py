@@ -30,7 +30,7 @@ class ClassifierRecipe:
     """Everything that determines a trained classifier."""
 
     name: str = "demo"
-    steps: int = 900
+    steps: int = 1800
     batch: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
