@@ -96,7 +96,10 @@ def test_explain_with_segx_adds_refined_maps_and_certainty(tmp_path, capsys, dem
         assert refined.shape == (224, 224) and refined.min() >= 0 and refined.max() <= 1
         segu = entry["segu"]
         assert segu["region"] == ["heart"] and not segu["fallback_region"]
-        assert 0 <= segu["certainty"] <= 1 and 0 <= segu["inside_mass"] <= 1
+        assert segu["segmenter"] == "demo-anatomy" and segu["region_kind"] == "anatomy"
+        assert 0 <= segu["cauitc"] <= 1 and 0 <= segu["inside_mass"] <= 1
+        # the probability that the finding is right exists only where a calibration for these regions does
+        assert (segu["certainty"] is not None) == segu["calibrated"]
 
 
 def test_segu_calibration_command(tmp_path, monkeypatch, capsys):
@@ -112,9 +115,25 @@ def test_segu_calibration_command(tmp_path, monkeypatch, capsys):
         return
     data = json.loads(out.out)
     assert data["n_positive_findings"] > 0 and 0 <= data["calibration"]["auroc"] <= 1
+    assert {"ci_low", "ci_high", "n_true", "n_false"} <= set(data["calibration"]) and data["calibration"]["in_sample"]
+    assert {"per_label", "within_label_auroc"} <= set(data["by_label"]) and set(data["scores"]) == {
+        "ciou", "cauitc", "inside_mass"}
+    assert set(data["table4"]["gradcam"]) == {"correct", "incorrect"}
+    assert data["table4"]["gradcam"]["correct"]["n"] == data["calibration"]["n_true"]
+    small = [label for label, e in data["per_finding_calibration"].items() if e["n_false"] < 10 or e["n_true"] < 10]
+    assert data["fallback_labels"] == small and len(data["notes"]) == len(small), "the pooled fallback is said"
     stored = json.loads((tmp_path / "segu-calibrations.json").read_text())["models"]["demo"]["gradcam"]
-    assert stored["auroc"] == data["calibration"]["auroc"]
+    entry = stored[data["segmenter"]]
+    assert entry["figures"]["calibration"]["auroc"] == data["calibration"]["auroc"]
+    assert (entry["data"], entry["seed"], entry["n_cases"]) == ("phantom:val", 0, 24)
     assert MANIFEST.read_bytes() == committed, "run-time results never go into the committed weights manifest"
+    code = main(["segu", "--model", "demo", "--data", "phantom:test", "--n", "12", "--json", "--device", "cpu"])
+    out = capsys.readouterr()
+    if code == 0:  # the stored calibration applied to held-out cases
+        applied = json.loads(out.out)["calibration"]
+        assert not applied["in_sample"] and applied["file"] == str(tmp_path / "segu-calibrations.json")
+    else:
+        assert "both true and false positives" in out.err
     assert main(["segu", "--data", "folder:x"]) == 2
 
 

@@ -14,9 +14,26 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from xai_core import auth, baselines, removal
+from xai_core.certainty import (
+    MIN_FALSE,
+    MIN_TRUE,
+    SEGU_PERCENT,
+    calibration_record,
+    certainties,
+    default_segmenter,
+    fallback_note,
+    find_calibration,
+    fit_calibration,
+    paper_table,
+    score_aurocs,
+    score_matrix,
+    store_calibration,
+    weights_id,
+)
 from xai_core.engine import Engine
 from xai_core.errors import InputError, UnknownNameError, XaiError
 from xai_core.evaluation import (
@@ -34,11 +51,11 @@ from xai_core.mammi import annotate_neurons
 from xai_core.metrics.gaze import GAZE_KERNELS, resolve_gaze_kernel
 from xai_core.models import get_card, list_models
 from xai_core.overlay import overlay_png
-from xai_core.phantom import generate_case
+from xai_core.phantom import SHORTCUT_LABEL, generate_case
 from xai_core.phantom.samples import write_samples
 from xai_core.phantom.writers import contact_sheet, write_split
 from xai_core.runtime import pick_device
-from xai_core.segx import by_label, calibrate, store_calibration
+from xai_core.segx import SEGU_SCORES, CalibrationError, by_label, calibrate
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
 from xai_core.training.clip import ClipRecipe, train_clip
@@ -124,8 +141,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                   **_sizes(args, "val_n", "test_n", "data_seed"))
         record = train_classifier(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "segmenter":
-        recipe = SegmenterRecipe(steps=args.steps or SegmenterRecipe.steps, seed=args.seed,
-                                 **_sizes(args, "test_n", "data_seed"))
+        target = args.target or ("lesion" if args.name == "demo-lesion" else "anatomy")
+        recipe = SegmenterRecipe.for_target(target, name=args.name, steps=args.steps, seed=args.seed,
+                                            **_sizes(args, "test_n", "data_seed"))
         record = train_segmenter(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "nemt":
         steps = args.steps or (round(args.epochs * EPOCH_CASES / args.batch) if args.epochs else NEMtRecipe.steps)
@@ -182,34 +200,78 @@ def _phantom_split(data: str) -> str:
     return split
 
 
+def _shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """SegU on the shortcut label's positives: lesion-driven (the finding is there) vs tag-driven (no finding, the
+    burned-in tag is): AUROC of the certainty and of each raw score (NaN where one group is empty)."""
+    keep = np.array([row["label"] == SHORTCUT_LABEL and (row["correct"] or row["tag"]) for row in rows], bool)
+    lesion_driven = np.array([row["correct"] for row in rows], bool)[keep]
+    values = {"certainty": certainty[keep], **{name: scores[keep, i] for i, name in enumerate(SEGU_SCORES)}}
+
+    def auroc(x: np.ndarray) -> float:
+        defined = np.isfinite(x)
+        y = lesion_driven[defined]
+        return float(roc_auc_score(y, x[defined])) if y.any() and not y.all() else float("nan")
+
+    return {"label": SHORTCUT_LABEL, "n_lesion_driven": int(lesion_driven.sum()),
+            "n_tag_driven": int((~lesion_driven).sum()), "auroc": {k: auroc(v) for k, v in values.items()}}
+
+
 def _cmd_segu(args: argparse.Namespace) -> int:
     split = _phantom_split(args.data)
+    if args.ship and not args.calibrate:
+        raise InputError("--ship stores a new calibration: use it with --calibrate")
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     handle = engine.model(args.model)
-    certainty, correct, labels = [], [], []
+    segmenter = args.segmenter or default_segmenter(args.model)
+    rows: list[dict[str, Any]] = []
     for index in tqdm(range(args.n), desc=f"segu {args.model}/{args.method}", unit="case", disable=args.json):
-        case = generate_case(split, index, seed=args.seed, size=256)
+        case = generate_case(split, index, seed=args.seed, size=256, shortcut=args.shortcut)
         radiograph = Radiograph.from_array(case.image, source_name=case.case_id)
         prediction = engine.predict(radiograph, args.model)
         for i in np.flatnonzero(prediction.positive):
             label = handle.card.labels[i]
-            scores = engine.certainty(radiograph, args.model, args.method, label, segmenter=args.segmenter)
-            certainty.append(scores["certainty"])
-            correct.append(label in case.labels)
-            labels.append(label)
-    result = {"model": args.model, "method": args.method, "data": args.data, "n_cases": args.n,
-              "n_positive_findings": len(certainty),
-              "mean_certainty": {"true_positive": float(np.nanmean([c for c, t in zip(certainty, correct,
-                                                                                   strict=True) if t] or [np.nan])),
-                                 "false_positive": float(np.nanmean([c for c, t in zip(certainty, correct,
-                                                                                    strict=True) if not t]
-                                                                    or [np.nan]))}}
-    result["calibration"] = calibrate(np.array(certainty), np.array(correct), seed=args.seed)
-    result["by_label"] = by_label(np.array(certainty), np.array(correct), labels)
+            scores = engine.segu_scores(radiograph, args.model, args.method, label, segmenter=segmenter,
+                                        percent=SEGU_PERCENT)
+            rows.append({**scores, "label": label, "correct": label in case.labels, "tag": case.shortcut})
+    scores = score_matrix(rows)
+    correct = np.array([row["correct"] for row in rows], bool)
+    labels = [row["label"] for row in rows]
+    weights = {"model_weights": weights_id(handle), "segmenter_weights": weights_id(engine.model(segmenter))}
     if args.calibrate:
-        store_calibration(args.model, args.method, {**result["calibration"], "data": args.data, "n_cases": args.n,
-                                                    "segmenter": args.segmenter})
+        calibration = fit_calibration(scores, correct, labels, min_true=args.min_true, min_false=args.min_false)
+        calibration["data"] = args.data
+    else:
+        calibration, note = find_calibration(args.model, args.method, segmenter, **weights)
+        if calibration is None:
+            raise CalibrationError(note)
+    certainty = certainties(calibration, labels, scores)
+    mean = {name: float(np.nanmean(certainty[group])) if np.isfinite(certainty[group]).any() else float("nan")
+            for name, group in (("true_positive", correct), ("false_positive", ~correct))}
+    per_finding = {label: {k: entry[k] for k in ("source", "n_true", "n_false", "threshold")}
+                   for label, entry in calibration["per_label"].items()}
+    result: dict[str, Any] = {
+        "model": args.model, "method": args.method, "data": args.data, "seed": args.seed, "n_cases": args.n,
+        "segmenter": segmenter, "percent": SEGU_PERCENT, "n_positive_findings": len(rows), "mean_certainty": mean,
+        "calibration": {**calibrate(certainty, correct, seed=args.seed), "in_sample": bool(args.calibrate),
+                        "fitted_on": calibration["data"], "file": calibration.get("file")},
+        "by_label": by_label(certainty, correct, labels),
+        "scores": score_aurocs(scores, correct, seed=args.seed),
+        "table4": {args.method: paper_table(scores, correct)},
+        "per_finding_calibration": per_finding,
+        "fallback_labels": calibration["fallback_labels"],
+        "notes": [note for label in sorted(set(labels)) if (note := fallback_note(calibration, label))],
+    }
+    if args.shortcut is not None:
+        result["shortcut"] = _shortcut_figures(certainty, scores, rows)
+    if args.calibrate:
+        figures = {key: result[key] for key in ("scores", "table4", "mean_certainty")}
+        figures["calibration"] = {k: v for k, v in result["calibration"].items() if k != "file"}
+        figures["within_label_auroc"] = result["by_label"]["within_label_auroc"]
+        record = calibration_record(calibration, data=args.data, seed=args.seed, n_cases=args.n,
+                                    percent=SEGU_PERCENT, shortcut=args.shortcut, figures=figures, **weights)
+        path = store_calibration(args.model, args.method, segmenter, record, shipped=args.ship)
         result["stored"] = True
+        result["calibration"]["file"] = str(path)
     print_json(result)
     return 0
 
@@ -410,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")
     train.add_argument("--data-seed", type=int, default=None, help="phantom data seed (default: the recipe's)")
     train.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH")
+    train.add_argument("--target", choices=["anatomy", "lesion"], default=None,
+                       help="segmenter: anatomy (demo-anatomy) or lesion (demo-lesion: one mask, every finding's "
+                            "lesions); default: lesion for --name demo-lesion, else anatomy")
     train.add_argument("--val-n", type=int, default=None, help="validation cases (default: the recipe's)")
     train.add_argument("--test-n", type=int, default=None, help="test cases (default: the recipe's)")
     train.add_argument("--device", default=None)
@@ -431,11 +496,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
 
-    segu = sub.add_parser("segu", help="SegU certainty of true vs false positive findings; --calibrate stores it")
+    segu = sub.add_parser("segu", help="SegU certainty of true vs false positive findings; --calibrate makes and "
+                                       "stores a per-finding calibration")
     _add_dataset(segu, "phantom:val", "phantom:SPLIT (default: phantom:val)")
     segu.add_argument("--method", default="gradcam")
-    segu.add_argument("--segmenter", default="demo-anatomy")
-    segu.add_argument("--calibrate", action="store_true", help="store AUROC and threshold in the model's manifest")
+    segu.add_argument("--segmenter", default=None,
+                      help="region source: demo-lesion (default for demo models where its weights exist), "
+                           "demo-anatomy or xrv-pspnet (anatomy regions)")
+    segu.add_argument("--calibrate", action="store_true",
+                      help="fit the calibration on these cases (use phantom:val) and store it in "
+                           "$XAI_DATA_DIR/segu-calibrations.json; without it, the stored calibration is applied")
+    segu.add_argument("--ship", action="store_true",
+                      help="with --calibrate: store it in assets/models/segu-calibrations.json (shipped with the "
+                           "bundled models) instead")
+    segu.add_argument("--min-true", type=int, default=MIN_TRUE,
+                      help=f"true positives a finding needs for its own calibration (default: {MIN_TRUE})")
+    segu.add_argument("--min-false", type=int, default=MIN_FALSE,
+                      help=f"false positives a finding needs for its own calibration, else the pooled one is used "
+                           f"(default: {MIN_FALSE})")
+    segu.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH",
+                      help="phantom cases with the burned-in tag at this strength (0: independent of the label); "
+                           "adds the lesion- vs tag-driven figures")
     segu.add_argument("--json", action="store_true", help="no progress bar; JSON only")
     _add_common(segu)
     segu.set_defaults(run=_cmd_segu)

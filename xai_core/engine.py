@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,18 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from xai_core.certainty import SEGU_PERCENT, calibrated_certainty, default_segmenter, find_calibration, weights_id
 from xai_core.errors import ModelError
 from xai_core.explainers import Explainer, Explanation, get_explainer, list_explainers
 from xai_core.imaging import Radiograph
 from xai_core.jobs import BACKGROUND, INTERACTIVE, Job, JobTable, PriorityLock, running
 from xai_core.mammi import AnnotationStore, bundled_annotation, feature_maps, head_weights, neuron_contributions
+from xai_core.metrics.localisation import iou_curve
 from xai_core.models import CropBox, ModelHandle, load_model, preprocess
 from xai_core.models.segmenters import segment
 from xai_core.nemt import handle_pyramid
 from xai_core.runtime import DEFAULT_CACHE_BYTES, PredictBatcher, ResultCache, cache_key, pick_device, tune_malloc
-from xai_core.segx import Region, refine, region_for, segu, segu_verdict, stored_calibration
+from xai_core.segx import Region, refine, region_for, segu
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,19 @@ class EngineStats:
 
 @dataclass(frozen=True)
 class RefineView:
-    """An explanation, the anatomy region of its finding, the SegX-refined map and the SegU scores."""
+    """What the Refine page shows: the explanation, the finding's SegX region (anatomy) and refined map, the
+    finding's probability and operating point, and for a finding the model reports, SegU's region, its IoU curve
+    and the scores with the calibrated certainty (`Engine.certainty`); those three are None below the operating
+    point."""
 
     explanation: Explanation
     region: Region
     refined: np.ndarray
-    certainty: dict[str, Any]
+    certainty: dict[str, Any] | None
     pixels: np.ndarray  # what the model saw, [0, 1], on its input grid
+    finding: dict[str, Any] = field(default_factory=dict)  # Prediction.finding: probability, threshold, positive
+    segu_region: Region | None = None
+    iou_curve: tuple[np.ndarray, np.ndarray] | None = None  # thresholds [T], IoU(a_norm >= t, SegU region) [T]
 
 
 class Engine:
@@ -294,14 +302,15 @@ class Engine:
         return self.cache.get_or_compute(key, compute)
 
     def region(self, radiograph: Radiograph, model: str, target: str | int, segmenter: str = "demo-anatomy"):
-        """The anatomy region that matters for a finding, on the model's input grid (`segx.Region`)."""
+        """The region that matters for a finding, on the model's input grid (`segx.Region`): anatomy from the
+        table, or a lesion segmenter's output."""
         handle = self.model(model)
         label = handle.card.labels[handle.label_index(target)]
         region = region_for(label, segmenter, self.segment(radiograph, segmenter))
         size = handle.card.input.size
         if region.mask.shape != (size, size):
             resized = cv2.resize(region.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-            region = Region(resized.astype(bool), region.structures, region.fallback)
+            region = replace(region, mask=resized.astype(bool))
         return region
 
     def refine(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
@@ -310,25 +319,52 @@ class Engine:
         explanation = self.explain(radiograph, model, method, target)
         return refine(explanation.map, self.region(radiograph, model, target, segmenter).mask, mode, percent)
 
-    def certainty(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
-                  segmenter: str = "demo-anatomy", percent: float = 5.0) -> dict[str, Any]:
-        """SegU scores, plus the calibrated verdict where the model's manifest stores a threshold for the method."""
+    def segu_scores(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
+                    segmenter: str | None = None, percent: float = SEGU_PERCENT) -> dict[str, Any]:
+        """SegU's raw scores (cIoU, cAUITC, inside-mass) of a finding's map against its SegU region, from
+        `segmenter` (default: `certainty.default_segmenter`, the lesion segmenter where its weights exist), with
+        what the region is: `segmenter`, `region`, `region_kind`, `fallback_region`, `empty_region`."""
+        segmenter = segmenter or default_segmenter(model)
         explanation = self.explain(radiograph, model, method, target)
         region = self.region(radiograph, model, target, segmenter)
         scores: dict[str, Any] = segu(explanation.map, region.mask, percent)
-        scores["region"] = list(region.structures)
-        scores["fallback_region"] = region.fallback
-        return segu_verdict(scores, stored_calibration(model, method))
+        scores.update(segmenter=segmenter, region=list(region.structures), region_kind=region.kind,
+                      fallback_region=region.fallback, empty_region=not region.mask.any())
+        return scores
+
+    def certainty(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
+                  segmenter: str | None = None, percent: float = SEGU_PERCENT) -> dict[str, Any]:
+        """SegU's scores (`segu_scores`) plus the probability that the finding is right and its verdict, where a
+        calibration of this model, method and segmenter (for these weights, at this p) exists
+        (`certainty.calibrated_certainty`)."""
+        scores = self.segu_scores(radiograph, model, method, target, segmenter=segmenter, percent=percent)
+        handle = self.model(model)
+        label = handle.card.labels[handle.label_index(target)]
+        calibration, note = find_calibration(model, method, scores["segmenter"], model_weights=weights_id(handle),
+                                             segmenter_weights=weights_id(self.model(scores["segmenter"])))
+        if calibration is not None and calibration.get("percent") != percent:
+            calibration, note = None, (f"the SegU calibration of {model} with {method} is for p = "
+                                       f"{calibration.get('percent')}%, not {percent:g}%")
+        return {**scores, **calibrated_certainty(calibration, label, scores, note)}
 
     def refine_view(self, radiograph: Radiograph, model: str, method: str, target: str | int, *,
-                    segmenter: str = "demo-anatomy", mode: str = "soft", percent: float = 5.0) -> RefineView:
-        """What the Refine page shows, in one call: the map (with its crop), the finding's region, the SegX map
-        and the SegU scores."""
+                    segmenter: str = "demo-anatomy", mode: str = "soft", percent: float = 5.0,
+                    segu_segmenter: str | None = None) -> RefineView:
+        """What the Refine page shows, in one call: the map (with its crop), the finding's anatomy region and SegX
+        map (`segmenter`, `mode`, `percent`), the finding's probability, and where the model reports the finding,
+        SegU's region (`segu_segmenter`, default `certainty.default_segmenter`), IoU curve and certainty at the
+        calibrations' p."""
         explanation = self.explain(radiograph, model, method, target)
         region = self.region(radiograph, model, target, segmenter)
         refined = refine(explanation.map, region.mask, mode, percent)
-        scores = self.certainty(radiograph, model, method, target, segmenter=segmenter, percent=percent)
-        return RefineView(explanation, region, refined, scores, self.input_image(radiograph, model))
+        finding = self.predict(radiograph, model).finding(self.model(model).label_index(target))
+        if not finding["positive"]:
+            return RefineView(explanation, region, refined, None, self.input_image(radiograph, model), finding)
+        scores = self.certainty(radiograph, model, method, target, segmenter=segu_segmenter)
+        segu_region = self.region(radiograph, model, target, scores["segmenter"])
+        thresholds, ious = iou_curve(explanation.map, segu_region.mask)
+        return RefineView(explanation, region, refined, scores, self.input_image(radiograph, model), finding,
+                          segu_region, (thresholds, ious[0]))
 
     def input_image(self, radiograph: Radiograph, model: str) -> np.ndarray:
         """What the model sees (its crop on its input grid, first channel) as a display image in [0, 1]."""

@@ -1,24 +1,22 @@
-"""SegX (refine a map to the anatomy that matters for a finding) and SegU (how certain the explanation is).
+"""SegX (refine a map to the region that matters for a finding) and SegU's scores of a map against a region.
 
-Certainty combines two scores in [0, 1]: inside-mass (the share of relevance inside the region; robust to small
-shifts) and cIoU normalised by the best IoU a top-p% map could reach against a region of that size (so small regions
-such as the heart are not penalised). certainty = (inside_mass + normalised cIoU) / 2.
+Regions come from an anatomy segmenter (a table from finding to structures: SegX overlays) or from a class-agnostic
+lesion segmenter (its thresholded output, the paper's m_seg: SegU). SegU's scores (Zhang et al., SegX/SegU):
+cIoU = IoU(top-p% of the map, region); cAUITC = area under IoU(a_norm >= t, region) over t in [0, 1];
+inside-mass = sum(a * region) / sum(a). The probability that a finding is right is calibrated from them per
+finding (`xai_core.certainty`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from xai_core.errors import InputError, ModelError, ParameterError, UnknownNameError
-from xai_core.files import data_dir, update_json
-from xai_core.metrics.localisation import auitc, iou, top_fraction
+from xai_core.metrics.localisation import iou, iou_curve, top_fraction
 from xai_core.metrics.stats import bootstrap_interval
 
 LUNGS = ("right_lung", "left_lung")
@@ -44,6 +42,9 @@ REGIONS: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {
     },
 }
 FALLBACK = {"demo-anatomy": (LUNGS, 6), "xrv-pspnet": (("Left Lung", "Right Lung"), 12)}
+# class-agnostic lesion segmenters -> the name of their one mask: the region of every finding (SegU's m_seg)
+LESION_SEGMENTERS = {"demo-lesion": "lesion"}
+SEGU_SCORES = ("ciou", "cauitc", "inside_mass")
 
 
 class CalibrationError(InputError):
@@ -52,16 +53,26 @@ class CalibrationError(InputError):
 
 @dataclass(frozen=True)
 class Region:
+    """A finding's region on a segmenter's grid: the mask and what it is made of."""
+
     mask: np.ndarray
     structures: tuple[str, ...]
     fallback: bool  # True when the label is not in the table and both lungs were used
+    kind: str = "anatomy"  # "anatomy" (the table's structures) or "lesion" (a lesion segmenter's output)
 
 
 def region_for(label: str, segmenter: str, masks: dict[str, np.ndarray]) -> Region:
-    """The relevant region of a finding from a segmenter's named masks (dilated as the table says)."""
+    """The relevant region of a finding from a segmenter's named masks: the table's structures (dilated as it says)
+    for an anatomy segmenter, the one lesion mask for a lesion segmenter."""
+    if segmenter in LESION_SEGMENTERS:
+        name = LESION_SEGMENTERS[segmenter]
+        if name not in masks:
+            raise ModelError(f"segmenter '{segmenter}' gave no '{name}' mask")
+        return Region(np.asarray(masks[name], bool), (name,), False, "lesion")
     table = REGIONS.get(segmenter)
     if table is None:
-        raise UnknownNameError(f"no region table for segmenter '{segmenter}'; known: {', '.join(REGIONS)}")
+        known = ", ".join([*REGIONS, *LESION_SEGMENTERS])
+        raise UnknownNameError(f"no region table for segmenter '{segmenter}'; known: {known}")
     fallback = label not in table
     structures, dilation = FALLBACK[segmenter] if fallback else table[label]
     missing = [s for s in structures if s not in masks]
@@ -94,22 +105,22 @@ def refine(relevance: np.ndarray, region: np.ndarray, mode: str = "soft", percen
 
 
 def segu(relevance: np.ndarray, region: np.ndarray, percent: float = 5.0) -> dict[str, float]:
-    """SegU scores of one map against its finding's region: cIoU, cAUITC, inside-mass and the combined certainty."""
+    """SegU's scores of one map against a region: cIoU (top-p% pixels of the map vs the region), cAUITC (area under
+    IoU(a_norm >= t, region), 101 thresholds, trapezoid rule) and inside-mass (sum(a * region) / sum(a), negative
+    relevance clipped to 0). An empty region scores 0 on all three (the map lies on no lesion); a flat map, or one
+    without positive relevance, scores NaN (it has no ranking)."""
     a = np.asarray(relevance, np.float64)
     r = np.asarray(region, bool)
-    if not r.any():
-        return {"ciou": float("nan"), "cauitc": float("nan"), "inside_mass": float("nan"),
-                "certainty": float("nan")}
+    if a.shape != r.shape:
+        raise ValueError(f"map {a.shape} and region {r.shape} differ in shape")
+    positive = np.clip(a, 0.0, None)
+    total = float(positive.sum())
+    if not np.isfinite(a).all() or a.max() <= a.min() or total <= 0:
+        return dict.fromkeys(SEGU_SCORES, float("nan"))
     top = top_fraction(a[None], percent / 100)
-    ciou = float(iou(top, r.reshape(1, -1))[0])
-    shifted = a - a.min()
-    total = shifted.sum()
-    inside = float((shifted * r).sum() / total) if total > 0 else float("nan")
-    k, area = int(top.sum()), int(r.sum())
-    best = min(k, area) / max(k, area)
-    certainty = (inside + min(ciou / best, 1.0)) / 2 if np.isfinite(inside) else float("nan")
-    return {"ciou": ciou, "cauitc": float(auitc(a[None], r[None])[0]), "inside_mass": inside,
-            "certainty": float(certainty)}
+    ts, curve = iou_curve(a[None], r[None])
+    return {"ciou": float(iou(top, r.reshape(1, -1))[0]), "cauitc": float(np.trapezoid(curve[0], ts)),
+            "inside_mass": float((positive * r).sum() / total)}
 
 
 def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_boot: int = 2000) -> dict[str, float]:
@@ -121,7 +132,7 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
     c, y = c[keep], y[keep]
     if y.all() or not y.any():
         raise CalibrationError(f"calibration needs both true and false positives (got {int(y.sum())} true, "
-                         f"{int((~y).sum())} false)")
+                               f"{int((~y).sum())} false)")
     auroc = float(roc_auc_score(y, c))
 
     def resampled_auroc(c_boot: np.ndarray, y_boot: np.ndarray) -> float:  # undefined on a one-class resample
@@ -157,33 +168,3 @@ def by_label(certainty: np.ndarray, correct: np.ndarray, labels: list[str]) -> d
         per_label[label] = entry
     return {"per_label": per_label, "within_label_auroc": wins / pairs if pairs else float("nan"),
             "within_label_pairs": int(pairs)}
-
-
-def segu_verdict(scores: dict[str, Any], calibration: dict[str, float] | None) -> dict[str, Any]:
-    """The scores plus 'threshold' and 'verdict' ('trust' at or above the calibrated threshold, else 'doubt') where
-    a calibration exists and the certainty is defined."""
-    if calibration is None or not np.isfinite(scores["certainty"]):
-        return scores
-    verdict = "trust" if scores["certainty"] >= calibration["threshold"] else "doubt"
-    return {**scores, "threshold": calibration["threshold"], "verdict": verdict}
-
-
-def calibrations_file() -> Path:
-    """Where SegU calibrations are kept: a run-time result in the data directory, never the weights manifest."""
-    return data_dir() / "segu-calibrations.json"
-
-
-def stored_calibration(model: str, method: str) -> dict[str, float] | None:
-    """The SegU calibration of a model and method (None if never calibrated here)."""
-    path = calibrations_file()
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("models", {}).get(model, {}).get(method)
-
-
-def store_calibration(model: str, method: str, calibration: dict[str, float]) -> None:
-    """Keep a calibration for a model and method (atomic write under a cross-process lock)."""
-    def put(data: dict[str, Any]) -> None:
-        data.setdefault("models", {}).setdefault(model, {})[method] = calibration
-
-    update_json(calibrations_file(), put, {"note": "SegU calibrations measured by `segu --calibrate`.", "models": {}})

@@ -2,8 +2,8 @@
 
 The manifest (`manifest.json`) is committed with the weights: it records what our training commands produced (file,
 sha256, command, seeds, data, metrics). It is read through `manifest_entries` (parsed once per file version) and
-written only by `record_entry`, atomically (temp file + replace) under a cross-process file lock. Results computed
-at run time (calibrations) never go into it: see `xai_core.runtime_results`.
+written only by `record_entry`, atomically (temp file + replace) under a cross-process file lock. SegU calibrations
+never go into it: they have their own files (`xai_core.certainty`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,14 @@ INTENDED_USE = (
     "Not for clinical use."
 )
 DEFAULT_ARCHITECTURE = {"kind": "densenet", "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32}
+# the demo family's names, registered before their weights exist so that errors can say how to get them
+DEFAULT_ENTRIES: dict[str, dict[str, Any]] = {
+    "demo": {"family": "classifier"},
+    "demo-anatomy": {"family": "segmenter"},
+    "demo-lesion": {"family": "segmenter", "labels": ["lesion"]},
+    "demo-clip": {"family": "vlm"},
+    "demo-shortcut": {"family": "classifier"},
+}
 
 
 def _card(name: str, entry: dict[str, Any]) -> ModelCard:
@@ -51,14 +59,15 @@ def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool
     architecture = {k: v for k, v in card.provenance["architecture"].items()
                     if k in ("growth_rate", "block_config", "num_init_features")}
     module = build_demo_densenet(len(card.labels), **architecture)
-    return bundled_handle(card, module, device, allow_random_weights, "python -m xai_core train classifier")
+    rebuild = "python -m xai_core train classifier" + (" --shortcut STRENGTH" if card.name == "demo-shortcut" else "")
+    return bundled_handle(card, module, device, allow_random_weights, rebuild)
 
 
 def register_demo_models() -> None:
     """Register every bundled model in the manifest, plus the default names so errors can say how to get them."""
     entries = manifest_entries()
-    for name, family in (("demo", "classifier"), ("demo-anatomy", "segmenter"), ("demo-clip", "vlm")):
-        entries.setdefault(name, {"family": family})
+    for name, default in DEFAULT_ENTRIES.items():
+        entries.setdefault(name, dict(default))
     for name, entry in entries.items():
         family = entry.get("family")
         if family == "classifier":

@@ -62,7 +62,10 @@ def segment(handle: ModelHandle, x: torch.Tensor, threshold: float = 0.5) -> dic
 
 
 def segmenter_card(name: str, entry: dict) -> ModelCard:
-    """The card of a demo segmenter from its manifest entry."""
+    """The card of a demo segmenter from its manifest entry (one "lesion" label: a class-agnostic lesion
+    segmenter)."""
+    lesion = entry.get("labels") == ["lesion"]
+    what = "the lesions (every finding's, one mask)" if lesion else "the anatomy"
     return ModelCard(
         name=name,
         labels=list(entry.get("labels", ANATOMY)),
@@ -73,7 +76,7 @@ def segmenter_card(name: str, entry: dict) -> ModelCard:
         provenance={"source": "trained by xai_core/training on synthetic phantom data",
                     "weights_sha256": entry.get("sha256"), "command": entry.get("command"),
                     "metrics": entry.get("metrics"), "architecture": entry.get("architecture", {})},
-        intended_use="Demonstration only: segments the synthetic phantom anatomy. Not for clinical use.",
+        intended_use=f"Demonstration only: segments {what} of synthetic phantom radiographs. Not for clinical use.",
         family="segmenter",
         weights_file=entry.get("file", f"{name}.pt"),
     )
@@ -81,5 +84,5 @@ def segmenter_card(name: str, entry: dict) -> ModelCard:
 
 def load_unet(card: ModelCard, device: torch.device, allow_random_weights: bool) -> ModelHandle:
     widths = tuple(card.provenance.get("architecture", {}).get("widths", (16, 32, 64, 128)))
-    return bundled_handle(card, UNet(len(card.labels), widths), device, allow_random_weights,
-                          "python -m xai_core train segmenter")
+    rebuild = "python -m xai_core train segmenter" + ("" if card.name == "demo-anatomy" else f" --name {card.name}")
+    return bundled_handle(card, UNet(len(card.labels), widths), device, allow_random_weights, rebuild)
