@@ -11,6 +11,7 @@ results/bench_testbed.json with --json (docs/testbed.md is written from it).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -90,22 +91,29 @@ def main() -> None:
     parser.add_argument("--n-auroc", type=int, default=1000)
     parser.add_argument("--n-check", type=int, default=200)
     parser.add_argument("--n-eval", type=int, default=120)
+    parser.add_argument("--parts", default="auroc,check,nemt,timing",
+                        help="which figures, comma-separated (the JSON file keeps the other parts it already has)")
     add_json_option(parser, "testbed")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",")}
     torch.manual_seed(0)
-    results = {"model": args.model, "split": "test", "seed": SEED}
-    results["auroc"] = held_out_auroc(args.model, args.n_auroc)
-    print(f"AUROC macro {results['auroc']['macro']:.4f}, worst {results['auroc']['worst']} "
-          f"{results['auroc']['by_finding'][results['auroc']['worst']]:.4f}", flush=True)
-    check = baselines.run(args.model, n=args.n_check, seed=SEED, more=True)
-    results["baseline_check"] = check
-    print(baselines.format_table(check), flush=True)
-    results["nemt"] = nemt_against_gradcam(args.model, args.n_eval)
-    for finding, row in sorted(results["nemt"]["by_finding"].items()):
-        print(finding, {m: {k: round(v, 4) for k, v in e.items()} for m, e in row.items()}, flush=True)
-    print("pooled", results["nemt"]["pooled"], flush=True)
-    results["timing_s"] = timing(args.model)
-    print("timing", results["timing_s"], flush=True)
+    results = json.loads(args.json.read_text()) if args.json is not None and args.json.is_file() else {}
+    results.update({"model": args.model, "split": "test", "seed": SEED})
+    if "auroc" in parts:
+        results["auroc"] = held_out_auroc(args.model, args.n_auroc)
+        print(f"AUROC macro {results['auroc']['macro']:.4f}, worst {results['auroc']['worst']} "
+              f"{results['auroc']['by_finding'][results['auroc']['worst']]:.4f}", flush=True)
+    if "check" in parts:
+        results["baseline_check"] = baselines.run(args.model, n=args.n_check, seed=SEED, more=True)
+        print(baselines.format_table(results["baseline_check"]), flush=True)
+    if "nemt" in parts:
+        results["nemt"] = nemt_against_gradcam(args.model, args.n_eval)
+        for finding, row in sorted(results["nemt"]["by_finding"].items()):
+            print(finding, {m: {k: round(v, 4) for k, v in e.items()} for m, e in row.items()}, flush=True)
+        print("pooled", results["nemt"]["pooled"], flush=True)
+    if "timing" in parts:
+        results["timing_s"] = timing(args.model)
+        print("timing", results["timing_s"], flush=True)
     write_json(args.json, results)
 
 
