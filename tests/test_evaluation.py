@@ -410,21 +410,22 @@ def test_summary_per_finding_marks_invalid_pairs_counts_pic_coverage_and_is_stri
     assert any(line.split() == ["Mass", "2", "1", "1", "0", "0", "0"] for line in coverage_text.splitlines())
 
 
-def test_a_table_from_before_the_pic_outcome_columns_resumes_without_them(tmp_path):
+def test_a_table_from_an_earlier_version_is_refused_not_mixed_and_other_metrics_need_another_folder(tmp_path):
     from xai_core.evaluation import run_evaluation
 
     out = tmp_path / "eval"
     out.mkdir()
-    header = "case_id,finding,method,seconds,complexity,sic_auc"
+    header = "case_id,finding,method,seconds,complexity,sic_auc"  # before the PIC outcome columns and settings
     (out / "per_image.csv").write_text(header + "\n")
-    run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity", "sic_auc"], out, progress=False,
-                   device="cpu")
-    lines = (out / "per_image.csv").read_text().splitlines()
-    assert lines[0] == header and len(lines) > 1 and all(line.count(",") == 5 for line in lines)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["pic_coverage"] == {} and summary["by_finding"]["gradcam"]
+    with pytest.raises(InputError, match="did not record its settings"):
+        run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity", "sic_auc"], out, progress=False,
+                       device="cpu")
+    assert (out / "per_image.csv").read_text() == header + "\n", "nothing is appended to it"
+    fresh = tmp_path / "fresh"
+    run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity"], fresh, progress=False, device="cpu")
     with pytest.raises(InputError, match="other metrics"):
-        run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity"], out, progress=False, device="cpu")
+        run_evaluation("demo", "phantom:test", 1, ["gradcam"], ["complexity", "sic_auc"], fresh, progress=False,
+                       device="cpu")
 
 
 def test_a_results_folder_resumes_only_with_the_settings_its_rows_were_computed_with(tmp_path):

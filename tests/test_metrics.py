@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -344,16 +345,18 @@ def test_evaluate_over_worker_processes_gives_the_same_rows(tmp_path):
         run_evaluation("demo", "phantom:test", 3, ["gradcam", "random"], metrics, tmp_path / str(workers),
                        progress=False, workers=workers)
 
-    def without_seconds(folder: str) -> list[list[str]]:
-        rows = (tmp_path / folder / "per_image.csv").read_text().splitlines()
-        return [row.split(",")[:3] + row.split(",")[4:] for row in rows]
+    def table(folder: str) -> list[dict[str, str]]:
+        with (tmp_path / folder / "per_image.csv").open(newline="") as handle:
+            return list(csv.DictReader(handle))
 
-    one, two = without_seconds("1"), without_seconds("2")
-    assert len(one) > 3 and [row[:3] for row in one] == [row[:3] for row in two]
+    one, two = table("1"), table("2")
+    assert len(one) > 3
+    labels = ["case_id", "finding", "method", "sic_skip", "aic_skip"]  # the PIC outcome: kept or the skip rule
+    assert [[row[k] for k in labels] for row in one] == [[row[k] for k in labels] for row in two]
     # the same numbers up to float rounding: torch's convolutions sum in an order that depends on its thread count
     # (2 threads in one process, 1 in each of two)
-    np.testing.assert_allclose(np.array([row[3:] for row in one[1:]], float),
-                               np.array([row[3:] for row in two[1:]], float), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.array([[row[m] for m in metrics] for row in one], float),
+                               np.array([[row[m] for m in metrics] for row in two], float), rtol=1e-6, atol=1e-9)
 
 
 def test_default_workers_one_per_core_on_cpu_only_for_runs_worth_the_start_up(monkeypatch):

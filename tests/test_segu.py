@@ -210,7 +210,7 @@ def test_lesion_dice_per_finding_with_nodules_apart():
 
 def test_a_tiny_lesion_segmenter_trains_records_and_becomes_the_segu_region(tmp_path, monkeypatch):
     from xai_core.models import load_model
-    from xai_core.models.segmenters import segment
+    from xai_core.models.segmenters import load_unet, segment, segmenter_card
     from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
 
     monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
@@ -232,8 +232,10 @@ def test_a_tiny_lesion_segmenter_trains_records_and_becomes_the_segu_region(tmp_
     assert certainty.default_segmenter("demo") == "demo-lesion"
     assert certainty.segmenter_options("demo")[0] == "demo-lesion"
     assert "demo-lesion" not in certainty.segmenter_options("xrv-densenet121-nih")
-    handle = load_model("demo-lesion")
-    assert not handle.random_weights
+    # the registry's card was read from the bundled manifest at import; a process started after this training
+    # would read the new entry, so the weights are loaded through the card of the entry just written
+    handle = load_unet(segmenter_card("demo-lesion", stored), torch.device("cpu"), False)
+    assert not handle.random_weights and handle.card.provenance["weights_sha256"] == record["sha256"]
     masks = segment(handle, torch.zeros(1, 1, 64, 64))
     assert list(masks) == ["lesion"] and masks["lesion"].shape == (1, 64, 64)
 

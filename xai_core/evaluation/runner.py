@@ -90,7 +90,7 @@ def check_resumable_settings(out: Path, settings: dict[str, Any], table: Path) -
     """Record a new folder's settings; refuse to resume one whose rows were computed with other settings (or
     before settings were recorded), so that no summary mixes rows of two removal operators or models."""
     path = out / SETTINGS_FILE
-    if path.is_file():
+    if path.is_file() and table.is_file():
         stored = json.loads(path.read_text())
         changed = sorted(k for k in settings if stored.get(k) != settings[k])
         if changed:
@@ -356,14 +356,14 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     curve_file = out / "pic_curves.jsonl"
     columns = table_columns(metrics)
     done: set[tuple[str, str, str]] = set()
+    kernel = resolve_gaze_kernel(gaze_kernel)
+    check_resumable_settings(out, run_settings(handle, data, seed, removal, kernel, precision), table)
     if table.is_file():
         with table.open(newline="") as handle_csv:
             reader = csv.DictReader(handle_csv)
             if reader.fieldnames != columns:
                 raise InputError(f"{table} was written with other metrics ({reader.fieldnames}); use another --out")
             done = {(r["case_id"], r["finding"], r["method"]) for r in reader}
-    kernel = resolve_gaze_kernel(gaze_kernel)
-    check_resumable_settings(out, run_settings(handle, data, seed, removal, kernel, precision), table)
     options = {"methods": methods, "metrics": metrics, "seed": seed, "gaze_kernel": kernel, "done": done,
                "precision": precision, "removal": removal}
     check = baseline_self_check(handle, removal, baseline_check_n, metrics)
