@@ -82,11 +82,6 @@ class MapContext:
         params = {**defaults, **self.removal_params}
         return removal_ops.numpy_remover(self.removal, value_range=(0.0, 1.0), **params)
 
-    def baseline(self) -> np.ndarray:
-        """The fully removed image: where deletion ends and insertion starts."""
-        image = np.asarray(self.image, np.float32)
-        return self.remover()(image[None], np.ones((1, *image.shape), bool))[0]
-
     def deletion_insertion(self) -> dict[str, float]:
         return self.shared("deletion_insertion", lambda: deletion_insertion(
             np.asarray(self.image, np.float32), self.relevance, self.score, remover=self.remover()))
@@ -286,17 +281,15 @@ def _insertion_auc(c: MapContext) -> float:
 @register("faithfulness_corr", "faithfulness", "higher", needs=("model",), bounds=(-1.0, 1.0),
           description="Pearson correlation of random subsets' relevance sums with the score drop on removing them")
 def _faithfulness_corr(c: MapContext) -> float:
-    remover = c.remover()
-    if c.subset_cache is not None:
-        key = f"{c.removal}|{sorted(c.removal_params.items())}"
+    remover, cache = c.remover(), c.subset_cache if c.subset_cache is not None else {}
+    key = f"{c.removal}|{sorted(c.removal_params.items())}"
 
-        def shared(images: np.ndarray, removed: np.ndarray) -> np.ndarray:
-            if key not in c.subset_cache:
-                c.subset_cache[key] = remover(images, removed)
-            return c.subset_cache[key]
+    def shared(images: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        if key not in cache:
+            cache[key] = remover(images, removed)
+        return cache[key]
 
-        return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=shared)
-    return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=remover)
+    return faithfulness_correlation(np.asarray(c.image, np.float32), c.relevance, c.score, remover=shared)
 
 
 # Performance information curves (PIC; NaN where the skip rules drop the image).
