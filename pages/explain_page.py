@@ -2,11 +2,15 @@
 
 Widget values are stable ids (method ids, scale mode ids); names, costs and estimates are only in labels that never
 change and in help text. Slow methods run when asked (a Compute button on their tile).
+
+"Compare models" (off by default) shows the same case, finding and method explained by up to three classifiers side
+by side, each tile with the model's probability for the finding against its own operating point.
 """
 
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -102,7 +106,19 @@ def _tile_caption(explanation: Explanation, finding: dict) -> list[str]:
     return lines
 
 
-def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, truth: bool, finding: dict) -> None:
+@dataclass(frozen=True)
+class _Overlay:
+    """One map drawn on the case: the blended image, the scaled map, its contour and ground-truth outlines."""
+
+    rgb: np.ndarray
+    shape: tuple[int, int]
+    display: DisplayMap
+    contour: list[np.ndarray]
+    truth_lines: list[np.ndarray]
+
+
+def _overlay(case, pixels: np.ndarray, explanation: Explanation, settings: dict, truth: bool) -> _Overlay:
+    """The map on the case's own grid (placed in the crop its model saw), scaled and blended as the settings say."""
     full = explanation.resized_to_image(case.pixels.shape)
     background = shrink(pixels, DISPLAY_SIDE)
     display = scale_map(shrink(full, DISPLAY_SIDE), settings["range_mode"],
@@ -112,21 +128,34 @@ def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, tr
         if settings["contour"] else []
     scale = background.shape[0] / case.pixels.shape[0]
     truth_lines = _truth_outlines(explanation.target, case.pixels.shape, scale) if truth else []
+    return _Overlay(rgb, background.shape, display, contour, truth_lines)
+
+
+def _draw(overlay: _Overlay, settings: dict, caption: list[str], chart_key: str, png_key: str,
+          file_name: str) -> None:
+    """The overlay figure (with its colour bar) and its PNG download."""
+    display = overlay.display
+    if display.empty:
+        st.warning(f"This map is empty: {display.reason}. Nothing is outlined.", icon=":material/blur_off:")
+    figure = _figure(png_bytes(overlay.rgb), overlay.shape, overlay.contour, overlay.truth_lines, display,
+                     settings["colour_map"])
+    st.plotly_chart(figure, width="stretch", key=chart_key, config={"displayModeBar": False})
+    caption = caption + ([f"This map is empty: {display.reason}."] if display.empty else [])
+    exported = png_bytes(export_tile(overlay.rgb, overlay.contour, overlay.truth_lines, display,
+                                     settings["colour_map"], caption))
+    st.download_button("Overlay PNG", exported, file_name=file_name, mime="image/png", key=png_key,
+                       icon=":material/download:")
+
+
+def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, truth: bool, finding: dict) -> None:
     method = explanation.method
     st.markdown(f"**{method_name(method)}** · {explanation.seconds * 1000:.0f} ms",
                 help=method_description(method))
     if not finding["positive"]:
         st.caption(f":material/block: {explanation.target} is below its operating point "
                    f"({finding['probability']:.2f} < {finding['threshold']:.2f}): the model does not report it.")
-    if display.empty:
-        st.warning(f"This map is empty: {display.reason}. Nothing is outlined.", icon=":material/blur_off:")
-    figure = _figure(png_bytes(rgb), background.shape, contour, truth_lines, display, settings["colour_map"])
-    st.plotly_chart(figure, width="stretch", key=f"overlay-{method}", config={"displayModeBar": False})
-    caption = _tile_caption(explanation, finding) + ([f"This map is empty: {display.reason}."] if display.empty
-                                                      else [])
-    exported = png_bytes(export_tile(rgb, contour, truth_lines, display, settings["colour_map"], caption))
-    st.download_button("Overlay PNG", exported, file_name=f"{case.sha256[:12]}_{explanation.target}_{method}.png",
-                       mime="image/png", key=f"png-{method}", icon=":material/download:")
+    _draw(_overlay(case, pixels, explanation, settings, truth), settings, _tile_caption(explanation, finding),
+          f"overlay-{method}", f"png-{method}", f"{case.sha256[:12]}_{explanation.target}_{method}.png")
 
 
 def _request_slow(key: tuple) -> None:
@@ -147,6 +176,138 @@ def _methods_picker(model: str) -> list[str]:
                    help="Fast methods are on by default; slow ones are computed when you ask (a Compute button on "
                         "their tile).\n\n" + methods_help(available, {m: _cost(model, m) for m in available}))
     return list(st.session_state["methods"])
+
+
+def _grid(case, pixels: np.ndarray, model: str, target: str, methods: list[str], settings: dict, truth: bool,
+          finding: dict) -> None:
+    """One tile per chosen method of the current model, and the download of all maps."""
+    explanations: dict[str, Explanation] = {}
+    requested = st.session_state.get(state.SLOW_REQUESTS, set())
+    columns = st.columns(min(GRID_COLUMNS, len(methods)))
+    for i, method in enumerate(methods):
+        with columns[i % len(columns)]:
+            key = (case.sha256, model, target, method)
+            if get_explainer(method).cost == "slow" and key not in requested:
+                st.markdown(f"**{method_name(method)}** · not computed yet", help=method_description(method))
+                st.button(f"Compute {method_name(method)}", key=f"compute-{method}", on_click=_request_slow,
+                          args=(key,), icon=":material/play_arrow:", help=_cost(model, method))
+                continue
+            try:
+                with st.spinner(f"{method_name(method)}…", show_time=True):
+                    explanation = state.engine().explain(case, model, method, target)
+            except XaiError as exc:
+                st.error(f"{method_name(method)}: {exc}")
+                continue
+            explanations[method] = explanation
+            _tile(case, pixels, explanation, settings, truth, finding)
+    st.session_state["explanations"] = dict(explanations)
+    if explanations:
+        npz = maps_npz({m: e.map for m, e in explanations.items()}, model=model, target=target, sha256=case.sha256)
+        st.download_button("All maps (NPZ, model-input resolution)", npz,
+                           file_name=f"{case.sha256[:12]}_{target}_maps.npz", mime="application/octet-stream",
+                           key="npz", icon=":material/download:")
+
+
+def _compare_scale_note(method: str, range_mode: str) -> str:
+    """What the colours of the comparison's tiles can and cannot be compared on (the rule of `display.scale_map`)."""
+    if range_mode == "absolute" and get_explainer(method).unit_range:
+        return (f"{method_name(method)} maps are absolute values: every tile uses the same fixed 0-1 colour scale, "
+                f"so colours compare strength as well as shape.")
+    own = "0 to its own maximum" if range_mode == "absolute" else "its own minimum to its own maximum"
+    return (f"Each model's map is normalised to its own range ({own}), so colours compare where each model looked "
+            f"(shape), not how strongly: relevance values of different models are not on one scale. Each tile's "
+            f"colour bar gives its values.")
+
+
+def _compare_picker(model: str, target: str) -> tuple[list[str], str]:
+    """The models (at most `state.COMPARE_MAX`) and the one method of the comparison."""
+    offered, missing = state.compare_choices(model, target)
+    chosen = st.session_state.get("compare_models")
+    if chosen is None:
+        st.session_state["compare_models"] = offered[:2]
+    elif len(chosen) > state.COMPARE_MAX:
+        st.session_state["compare_models"] = list(chosen[:state.COMPARE_MAX])
+        st.warning(f"At most {state.COMPARE_MAX} models are compared: kept "
+                   f"{', '.join(chosen[:state.COMPARE_MAX])}.", icon=":material/info:")
+    chosen = list(st.session_state["compare_models"])
+    # a model chosen earlier that cannot run now stays an option, so its tile can say why (and it can be removed)
+    options = offered + [m for m in chosen if m not in offered]
+    methods = [m for m in list_explainers() if state.method_available(model, m)]
+    current = st.session_state.get("compare_method")
+    if current not in methods:
+        picked = [m for m in st.session_state.get("methods") or [] if m in methods]
+        st.session_state["compare_method"] = picked[0] if picked else methods[0]
+    left, right = st.columns([2, 1])
+    with left:
+        st.multiselect("Models to compare", options, key="compare_models", max_selections=state.COMPARE_MAX,
+                       help=f"Classifiers with the finding {target} and trained weights on this server, at most "
+                            f"{state.COMPARE_MAX}." + ("\n\nNot offered here:\n" + "\n".join(
+                                f"- **{name}**: {why}" for name, why in missing.items()) if missing else ""))
+    with right:
+        st.selectbox("Method for every model", methods, key="compare_method", format_func=method_name,
+                     help="One method for all tiles.\n\n" + methods_help(methods, {}))
+    if missing:
+        st.caption(f"Not offered (no trained weights on this server, or they cannot be loaded): "
+                   f"{', '.join(missing)}. The ? beside *Models to compare* says why and how to get them.")
+    if len(offered) < 2:
+        who = f"Only {offered[0]} has" if offered else "No model has"
+        st.info(f"{who} trained weights for {target} on this server: nothing to compare yet.",
+                icon=":material/info:")
+    return list(st.session_state["compare_models"]), st.session_state["compare_method"]
+
+
+def _compare_tile(case, pixels: np.ndarray, name: str, method: str, target: str, settings: dict,
+                  truth: bool) -> None:
+    """One model's tile: its name, its probability for the finding against its operating point, its map; a model
+    that cannot be shown says why here, never as a traceback."""
+    st.markdown(f"**{name}**")
+    problem = state.compare_problem(name, target)
+    if problem:
+        st.error(problem, icon=":material/error:")
+        return
+    if not state.method_available(name, method):
+        st.error(f"{name} cannot run {method_name(method)} (e.g. no trained NEMt module): pick another method.",
+                 icon=":material/error:")
+        return
+    key = (case.sha256, name, target, method)
+    if get_explainer(method).cost == "slow" and key not in st.session_state.get(state.SLOW_REQUESTS, set()):
+        st.caption(f"{method_name(method)} · not computed yet")
+        st.button(f"Compute {method_name(method)}", key=f"compare-compute-{name}", on_click=_request_slow,
+                  args=(key,), icon=":material/play_arrow:", help=_cost(name, method))
+        return
+    try:
+        with st.spinner(f"{name}: {method_name(method)}…", show_time=True):
+            finding = state.finding_summary(state.engine().predict(case, name), target)
+            explanation = state.engine().explain(case, name, method, target)
+    except XaiError as exc:
+        st.error(f"{name} could not explain {target}: {exc}", icon=":material/error:")
+        return
+    except Exception as exc:  # one model's failure must not take the other tiles down
+        st.error(f"{name} could not explain {target} ({type(exc).__name__}: {exc}).", icon=":material/error:")
+        return
+    verdict = "above" if finding["positive"] else "below"
+    st.markdown(f"{target} p = {finding['probability']:.2f} · {verdict} its operating point "
+                f"({finding['threshold']:.2f}) · {method_name(method)} {explanation.seconds * 1000:.0f} ms")
+    if not finding["positive"]:
+        st.caption(f":material/block: {name} does not report {target}.")
+    caption = [f"{name} · {method_name(method)} · {target} p={finding['probability']:.2f} "
+               f"(operating point {finding['threshold']:.2f})"]
+    _draw(_overlay(case, pixels, explanation, settings, truth), settings, caption, f"compare-overlay-{name}",
+          f"compare-png-{name}", f"{case.sha256[:12]}_{target}_{method}_{name}.png")
+
+
+def _comparison(case, pixels: np.ndarray, model: str, target: str, settings: dict, truth: bool) -> None:
+    """Compare models: the same case, finding and method explained by up to three classifiers side by side."""
+    models, method = _compare_picker(model, target)
+    if not models:
+        st.info(f"Choose the models to compare (at most {state.COMPARE_MAX}).")
+        return
+    st.caption(f"Same case, finding ({target}), method ({method_name(method)}) and display settings in every tile; "
+               f"each map sits on the crop its own model saw. " + _compare_scale_note(method, settings["range_mode"]))
+    columns = st.columns(state.COMPARE_MAX)  # tiles keep one width, whatever the number of models
+    for column, name in zip(columns, models, strict=False):
+        with column:
+            _compare_tile(case, pixels, name, method, target, settings, truth)
 
 
 def render() -> None:
@@ -175,35 +336,15 @@ def render() -> None:
     truth = st.toggle("Ground-truth outline (phantom cases)", key="truth", disabled=not phantom) and phantom
     target = st.session_state["target"]
     finding = state.finding_summary(prediction, target)
-    if not methods:
-        st.info("Choose at least one method.")
-        return
     pixels = state.display_pixels(case)
-    explanations: dict[str, Explanation] = {}
-    requested = st.session_state.get(state.SLOW_REQUESTS, set())
-    columns = st.columns(min(GRID_COLUMNS, len(methods)))
-    for i, method in enumerate(methods):
-        with columns[i % len(columns)]:
-            key = (case.sha256, model, target, method)
-            if get_explainer(method).cost == "slow" and key not in requested:
-                st.markdown(f"**{method_name(method)}** · not computed yet", help=method_description(method))
-                st.button(f"Compute {method_name(method)}", key=f"compute-{method}", on_click=_request_slow,
-                          args=(key,), icon=":material/play_arrow:", help=_cost(model, method))
-                continue
-            try:
-                with st.spinner(f"{method_name(method)}…", show_time=True):
-                    explanation = state.engine().explain(case, model, method, target)
-            except XaiError as exc:
-                st.error(f"{method_name(method)}: {exc}")
-                continue
-            explanations[method] = explanation
-            _tile(case, pixels, explanation, settings, truth, finding)
-    st.session_state["explanations"] = dict(explanations)
-    if explanations:
-        npz = maps_npz({m: e.map for m, e in explanations.items()}, model=model, target=target, sha256=case.sha256)
-        st.download_button("All maps (NPZ, model-input resolution)", npz,
-                           file_name=f"{case.sha256[:12]}_{target}_maps.npz", mime="application/octet-stream",
-                           key="npz", icon=":material/download:")
+    if methods:
+        _grid(case, pixels, model, target, methods, settings, truth, finding)
+    else:
+        st.info("Choose at least one method.")
+    if st.toggle("Compare models", key="compare",
+                 help=f"The same case, finding and method explained by up to {state.COMPARE_MAX} models side by "
+                      f"side, each with its own probability and operating point."):
+        _comparison(case, pixels, model, target, settings, truth)
 
 
 render()

@@ -361,6 +361,170 @@ def test_concepts_page_without_an_annotation_says_how_to_make_one(app):
     assert any("annotate-neurons" in i.value for i in app.info)
 
 
+# Internal names and parameters that belong in tooltips, not in what a clinician reads
+CONCEPT_JARGON = ("features.norm5", "p = ", "beta", "mean_text_similarity", "hit_rate", "logit", "phantom:train",
+                  "demo-clip", "pooled", "ReLU", "S(c)")
+UNCERTAIN_WORDS = "Uncertain concepts: no word from the reports matched"
+
+
+def visible_text(at: AppTest) -> list[str]:
+    """The text a reader sees without opening a tooltip: headings, captions, markdown, notes, widget labels and
+    options, table headers and cells, image captions (help texts are left out)."""
+    out = [e.value for kind in ("subheader", "caption", "markdown", "info", "warning", "error")
+           for e in at.get(kind)]
+    for kind in ("selectbox", "radio", "text_input", "toggle"):
+        for widget in at.get(kind):
+            out.append(widget.label)
+            out.extend(str(option) for option in getattr(widget, "options", []))
+    for table in at.dataframe:
+        out.append(" ".join(map(str, table.value.columns)) + "\n" + table.value.to_string())
+    out.extend(caption for image in at.get("image") for caption in image.captions)
+    return out
+
+
+def concepts_app(monkeypatch, finding: str | None = None) -> AppTest:
+    """The Concepts page of `demo`, with a phantom case of `finding` loaded (and chosen) when one is given."""
+    monkeypatch.setenv("XAI_ALLOW_RANDOM_WEIGHTS", "1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    if finding:
+        at.switch_page("pages/case_page.py").run()
+        _pick_phantom_sample(at, finding)
+    at.switch_page("pages/concepts_page.py").run()
+    if finding:
+        at.selectbox(key="target").set_value(finding).run()
+    assert not at.exception and not at.error
+    return at
+
+
+def annotation_copy(tmp_path, monkeypatch, *statements: str) -> None:
+    """The bundled annotations of demo, copied and changed by SQL `statements` (on the feature layer), served in
+    their place to the page and the engine."""
+    import shutil
+
+    import xai_core.mammi.annotate as annotate
+
+    folder = tmp_path / "mammi"
+    shutil.copytree(annotate.ANNOTATIONS_DIR, folder, ignore=shutil.ignore_patterns("*.npz", "*.tmp"))
+    with sqlite3.connect(folder / "demo-features-demo-clip-demo.sqlite") as db:
+        for statement in statements:
+            db.execute(statement)
+    db.close()
+    monkeypatch.setattr(annotate, "ANNOTATIONS_DIR", folder)
+
+
+def representative_line(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if "representative images" in m.value)
+
+
+def test_concepts_page_speaks_plain_words_and_keeps_the_parameters_in_tooltips(monkeypatch):
+    at = concepts_app(monkeypatch, "Effusion")
+    for layer in ("features", "output"):
+        at.radio(key="concept_layer").set_value(layer).run()
+        assert not at.exception and not at.error
+        seen = "\n".join(visible_text(at))
+        assert "top 7%" in seen and "the rule's percentile" in seen
+        leaked = [word for word in CONCEPT_JARGON if word in seen]
+        assert leaked == [], f"{layer}: internal names in the visible text: {leaked}"
+        summary = next(c for c in at.caption if "representatives are the probing images" in c.value)
+        for exact in ("p = 93.0", "beta = 0.95", "phantom:train", "demo-clip", "cap = 50"):
+            assert exact in summary.proto.help, f"the exact parameter '{exact}' is in the tooltip"
+    check = next(c for c in at.caption if "right answer is known" in c.value)
+    assert "100%" in check.value and "mean text similarity" in check.proto.help
+    contribution = next(c for c in at.caption if "push the model most towards Effusion" in c.value)
+    assert "logit" in contribution.proto.help and "features.norm5" in contribution.proto.help
+
+
+def test_concepts_table_row_click_and_list_pick_select_the_same_neuron(monkeypatch):
+    from xai_core.mammi import AnnotationStore, bundled_annotation
+
+    store = AnnotationStore(bundled_annotation("demo", "features"))
+    at = concepts_app(monkeypatch)
+    table = at.dataframe[0].value
+    first = at.selectbox(key="concept_neuron").value
+    assert first == table["Neuron"][0] and at.session_state["concept_table"]["selection"]["rows"] == [0]
+    row = next(i for i in range(1, len(table)) if store.neuron(int(table["Neuron"][i])).concepts
+               != store.neuron(int(first)).concepts)
+    at.session_state["concept_table"] = {"selection": {"rows": [row]}}  # what a click on that row sends
+    at.run()
+    picked = int(table["Neuron"][row])
+    assert not at.exception and at.selectbox(key="concept_neuron").value == picked, "the row's neuron is chosen"
+    record = store.neuron(picked)
+    assert list(at.dataframe[1].value["Concept"]) == record.concepts, "its concepts are shown"
+    assert representative_line(at).startswith(f"**{len(record.representatives)} representative images")
+    at.run()
+    assert at.selectbox(key="concept_neuron").value == picked, "the choice survives a rerun"
+    at.switch_page("pages/case_page.py").run()
+    at.switch_page("pages/concepts_page.py").run()
+    assert at.selectbox(key="concept_neuron").value == picked, "and a visit to another page"
+    assert at.session_state["concept_table"]["selection"]["rows"] == [row]
+    other = int(table["Neuron"][row + 1])
+    at.selectbox(key="concept_neuron").set_value(other).run()
+    assert not at.exception and at.selectbox(key="concept_neuron").value == other, "the list is not overridden"
+    assert at.session_state["concept_table"]["selection"]["rows"] == [row + 1], "the table follows the list"
+    assert list(at.dataframe[1].value["Concept"]) == store.neuron(other).concepts
+    at.text_input(key="concept_query").input("cardiomegaly").run()
+    remaining = list(at.dataframe[0].value["Neuron"])
+    chosen = at.selectbox(key="concept_neuron").value
+    assert chosen in remaining and at.session_state["concept_table"]["selection"]["rows"] == [
+        remaining.index(chosen)], "a search keeps table and list on one neuron"
+
+
+def test_concepts_representatives_are_all_shown_with_their_count(monkeypatch):
+    from xai_core.mammi import AnnotationStore, bundled_annotation
+
+    at = concepts_app(monkeypatch)
+    for layer in ("features", "output"):
+        at.radio(key="concept_layer").set_value(layer).run()
+        store = AnnotationStore(bundled_annotation("demo", layer))
+        cap = store.meta()["cap"]
+        neurons = [at.selectbox(key="concept_neuron").value,
+                   max(store.neurons(), key=lambda r: len(r.representatives)).neuron]
+        for neuron in neurons:
+            at.selectbox(key="concept_neuron").set_value(neuron).run()
+            assert not at.exception and not at.error
+            record = store.neuron(neuron)
+            count = len(record.representatives)
+            edges, counts = record.histogram["edges"], record.histogram["counts"]
+            surely_above = sum(c for c, low in zip(counts, edges[:-1], strict=True) if low > record.stats["threshold"])
+            assert count >= min(cap, surely_above) and count > 0, "the rule's representatives, up to its cap"
+            line = representative_line(at)
+            assert line.startswith(f"**{count} representative images (all shown)**")
+            assert ("At most 50 are kept" in line) == (count >= cap)
+            pictures = [c for image in at.get("image") for c in image.captions if "response" in c]
+            assert len(pictures) == count, "one picture per representative"
+            assert pictures[0] == f"1. response {record.activations[0]:.2f}"
+    assert at.toggle(key="concept_overlay").value, "activation overlays are on by default"
+
+
+def test_concepts_case_neurons_that_share_one_concept_set_say_so_once(monkeypatch):
+    at = concepts_app(monkeypatch, "Effusion")
+    shared = [i.value for i in at.info if "share one concept set" in i.value]
+    assert len(shared) == 1 and "`effusion`" in shared[0], "the six Effusion neurons are all effusion neurons"
+    assert not [m.value for m in at.markdown if m.value.startswith("`")], "the chips are not repeated per neuron"
+    assert not any(UNCERTAIN_WORDS in w.value for w in at.warning) and not any(
+        "Uncertain" in c.value for c in at.caption), "the bundled annotation is certain throughout"
+
+
+def test_concepts_case_neurons_show_their_own_concepts_and_uncertainty(monkeypatch, tmp_path):
+    annotation_copy(tmp_path, monkeypatch, "UPDATE concepts SET concept = concept || ' ' || neuron WHERE rank = 0",
+                    "UPDATE neurons SET uncertain = 1")
+    at = concepts_app(monkeypatch, "Effusion")
+    assert not any("share one concept set" in i.value for i in at.info)
+    chips = [m.value for m in at.markdown if m.value.startswith("`")]
+    assert len(chips) == 6 and len(set(chips)) == 6, "each case neuron with its own concepts"
+    notes = [c for c in at.caption if c.value.endswith("Uncertain: closest guesses only.")]
+    assert len(notes) == 6 and all(UNCERTAIN_WORDS in c.proto.help for c in notes)
+    assert any(UNCERTAIN_WORDS in w.value for w in at.warning), "the chosen neuron's uncertainty is said in words"
+    assert set(at.dataframe[0].value["Certain"]) == {"uncertain"}
+
+
+def test_concepts_case_neurons_sharing_uncertain_concepts_get_one_note(monkeypatch, tmp_path):
+    annotation_copy(tmp_path, monkeypatch, "UPDATE neurons SET uncertain = 1")
+    at = concepts_app(monkeypatch, "Effusion")
+    assert any("share one concept set" in i.value for i in at.info)
+    assert sum(UNCERTAIN_WORDS in w.value for w in at.warning) == 2, "once for the case's neurons, once in the browser"
+
+
 # ---------------------------------------------------------------------------------------------- access, review, store
 
 def test_the_shipped_config_serves_loopback_only_and_the_app_says_it_runs_as_the_local_admin():

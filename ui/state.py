@@ -24,11 +24,14 @@ DEPENDENT_KEYS = ("prediction", "target", "explanations", "truth")
 CONTEXT_DEFAULTS = {
     "opacity": 0.5, "colour_map": "jet", "range_mode": "absolute", "contour": True, "contour_p": 10,
     "segx_mode": "soft", "segx_p": 5, "concept_layer": None, "concept_query": "", "concept_order": None,
-    "eval_data": None, "eval_n": 20, "eval_methods": None, "eval_groups": None,
+    "concept_neuron": None,
+    "eval_data": None, "eval_n": 20, "eval_methods": None, "eval_groups": None, "compare": False,
 }
-CONTEXT_KEYS = ("model", "target", "methods", "truth", "refine_method", "segmenter", "sample", *CONTEXT_DEFAULTS)
+CONTEXT_KEYS = ("model", "target", "methods", "truth", "refine_method", "segmenter", "sample", "compare_models",
+                "compare_method", *CONTEXT_DEFAULTS)
 SLOW_REQUESTS = "slow_requests"  # (sha256, model, target, method) of slow maps the user asked for
 MAX_SESSION_CASES = 8  # radiographs kept in the session so the worklist can reopen them
+COMPARE_MAX = 3  # models side by side in the Explain page's model comparison
 
 
 @st.cache_resource(show_spinner=False)
@@ -252,6 +255,43 @@ def known_problems() -> dict[str, str]:
     return dict(_known_problems())
 
 
+def compare_problem(name: str, target: str) -> str | None:
+    """Why a classifier cannot join a model comparison on a finding (not a registered model, no such finding, no
+    trained weights on this server: random testing weights do not count), or None. Loads the model once (cached)."""
+    try:
+        card = get_card(name)
+    except XaiError as exc:
+        return str(exc)
+    if target not in card.labels:
+        return f"{name} has no finding '{target}': it cannot be compared on it."
+    problem = model_problem(name)
+    if problem:
+        return problem
+    if engine().model(name).random_weights:
+        return (f"{name} has no trained weights on this server (it would run on random weights, which only testing "
+                f"mode allows): nothing to compare.")
+    return None
+
+
+def compare_choices(current: str, target: str) -> tuple[list[str], dict[str, str]]:
+    """The classifiers a model comparison on `target` offers: those with the finding and trained weights here (the
+    current model first), and for those with the finding that cannot run here, why (name -> message)."""
+    offered: list[str] = []
+    missing: dict[str, str] = {}
+    for name in [current, *(m for m in available_models() if m != current)]:
+        try:
+            if target not in get_card(name).labels:
+                continue
+        except XaiError:
+            continue
+        problem = compare_problem(name, target)
+        if problem:
+            missing[name] = problem
+        else:
+            offered.append(name)
+    return offered, missing
+
+
 def is_demo_model(name: str) -> bool:
     """Models trained on the synthetic phantom world (bundled)."""
     return "phantom" in str(get_card(name).provenance.get("source", ""))
@@ -301,3 +341,4 @@ def annotation_store(model: str, layer: str):
     """The precomputed MAMMI annotation of a model's layer (demo-clip, demo concept set), or None."""
     path = bundled_annotation(model, layer)
     return None if path is None else _annotation(str(path), path.stat().st_mtime)
+

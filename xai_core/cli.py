@@ -59,6 +59,8 @@ from xai_core.segx import SEGU_SCORES, CalibrationError, by_label, calibrate
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
 from xai_core.training.clip import ClipRecipe, train_clip
+from xai_core.training.mimic import VARIANTS as MIMIC_VARIANTS
+from xai_core.training.mimic import MimicRecipe, train_mimic
 from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
 from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
 
@@ -150,6 +152,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         recipe = NEMtRecipe(model=args.model, steps=steps, batch=args.batch, seed=args.seed,
                             **_sizes(args, "test_n", "data_seed"))
         record = train_nemt(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
+    elif args.what == "mimic":
+        members = args.members or (2 if args.variant == "discriminator" else 1)
+        suffix = "mimic" if args.variant == "gaze" else f"mimic-{args.variant}"
+        recipe = MimicRecipe(name=args.name or f"{args.model}-{suffix}", variant=args.variant,
+                             base=None if args.from_scratch else args.model, members=members,
+                             steps=args.steps or MimicRecipe.steps, batch=args.batch, seed=args.seed,
+                             beta=MimicRecipe.beta if args.beta is None else args.beta, shortcut=args.shortcut,
+                             **_sizes(args, "val_n", "test_n", "data_seed"))
+        record = train_mimic(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
         recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, **_sizes(args, "test_n", "data_seed"))
         record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
@@ -462,11 +473,22 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.set_defaults(run=_cmd_phantom)
 
     train = sub.add_parser("train", help="train a bundled demo model on phantom data")
-    train.add_argument("what", choices=["classifier", "segmenter", "clip", "nemt"])
-    train.add_argument("--model", default=DEFAULT_MODEL, help="nemt: the classifier to explain (default: demo)")
+    train.add_argument("what", choices=["classifier", "segmenter", "clip", "nemt", "mimic"])
+    train.add_argument("--model", default=DEFAULT_MODEL,
+                       help="nemt: the classifier to explain; mimic: the classifier every member starts from "
+                            "(default: demo)")
+    train.add_argument("--variant", choices=list(MIMIC_VARIANTS), default="gaze",
+                       help="mimic: gaze (gaze-supervised explanations, default), discriminator (the reference's "
+                            "ensemble and discriminator) or control (the same fine-tune, no explanation term)")
+    train.add_argument("--members", type=int, default=None,
+                       help="mimic: ensemble size K (default: 1; 2 for the discriminator variant)")
+    train.add_argument("--beta", type=float, default=None, help="mimic: weight of the explanation term")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="mimic: random initial members (the reference's setting) instead of --model's weights")
     train.add_argument("--epochs", type=float, default=None,
                        help="nemt: passes of 4,480 phantom cases (default 600 steps of 32: 4.3); --steps overrides")
-    train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut)")
+    train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut; "
+                                                     "mimic: MODEL-mimic, MODEL-mimic-VARIANT for other variants)")
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")

@@ -48,7 +48,7 @@ from xai_core.models import ModelHandle, load_model
 from xai_core.models.base import use_bfloat16
 from xai_core.models.cards import to_model_range
 from xai_core.models.segmenters import segment
-from xai_core.phantom import PHANTOM_VERSION
+from xai_core.phantom import GAZE_VERSION, PHANTOM_VERSION
 from xai_core.runtime import pick_device
 from xai_core.segx import region_for
 
@@ -83,7 +83,8 @@ def run_settings(handle: ModelHandle, data: str, seed: int, removal: str, kernel
     the model and its weights, the data, the seed, the removal operator, the gaze kernel, the precision."""
     return {"model": handle.card.name, "weights": handle.card.provenance.get("weights_sha256"),
             "data": data, "seed": seed, "removal": removal_ops.describe(removal), "gaze_kernel": str(kernel),
-            "precision": precision, "phantom_version": PHANTOM_VERSION}
+            "precision": precision, "phantom_version": PHANTOM_VERSION,
+            "gaze_version": GAZE_VERSION}
 
 
 def check_resumable_settings(out: Path, settings: dict[str, Any], table: Path) -> None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from xai_core.errors import InputError
 from xai_core.imaging import load_radiograph
 from xai_core.mammi.backends import ImageTextModel, load_backend
 from xai_core.mammi.concepts import concept_set
@@ -55,35 +56,71 @@ class Probe:
     load: Callable[[list[int], int], torch.Tensor]  # (indices, size) -> [B, 1, size, size]
 
 
+RADIOGRAPH_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}
+
+
+def _phantom_split(spec: str) -> str:
+    return spec.split(":", 1)[1] or "train"
+
+
+def _phantom_pixels(split: str, indices: list[int], size: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([generate_case(split, i, size=size).image for i in indices]))[:, None]
+
+
+def _file_pixels(files: list[Path], size: int) -> torch.Tensor:
+    spec01 = InputSpec(1, size, (0.0, 1.0))
+    return torch.cat([preprocess(load_radiograph(path), spec01)[0][None] for path in files])
+
+
 def probe_set(spec: str, n: int) -> Probe:
     """`phantom:<split>` (the first n cases of a phantom split) or a folder of radiographs (the first n files)."""
     if spec.startswith("phantom:"):
-        split = spec.split(":", 1)[1] or "train"
-
-        def load_phantom(indices: list[int], size: int) -> torch.Tensor:
-            return torch.from_numpy(np.stack([generate_case(split, i, size=size).image for i in indices]))[:, None]
-
+        split = _phantom_split(spec)
         generate_case(split, 0, size=16)  # fails early on an unknown split
-        return Probe(spec, [f"{split}-0-{i:06d}" for i in range(n)], load_phantom)
+        return Probe(spec, [f"{split}-0-{i:06d}" for i in range(n)],
+                     lambda indices, size: _phantom_pixels(split, indices, size))
     folder = Path(spec)
     if not folder.is_dir():
         raise FileNotFoundError(f"probe '{spec}': expected phantom:<split> or a folder of radiographs")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff",
-                                                                         ".dcm"})[:n]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in RADIOGRAPH_SUFFIXES)[:n]
     if not files:
         raise FileNotFoundError(f"no radiographs (png, jpeg, tiff, dcm) under {folder}")
+    return Probe(str(folder), [str(p.relative_to(folder)) for p in files],
+                 lambda indices, size: _file_pixels([files[i] for i in indices], size))
 
-    def load_files(indices: list[int], size: int) -> torch.Tensor:
-        spec01 = InputSpec(1, size, (0.0, 1.0))
-        return torch.cat([preprocess(load_radiograph(files[i]), spec01)[0] for i in indices])
 
-    return Probe(str(folder), [str(p.relative_to(folder)) for p in files], load_files)
+def probe_images(spec: str, ids: list[str], size: int) -> torch.Tensor:
+    """Grey [0, 1] pixels [B, 1, size, size] of probing images named by the ids an annotation stores, loaded as the
+    annotation run loaded them. InputError for an id that is not of this probe or a file that is not here."""
+    if spec.startswith("phantom:"):
+        split = _phantom_split(spec)
+        prefix = f"{split}-0-"
+        indices = []
+        for image_id in ids:
+            number = image_id[len(prefix):]
+            if not image_id.startswith(prefix) or not number.isdigit():
+                raise InputError(f"'{image_id}' is not an image of the probing set {spec}")
+            indices.append(int(number))
+        return _phantom_pixels(split, indices, size) if ids else torch.zeros((0, 1, size, size))
+    folder = Path(spec).resolve()
+    files = []
+    for image_id in ids:
+        path = (folder / image_id).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise InputError(f"the probing image '{image_id}' is not under {spec} on this machine")
+        files.append(path)
+    return _file_pixels(files, size) if ids else torch.zeros((0, 1, size, size))
 
 
 # --- activations -------------------------------------------------------------------------------------------------
 def to_model_range(pixels: torch.Tensor, handle: ModelHandle) -> torch.Tensor:
     low, high = handle.card.input.value_range
     return (pixels * (high - low) + low).expand(-1, handle.card.input.channels, -1, -1)
+
+
+def weights_tag(handle: ModelHandle) -> str:
+    """What identifies a model's weights in cache keys: the sha256 of its weights file ("random" / "none" without)."""
+    return str(handle.card.provenance.get("weights_sha256") or ("random" if handle.random_weights else "none"))
 
 
 def feature_maps(handle: ModelHandle, x: torch.Tensor, layer_path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +169,7 @@ def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_si
     n = len(probe.ids)
     done, acts = 0, None
     # a cache is only reused for the same weights: a retrained model of the same name responds differently
-    weights = str(handle.card.provenance.get("weights_sha256") or ("random" if handle.random_weights else "none"))
+    weights = weights_tag(handle)
     if cache is not None and cache.is_file():
         stored = np.load(cache, allow_pickle=False)
         same_kind = "layer" in stored.files and str(stored["layer"]) == ACTIVATION_KINDS[layer]

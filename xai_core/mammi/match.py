@@ -47,3 +47,8 @@ def select_concepts(scores: np.ndarray, concepts: list[str], beta: float = DEFAU
         keep = list(order[:top_k])
         uncertain = True
     return NeuronConcepts([concepts[i] for i in keep], [float(scores[i]) for i in keep], uncertain)
+
+
+def margin_percent(beta: float) -> float:
+    """How far below the best concept's score (in percent of it) the other concepts of a neuron may be."""
+    return round(100.0 * (1.0 - float(beta)), 6)

@@ -28,3 +28,9 @@ def representatives(activations: np.ndarray, percentile: float = DEFAULT_PERCENT
         order = above[np.argsort(-column[above], kind="stable")]
         chosen.append(order[:cap])
     return chosen
+
+
+def band_percent(percentile: float) -> float:
+    """How close to its strongest response (percent of its activation range) a neuron's representatives are: the
+    rule's T keeps the top 100 - p percent of the range between its weakest and strongest activation."""
+    return round(100.0 - float(percentile), 6)

@@ -27,6 +27,15 @@ DEFAULT_ENTRIES: dict[str, dict[str, Any]] = {
     "demo-lesion": {"family": "segmenter", "labels": ["lesion"]},
     "demo-clip": {"family": "vlm"},
     "demo-shortcut": {"family": "classifier"},
+    "demo-mimic": {"family": "classifier"},
+    "demo-shortcut-mimic": {"family": "classifier"},
+}
+# how to make a classifier's weights where its manifest entry does not say
+REBUILD = {
+    "demo-shortcut": "python -m xai_core train classifier --shortcut 0.9",
+    "demo-mimic": "python -m xai_core train mimic --model demo",
+    "demo-shortcut-mimic": "python -m xai_core train mimic --model demo-shortcut --shortcut 0.9 "
+                           "--name demo-shortcut-mimic",
 }
 
 
@@ -59,7 +68,7 @@ def _load_demo(card: ModelCard, device: torch.device, allow_random_weights: bool
     architecture = {k: v for k, v in card.provenance["architecture"].items()
                     if k in ("growth_rate", "block_config", "num_init_features")}
     module = build_demo_densenet(len(card.labels), **architecture)
-    rebuild = "python -m xai_core train classifier" + (" --shortcut STRENGTH" if card.name == "demo-shortcut" else "")
+    rebuild = card.provenance.get("command") or REBUILD.get(card.name, "python -m xai_core train classifier")
     return bundled_handle(card, module, device, allow_random_weights, rebuild)
 
 

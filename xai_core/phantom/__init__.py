@@ -1,5 +1,6 @@
 """The synthetic radiograph world: a deterministic generator with ground truth, and its writers."""
 
+from xai_core.phantom.gaze import GAZE_VERSION
 from xai_core.phantom.generator import (
     ANATOMY,
     FINDINGS,
@@ -10,4 +11,5 @@ from xai_core.phantom.generator import (
     generate_case,
 )
 
-__all__ = ["ANATOMY", "FINDINGS", "PHANTOM_VERSION", "SHORTCUT_LABEL", "PhantomCase", "case_rng", "generate_case"]
+__all__ = ["ANATOMY", "FINDINGS", "GAZE_VERSION", "PHANTOM_VERSION", "SHORTCUT_LABEL", "PhantomCase", "case_rng",
+           "generate_case"]

@@ -13,7 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xai_core.phantom.text import fixations_for, report_for
+from xai_core.phantom.gaze import simulate_fixations
+from xai_core.phantom.text import report_for
 
 PHANTOM_VERSION = 2  # bump whenever generated cases change: recipes and checkpoints record it
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
@@ -52,7 +53,7 @@ class PhantomCase:
             if self._gaze_rng is None:
                 raise ValueError(f"case {self.case_id} has no gaze stream")
             rng, self._gaze_rng = self._gaze_rng, None
-            self._fixations = fixations_for(rng, self.anatomy, self.lesions, self.image.shape[0])
+            self._fixations = simulate_fixations(rng, self.image, self.anatomy, self.lesions, self.image.shape[0])
         return self._fixations
 
     def label_vector(self) -> np.ndarray:

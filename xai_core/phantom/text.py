@@ -1,10 +1,9 @@
-"""Templated radiology reports and simulated radiologist gaze for phantom cases."""
+"""Templated radiology reports for phantom cases, and the REFLACX fixation columns the gaze files use."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 POSITIVE = {
@@ -75,65 +74,3 @@ def report_for(rng: np.random.Generator, labels: list[str], attributes: dict[str
     else:
         impression = "No acute cardiopulmonary abnormality."
     return f"FINDINGS: {findings} IMPRESSION: {impression}"
-
-
-class _Sampler:
-    """Random pixels of a mask by rejection sampling inside its bounding box."""
-
-    def __init__(self, mask: np.ndarray) -> None:
-        self.mask = mask
-        left, top, width, height = cv2.boundingRect(mask.view(np.uint8))
-        self.box = (top, top + height - 1, left, left + width - 1) if width else None
-
-    def pick(self, rng: np.random.Generator, jitter: float, rows: tuple[float, float] = (0.0, 1.0)):
-        """A random pixel (with jitter), optionally from a horizontal band of the mask's extent."""
-        if self.box is None:
-            return None
-        top, bottom, left, right = self.box
-        lo = top + (bottom - top) * rows[0]
-        hi = top + (bottom - top) * rows[1]
-        for _ in range(8):
-            ys = rng.integers(int(lo), int(hi) + 1, 64)
-            xs = rng.integers(left, right + 1, 64)
-            hits = np.flatnonzero(self.mask[ys, xs])
-            if len(hits):
-                i = hits[0]
-                dx, dy = rng.normal(0, jitter, 2)
-                return float(xs[i] + dx), float(ys[i] + dy)
-        return None
-
-
-def fixations_for(rng: np.random.Generator, anatomy: dict[str, np.ndarray], lesions: dict[str, np.ndarray],
-                  size: int) -> np.ndarray:
-    """A scan path over both lungs and the heart with extra dwell on lesions: [N, 4] (start ms, end ms, x, y)."""
-    stops: list[tuple[float, float, float]] = []
-    jitter = 0.01 * size
-    lungs = {name: _Sampler(anatomy[name]) for name in ("right_lung", "left_lung")}
-    for sampler in lungs.values():
-        for band in range(3):
-            point = sampler.pick(rng, jitter, (band / 3, (band + 1) / 3))
-            if point:
-                stops.append((*point, rng.uniform(160, 340)))
-    heart = _Sampler(anatomy["heart"]).pick(rng, jitter)
-    if heart:
-        stops.append((*heart, rng.uniform(200, 400)))
-    for _ in range(int(rng.integers(3, 7))):
-        point = lungs[("right_lung", "left_lung")[int(rng.integers(2))]].pick(rng, jitter)
-        if point:
-            stops.append((*point, rng.uniform(120, 300)))
-    for mask in lesions.values():
-        sampler = _Sampler(mask)
-        for _ in range(int(rng.integers(3, 7))):
-            point = sampler.pick(rng, 0.004 * size)
-            if point:
-                stops.append((*point, rng.uniform(350, 900)))
-    order = rng.permutation(len(stops))
-    rows = []
-    t = float(rng.uniform(200, 600))
-    for i in order:
-        x, y, duration = stops[i]
-        rows.append((t, t + duration, x, y))
-        t += duration + rng.uniform(20, 60)
-    out = np.array(rows, np.float64).reshape(-1, 4)
-    np.clip(out[:, 2:], 0, size - 1, out=out[:, 2:])
-    return out

@@ -19,6 +19,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
 
+from xai_core.phantom.gaze import GAZE_VERSION
 from xai_core.phantom.generator import ANATOMY, FINDINGS, PHANTOM_VERSION, PhantomCase, generate_case
 from xai_core.phantom.text import REFLACX_COLUMNS
 
@@ -151,7 +152,8 @@ def write_split(out: str | Path, split: str, n: int, *, seed: int = 0, size: int
     (out / "attributes.json").write_text(json.dumps(
         {row["image"]: {"findings": row["attributes"], "shortcut_tag": row["shortcut"]} for row in rows}, indent=1))
     (out / "manifest.json").write_text(json.dumps({
-        "generator": "xai_core.phantom", "phantom_version": PHANTOM_VERSION, "split": split, "n": n, "seed": seed,
+        "generator": "xai_core.phantom", "phantom_version": PHANTOM_VERSION, "gaze_version": GAZE_VERSION,
+        "split": split, "n": n, "seed": seed,
         "size": size, "shortcut": shortcut,
         "png_bits": png_bits, "findings": list(FINDINGS), "anatomy_bits": {name: i for i, name in enumerate(ANATOMY)},
         "dicom": "MONOCHROME2 for even case indices, MONOCHROME1 for odd; 12-bit; synthetic identifiers",

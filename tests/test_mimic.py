@@ -1,0 +1,121 @@
+"""Explanation-guided training (MIMIC): the differentiable Grad-CAM, the gradient paths, the recipe, a tiny run."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xai_core.errors import InputError
+from xai_core.explainers import get_explainer
+from xai_core.explainers.base import upsample
+from xai_core.models import bundled, load_model
+from xai_core.models.densenet import build_demo_densenet
+from xai_core.phantom import FINDINGS, generate_case
+from xai_core.training import mimic
+from xai_core.training.common import to_model_input
+
+TINY = {"growth_rate": 4, "block_config": [1, 1, 1, 1], "num_init_features": 8}
+
+
+def _batch(n: int = 3, size: int = 96) -> torch.Tensor:
+    cases = [generate_case("train", i, seed=5, size=size) for i in range(n)]
+    return torch.from_numpy(np.stack([to_model_input(c.image) for c in cases]))[:, None]
+
+
+def test_training_gradcam_is_the_products_gradcam():
+    handle = load_model("demo", "cpu")
+    x = _batch(2, size=224)
+    targets = torch.tensor([FINDINGS.index("Effusion"), FINDINGS.index("Nodule")])
+    trainable = copy.deepcopy(handle.module).requires_grad_(True)  # bundled models load frozen
+    logits, cam = mimic.differentiable_gradcam(trainable, x, targets)
+    product = get_explainer("gradcam").explain(handle, x, targets)
+    torch.testing.assert_close(upsample(cam.detach(), x.shape[-2:]).clamp_min(0), product, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits.detach(), handle.module(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_gaze_term_reaches_every_part_of_the_classifier():
+    torch.manual_seed(0)
+    model = build_demo_densenet(len(FINDINGS), **TINY)
+    x = _batch(2)
+    _, cam = mimic.differentiable_gradcam(model, x, torch.tensor([0, 1]))
+    gaze = torch.rand(2, *cam.shape[1:])
+    gaze = gaze / gaze.sum((1, 2), keepdim=True)
+    mimic.gaze_kl(gaze, cam).mean().backward()
+    assert model.classifier.weight.grad.abs().sum() > 0  # through the Grad-CAM weights (double backprop)
+    assert model.features.conv0.weight.grad.abs().sum() > 0  # through the activations
+
+
+def test_gaze_kl_is_zero_for_a_map_equal_to_the_gaze_and_positive_otherwise():
+    gaze = torch.rand(1, 8, 8)
+    gaze = gaze / gaze.sum()
+    assert float(mimic.gaze_kl(gaze, gaze * 5)) == pytest.approx(0.0, abs=1e-5)
+    assert float(mimic.gaze_kl(gaze, torch.rand(1, 8, 8))) > 0
+
+
+def test_discriminator_term_is_reversed_for_the_maps_only():
+    torch.manual_seed(0)
+    disc = mimic.Discriminator(16, 2, hidden=8)
+    maps = torch.rand(4, 16, requires_grad=True)
+    who = torch.tensor([0, 0, 1, 1])
+    plain = torch.autograd.grad(torch.nn.functional.cross_entropy(disc(maps), who), maps)[0]
+    reversed_ = torch.autograd.grad(torch.nn.functional.cross_entropy(disc(maps, reverse=0.5), who), maps)[0]
+    torch.testing.assert_close(reversed_, -0.5 * plain)
+    loss = torch.nn.functional.cross_entropy(disc(maps, reverse=0.5), who)
+    loss.backward()
+    assert disc.net[0].weight.grad.abs().sum() > 0  # the discriminator still learns to tell them apart
+
+
+def test_normalised_maps_span_zero_to_one():
+    flat = mimic.normalised(torch.rand(3, 5, 5) * 7 + 2)
+    torch.testing.assert_close(flat.min(1).values, torch.zeros(3))
+    torch.testing.assert_close(flat.max(1).values, torch.ones(3), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("changes", [{"variant": "nope"}, {"variant": "discriminator", "members": 1},
+                                     {"variant": "gaze", "members": 2}, {"steps": 0}, {"beta": -1.0}])
+def test_inconsistent_recipes_are_refused(changes):
+    with pytest.raises(InputError):
+        mimic.MimicRecipe(**changes).checked()
+
+
+def test_gaze_transform_adds_a_normalised_heatmap_and_a_positive_target():
+    transform = mimic.GazeTransform(map_size=28, kernel="mimic", seed=0)
+    for index in range(12):
+        case = generate_case("train", index, seed=3, size=96)
+        item = transform(case, {"x": torch.zeros(1, 96, 96)}, "train", index)
+        assert item["gaze"].shape == (28, 28)
+        assert float(item["gaze"].sum()) == pytest.approx(1.0, abs=1e-5)
+        assert item["has_target"] == bool(case.labels)
+        if case.labels:
+            assert FINDINGS[item["target"]] in case.labels
+        again = transform(case, {"x": torch.zeros(1, 96, 96)}, "train", index)
+        assert again["target"] == item["target"]
+
+
+@pytest.mark.parametrize("variant,members", [("gaze", 1), ("discriminator", 2), ("control", 1)])
+def test_a_tiny_run_records_its_variant(tmp_path, monkeypatch, variant, members):
+    monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
+    recipe = mimic.MimicRecipe(name=f"tiny-{variant}", variant=variant, base=None, members=members, steps=2, batch=4,
+                               size=64, map_size=8, val_n=8, test_n=8, architecture=TINY, every=1,
+                               removal_augment=None)
+    record = mimic.train_mimic(recipe, device="cpu", checkpoint_dir=tmp_path / "runs", progress=False,
+                               out_dir=tmp_path)
+    assert (tmp_path / f"tiny-{variant}.pt").is_file()
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"][f"tiny-{variant}"]
+    assert entry["sha256"] == record["sha256"]
+    assert entry["mimic"]["variant"] == variant and entry["mimic"]["members"] == members
+    assert entry["family"] == "classifier" and set(entry["thresholds"]) == set(FINDINGS)
+    if members > 1:
+        assert len(entry["metrics"]["member_test_macro_auroc"]) == members
+
+
+def test_warm_started_members_share_the_base_features_and_differ_in_their_heads():
+    base = load_model("demo", "cpu").module
+    first, second = mimic.initial_members(mimic.MimicRecipe(variant="discriminator", members=2), torch.device("cpu"))
+    torch.testing.assert_close(first.classifier.weight, base.classifier.weight)
+    torch.testing.assert_close(second.features.conv0.weight, base.features.conv0.weight)
+    assert not torch.allclose(second.classifier.weight, base.classifier.weight)

@@ -1,0 +1,298 @@
+"""Explanation-guided training ("Learning how to MIMIC", Watson et al. 2023) of demo classifiers.
+
+Variants (`MimicRecipe.variant`):
+- `discriminator`: the reference's architecture. K classifiers trained jointly; each one's Grad-CAM map for the
+  image's target (absolute, min-max normalised, flattened) goes to an MLP that guesses which member made it; the
+  members minimise classification loss - beta * discriminator loss (a gradient reversal layer, so one optimiser
+  trains the discriminator to tell the members apart and the members to fool it), every `every` steps.
+- `gaze`: our addition. One classifier; in training only, beta * KL(gaze heatmap || normalised Grad-CAM) on the
+  image's positive finding, since the phantom world has a radiologist-like gaze for every training case.
+- `control`: the same fine-tune with no explanation term, so that a gain is not the extra training.
+
+The explanation is differentiable in the weights (the Grad-CAM gradients are taken with `create_graph=True`), so
+the explanation term reaches the classifiers. The reference's public code computes its maps without that gradient
+path, so its discriminator term cannot change the classifiers; ours keeps it (docs/mimic.md).
+
+Inference is unchanged: the bundled model is member 0, a plain classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from xai_core.errors import InputError
+from xai_core.metrics.gaze import NOMINAL_SOURCE_PX, gaze_heatmap
+from xai_core.models import load_model
+from xai_core.models.bundled import MODELS_DIR
+from xai_core.models.densenet import DenseNetLogits, build_demo_densenet
+from xai_core.phantom import FINDINGS, PHANTOM_VERSION, PhantomCase
+from xai_core.phantom.gaze import GAZE_VERSION
+from xai_core.runtime import pick_device
+from xai_core.training.augment import RemovalAugment, RemovalTransform
+from xai_core.training.classifier import ClassifierRecipe, evaluate
+from xai_core.training.common import PhantomStream, record_model, run_training
+
+VARIANTS = ("gaze", "discriminator", "control")
+EPS = 1e-7
+
+
+@dataclass
+class MimicRecipe:
+    """Everything that determines an explanation-guided classifier."""
+
+    name: str = "demo-mimic"
+    variant: str = "gaze"
+    # every member starts from this bundled classifier's weights (None: from scratch, the reference's setting; on
+    # 2 CPU cores a fine-tune is what fits, docs/mimic.md)
+    base: str | None = "demo"
+    members: int = 1  # K; the discriminator variant needs at least 2
+    # with a base: members after the first start from a fresh classifier layer (seeded per member), so that their
+    # maps differ at the start, as the reference's independently initialised members' do
+    fresh_heads: bool = True
+    steps: int = 300
+    batch: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    beta: float = 0.5  # weight of the explanation term
+    every: int = 2  # discriminator: its term on every `every`-th step (the reference: every 2 epochs)
+    map_size: int = 56  # grid of the training explanation and gaze heatmaps
+    disc_hidden: int = 128
+    seed: int = 0
+    data_seed: int = 2  # a stretch of the train split neither the base classifier (0) nor NEMt (1) saw
+    size: int = 224
+    shortcut: float | None = None
+    gaze_kernel: str = "mimic"
+    val_n: int = 1000
+    test_n: int = 1000
+    phantom_version: int = PHANTOM_VERSION
+    gaze_version: int = GAZE_VERSION
+    architecture: dict[str, Any] = field(default_factory=lambda: {
+        "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32})
+    removal_augment: dict[str, Any] | None = field(default_factory=lambda: RemovalAugment().as_dict())
+
+    def checked(self) -> MimicRecipe:
+        """The recipe, or an InputError saying what is inconsistent."""
+        if self.variant not in VARIANTS:
+            raise InputError(f"unknown MIMIC variant '{self.variant}'; known: {', '.join(VARIANTS)}")
+        if self.variant == "discriminator" and self.members < 2:
+            raise InputError("the discriminator variant needs at least 2 members (--members)")
+        if self.variant != "discriminator" and self.members != 1:
+            raise InputError(f"the {self.variant} variant trains one classifier (--members 1)")
+        if self.steps < 1 or self.batch < 1 or self.beta < 0 or self.every < 1:
+            raise InputError("steps, batch and every must be positive and beta not negative")
+        return self
+
+
+def differentiable_gradcam(model: DenseNetLogits, x: torch.Tensor, targets: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, L] and the Grad-CAM maps [B, h, w] at `features.norm5` (the demo card's cam_layer), both
+    differentiable in the weights (double backprop)."""
+    activations = model.features(x)
+    logits = model.classifier(F.adaptive_avg_pool2d(F.relu(activations), 1).flatten(1)).index_select(1, model.outputs)
+    scores = logits.gather(1, targets.view(-1, 1)).sum()
+    (grads,) = torch.autograd.grad(scores, activations, create_graph=True)
+    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * activations).sum(1))
+    return logits, cam
+
+
+def normalised(maps: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] -> [B, h*w] min-max normalised per map (the discriminator's input)."""
+    flat = maps.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return (flat - low) / (high - low + EPS)
+
+
+def gaze_kl(gaze: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """KL(G || S) per map [B]: the gaze heatmap G against the map S, both normalised to sum 1 (the metric's form)."""
+    s = maps.flatten(1).clamp_min(0)
+    s = s / (s.sum(1, keepdim=True) + EPS)
+    g = gaze.flatten(1)
+    return (g * torch.log(EPS + g / (s + EPS))).sum(1)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+class Discriminator(nn.Module):
+    """An MLP guessing which of K members made a normalised map."""
+
+    def __init__(self, inputs: int, members: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, members))
+
+    def forward(self, maps: torch.Tensor, reverse: float = 0.0) -> torch.Tensor:
+        return self.net(_ReverseGradient.apply(maps, reverse) if reverse else maps)
+
+
+class MimicEnsemble(nn.Module):
+    """The members and (for the discriminator variant) the discriminator, as one module for the training loop."""
+
+    def __init__(self, members: list[DenseNetLogits], discriminator: Discriminator | None) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.discriminator = discriminator
+
+
+class GazeTransform:
+    """Adds the case's gaze heatmap on the training grid (`gaze` [m, m], sum 1) and a deterministic target: one of
+    its positive findings (`target`, `has_target`), or a random label for a normal film."""
+
+    def __init__(self, map_size: int, kernel: str, seed: int, inner: RemovalTransform | None = None) -> None:
+        self.map_size, self.kernel, self.seed, self.inner = map_size, kernel, seed, inner
+
+    def __call__(self, case: PhantomCase, item: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        if self.inner is not None:
+            item = self.inner(case, item, split, index)
+        size = case.image.shape[0]
+        fixations = np.asarray(case.fixations, np.float64)
+        points = np.stack([fixations[:, 2], fixations[:, 3], (fixations[:, 1] - fixations[:, 0]) / 1000], 1)
+        heat = gaze_heatmap(points, (size, size), kernel=self.kernel, source_px=NOMINAL_SOURCE_PX)
+        heat = torch.from_numpy(heat.astype(np.float32))[None, None]
+        heat = F.adaptive_avg_pool2d(heat, self.map_size)[0, 0]
+        item["gaze"] = heat / heat.sum().clamp_min(EPS)
+        digest = hashlib.sha256(f"{self.seed}|{split}|{index}".encode()).digest()
+        choice = int.from_bytes(digest[:4], "little")
+        positives = [FINDINGS.index(name) for name in case.labels]
+        item["target"] = positives[choice % len(positives)] if positives else choice % len(FINDINGS)
+        item["has_target"] = bool(positives)
+        return item
+
+
+def initial_members(recipe: MimicRecipe, device: torch.device) -> list[DenseNetLogits]:
+    """The K members before training: the base's weights (fresh heads after the first) or seeded random ones."""
+    members = []
+    for k in range(recipe.members):
+        torch.manual_seed(recipe.seed + k)
+        model = build_demo_densenet(len(FINDINGS), **recipe.architecture)
+        if recipe.base is not None:
+            fresh_head = {f"classifier.{k}": v.clone() for k, v in model.classifier.state_dict().items()}
+            model.load_state_dict(load_model(recipe.base, "cpu").module.state_dict())
+            if k > 0 and recipe.fresh_heads:
+                model.load_state_dict(fresh_head, strict=False)
+        members.append(model.to(device))
+    return members
+
+
+def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicRecipe, step: int,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch and its parts."""
+    x, y = batch["x"].to(device), batch["y"].to(device)
+    targets, has_target = batch["target"].to(device), batch["has_target"].to(device)
+    parts: dict[str, float] = {}
+    total = torch.zeros((), device=device)
+    maps = []
+    for member in ensemble.members:
+        if recipe.variant == "control":
+            logits, cam = member(x), None
+        else:
+            logits, cam = differentiable_gradcam(member, x, targets)
+            cam = F.interpolate(cam.unsqueeze(1), size=(recipe.map_size,) * 2, mode="bilinear",
+                                align_corners=False).squeeze(1)
+        total = total + F.binary_cross_entropy_with_logits(logits, y)
+        maps.append(cam)
+    parts["bce"] = float(total.detach()) / len(ensemble.members)
+    if recipe.variant == "gaze" and has_target.any():
+        kl = gaze_kl(batch["gaze"].to(device)[has_target], maps[0][has_target]).mean()
+        total = total + recipe.beta * kl
+        parts["kl"] = float(kl.detach())
+    elif recipe.variant == "discriminator" and ensemble.discriminator is not None and step % recipe.every == 0:
+        flat = torch.cat([normalised(m) for m in maps])
+        who = torch.arange(len(maps), device=device).repeat_interleave(len(x))
+        disc = F.cross_entropy(ensemble.discriminator(flat, reverse=recipe.beta), who)
+        total = total + disc  # the discriminator minimises it; the members, through the reversal, maximise it
+        parts["disc"] = float(disc.detach())
+    return total, parts
+
+
+def _evaluation_recipe(recipe: MimicRecipe, shortcut: float | None) -> ClassifierRecipe:
+    """The classifier evaluation's settings: the base classifiers' val/test cases (data seed 0)."""
+    return replace(ClassifierRecipe(), name=recipe.name, val_n=recipe.val_n, test_n=recipe.test_n, data_seed=0,
+                   size=recipe.size, shortcut=shortcut)
+
+
+def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: str | Path = "runs",
+                progress: bool = True, out_dir: Path = MODELS_DIR) -> dict[str, Any]:
+    """Train (resumable), evaluate member 0 as a classifier, write its weights and the manifest entry."""
+    recipe.checked()
+    dev = pick_device(device)
+    members = initial_members(recipe, dev)
+    discriminator = None
+    if recipe.variant == "discriminator":
+        torch.manual_seed(recipe.seed + 1000)
+        discriminator = Discriminator(recipe.map_size ** 2, recipe.members, recipe.disc_hidden).to(dev)
+    ensemble = MimicEnsemble(members, discriminator)
+    optimiser = torch.optim.AdamW(ensemble.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.steps,
+                                                   pct_start=0.1 if recipe.base else 0.15)
+    step_counter = {"step": 0}
+
+    def loader_from(step: int) -> DataLoader:
+        step_counter["step"] = step
+        augment = RemovalAugment.from_dict(recipe.removal_augment)
+        inner = RemovalTransform(augment, recipe.data_seed) if augment else None
+        stream = PhantomStream("train", step * recipe.batch, (recipe.steps - step) * recipe.batch,
+                               seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
+                               transform=GazeTransform(recipe.map_size, recipe.gaze_kernel, recipe.seed, inner))
+        return DataLoader(stream, batch_size=recipe.batch, num_workers=1, prefetch_factor=4)
+
+    def step_loss(batch: dict) -> torch.Tensor:
+        loss, _ = mimic_loss(ensemble, batch, recipe, step_counter["step"], dev)
+        step_counter["step"] += 1
+        return loss
+
+    seconds = run_training(recipe.name, ensemble, optimiser, schedule, loader_from, step_loss, recipe.steps,
+                           asdict(recipe), checkpoint_dir, progress)
+    ensemble.eval()
+    model = ensemble.members[0]
+    metrics = evaluate(model, _evaluation_recipe(recipe, recipe.shortcut), dev)
+    if recipe.shortcut is not None:
+        independent = evaluate(model, _evaluation_recipe(recipe, 0.0), dev)
+        metrics["tag_independent_test_auroc"] = independent["test_auroc"]
+        metrics["tag_independent_test_macro_auroc"] = independent["test_macro_auroc"]
+    if len(ensemble.members) > 1:
+        metrics["member_test_macro_auroc"] = [
+            evaluate(m, _evaluation_recipe(recipe, recipe.shortcut), dev)["test_macro_auroc"]
+            for m in ensemble.members]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{recipe.name}.pt"
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+    entry = {
+        "family": "classifier",
+        "architecture": {"kind": "densenet", **recipe.architecture, "num_classes": len(FINDINGS), "in_channels": 1},
+        "labels": list(FINDINGS),
+        "input": {"channels": 1, "size": recipe.size, "value_range": [-1024.0, 1024.0]},
+        "seeds": {"init": recipe.seed, "data": recipe.data_seed},
+        "data": {
+            "base": recipe.base,
+            "train": {"split": "train", "seed": recipe.data_seed, "indices": [0, recipe.steps * recipe.batch],
+                      "shortcut": recipe.shortcut, "gaze": f"phantom gaze simulator v{GAZE_VERSION}"},
+            "val": {"split": "val", "seed": 0, "indices": [0, recipe.val_n]},
+            "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
+        },
+        "mimic": {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
+                  "explanation": "gradcam@features.norm5, double backprop"},
+        "recipe": asdict(recipe),
+        "device": str(dev),
+        "train_seconds": round(seconds, 1),
+        "metrics": {k: v for k, v in metrics.items() if k != "thresholds"},
+        "thresholds": metrics["thresholds"],
+    }
+    return record_model(recipe.name, weights, entry)
