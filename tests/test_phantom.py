@@ -129,7 +129,7 @@ def test_reports_mention_findings_and_negations():
     assert "effusion" in text and "nodule" in text and "impression:" in text
     assert case.attributes["Effusion"]["side"] in text
     normal = generate_case("train", 1, findings=[])
-    assert "no acute cardiopulmonary abnormality" in normal.report.lower()
+    assert "impression: no acute cardiopulmonary" in normal.report.lower()
     negations = [generate_case("train", i, findings=[]).report for i in range(10)]
     assert any(" no " in r.lower() or "no pneumothorax" in r.lower() for r in negations)
 

@@ -18,12 +18,15 @@ from xai_core.phantom.writers import fixations_csv, write_split
 
 SIZE = 224
 PX_PER_DEG = SIZE / DEFAULT_PARAMS.film_width_deg
-# sha256 over images, labels, reports, attributes, meta and masks of the cases in _digest_cases, computed on the
-# generator before the gaze simulator was replaced (the bundled models were trained on these cases)
-EXPECTED_CASES_SHA256 = "5f3b002042c0158bdf6e86eb068829aba003e28004a973654bd62c80794660e6"
+# sha256 over images, labels, attributes, meta and masks of the cases in _digest_cases (reports left out), computed on
+# the generator before the gaze simulator was replaced and before the reports were rewritten (PHANTOM_VERSION 2: the
+# bundled image models were trained on these cases)
+EXPECTED_CASES_SHA256 = "b26bbb5713a5dc31038b808327538f2c604aa954f529c866f15e78674f3b0e12"
+# the same with the reports of PHANTOM_VERSION 3 (change it only with a PHANTOM_VERSION bump)
+EXPECTED_WITH_REPORTS_SHA256 = "428cd26544a53d886f37fe1f3da3ff93b5a49bce1caa01bad9e185c9655eb24b"
 
 
-def _digest_cases(draw_gaze: bool) -> str:
+def _digest_cases(draw_gaze: bool, with_reports: bool = False) -> str:
     digest = hashlib.sha256()
     for split, indices, seed, size, shortcut in (("test", range(12), 11, 224, None), ("train", range(6), 0, 256, 0.9),
                                                  ("val", range(4), 3, 128, None)):
@@ -34,7 +37,8 @@ def _digest_cases(draw_gaze: bool) -> str:
             digest.update(case.case_id.encode())
             digest.update(case.image.tobytes())
             digest.update("|".join(case.labels).encode())
-            digest.update(case.report.encode())
+            if with_reports:
+                digest.update(case.report.encode())
             digest.update(json.dumps(case.attributes, sort_keys=True).encode())
             digest.update(json.dumps(case.meta, sort_keys=True, default=str).encode())
             digest.update(str(case.shortcut).encode())
@@ -67,9 +71,11 @@ def _on_any_lesion(per_lesion: dict, n: int) -> np.ndarray:
     return hits
 
 
-def test_images_labels_reports_and_masks_are_unchanged():
-    assert _digest_cases(draw_gaze=False) == EXPECTED_CASES_SHA256
+def test_images_labels_and_masks_are_unchanged_and_reports_pinned():
+    assert _digest_cases(draw_gaze=False) == EXPECTED_CASES_SHA256, "images, labels, masks as in PHANTOM_VERSION 2"
     assert _digest_cases(draw_gaze=True) == EXPECTED_CASES_SHA256, "drawing the gaze changes nothing else"
+    assert PHANTOM_VERSION == 3
+    assert _digest_cases(draw_gaze=True, with_reports=True) == EXPECTED_WITH_REPORTS_SHA256
 
 
 def test_gaze_is_deterministic_per_case_and_uses_only_its_stream():
@@ -116,7 +122,9 @@ def test_the_search_covers_the_normal_anatomy_zone_by_zone():
         hits = _on_any_lesion(per_lesion, len(fixations))
         on_lesion += hits.sum()
         off_lesion += (~hits).sum()
-        assert (~hits).sum() >= 8, "every read searches normal anatomy too"
+        # >= 7 since GAZE_VERSION 3 (new draws, same simulator): test-11-000023 (Cardiomegaly, whose lesion is the
+        # whole heart, and Effusion) has 7 of 20 fixations off its lesions; the least over 160 cases
+        assert (~hits).sum() >= 7, "every read searches normal anatomy too"
         xs, ys = np.round(fixations[:, 2]).astype(int), np.round(fixations[:, 3]).astype(int)
         for name in covered:
             covered[name] += bool(case.anatomy[name][ys, xs].any())
@@ -222,4 +230,4 @@ def test_conspicuity_grows_with_size_and_contrast_and_drops_at_the_apex():
 def test_the_split_manifest_records_the_gaze_version(tmp_path):
     out = write_split(tmp_path / "split", "val", 2, size=64, workers=1, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["gaze_version"] == GAZE_VERSION == 2 and manifest["phantom_version"] == PHANTOM_VERSION
+    assert manifest["gaze_version"] == GAZE_VERSION == 3 and manifest["phantom_version"] == PHANTOM_VERSION

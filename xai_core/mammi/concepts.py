@@ -55,6 +55,7 @@ consider reflect reflects cannot correlate correlation result results somewhat k
 projects projecting note notes concern diagnosis today complete confirm difference worse gross obscure location
 stability coarse indistinct aspect scan reason please appropriate better characterization discrete etiology
 increase indicate notification outside remainder remote subtle redemonstration multilevel age-indeterminate round
+left-sided right-sided midlung greatest maximal maximum dimension dimensions diameter
 """)
 IRREGULAR_PLURALS = {"pneumothoraces": "pneumothorax", "apices": "apex", "sulci": "sulcus", "vertebrae": "vertebra",
                      "bullae": "bulla", "hila": "hilum", "diaphragms": "diaphragm", "sequelae": "sequela"}
@@ -66,7 +67,7 @@ MODIFIERS = _words("calcified tortuous patchy dense streaky hazy bony soft enlar
 # Nouns with an adjective ending, kept as concepts.
 NOUN_EXCEPTIONS = _words("""
 interval hilum thorax pneumothorax hydropneumothorax mediastinum granuloma tubing line lines catheter scarring
-spondylosis kyphosis scoliosis atelectasis fibrosis emphysema edema effusion
+spondylosis kyphosis scoliosis atelectasis fibrosis emphysema edema effusion thickening blunting widening crowding
 """)
 WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-GAZE_VERSION = 2  # bump whenever simulated fixations change (the split writer records it)
+GAZE_VERSION = 3  # bump whenever simulated fixations change (the split writer records it)
+# 3: the same simulator, drawn after the longer reports of PHANTOM_VERSION 3 from the case's stream
 
 # structures that can overlie a lung lesion and hide part of it (retrocardiac, paraspinal, subclavicular, basal)
 _DENSE = ("heart", "mediastinum", "spine", "clavicles", "diaphragm")

@@ -16,7 +16,8 @@ import numpy as np
 from xai_core.phantom.gaze import simulate_fixations
 from xai_core.phantom.text import report_for
 
-PHANTOM_VERSION = 2  # bump whenever generated cases change: recipes and checkpoints record it
+PHANTOM_VERSION = 3  # bump whenever generated cases change: recipes and checkpoints record it
+# 3: reports rewritten in OpenI language (issue 27); images, labels, attributes and masks are those of 2
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
 ANATOMY = ("right_lung", "left_lung", "heart", "mediastinum", "spine", "clavicles", "diaphragm")
 PREVALENCE = {"Atelectasis": 0.18, "Cardiomegaly": 0.2, "Consolidation": 0.18, "Effusion": 0.2, "Mass": 0.15,
@@ -446,7 +447,7 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     attributes.pop("_heart", None)
     case_id = f"{split}-{seed}-{index:06d}"
 
-    report = report_for(rng, labels, attributes)
+    report = report_for(rng, labels, attributes, ctr=round(float(ctr), 3))
     return PhantomCase(case_id=case_id, image=image, anatomy=anatomy, labels=labels, lesions=lesion_masks,
                        attributes={k: attributes[k] for k in labels}, report=report, _gaze_rng=rng,
                        shortcut=has_tag, meta={"ctr": round(float(ctr), 3), "rotation_deg": round(float(angle), 2),
