@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, HELD_OUT_PROMPTS
 from xai_core.models import bundled
 from xai_core.training import common
 from xai_core.training.clip import contrastive_targets, impression_first, training_text
@@ -70,35 +71,64 @@ def test_clip_text_puts_the_impression_first():
     assert text.startswith("IMPRESSION: Left pleural effusion.") and "No pneumothorax." in text
 
 
-def test_clip_concept_prompts_name_a_present_finding_and_only_with_findings():
-    from xai_core.mammi.match import CONCEPT_PROMPT
+def test_clip_training_texts_are_report_text_and_contain_no_mammi_or_held_out_prompt():
+    from xai_core.phantom import generate_case
+    from xai_core.training.clip import FORBIDDEN_PROMPTS, prompt_leaks, report_sentences
 
-    report = "FINDINGS: There is a 12 mm nodule. IMPRESSION: Cardiomegaly. Right lung nodule."
-    allowed = {CONCEPT_PROMPT.format(t) for t in ("nodule", "pulmonary nodule", "cardiomegaly")}
-    texts = [training_text(report, f"case-{i}", ["Cardiomegaly", "Nodule"], 1.0) for i in range(40)]
-    assert {text for text, _ in texts} <= allowed
-    assert {finding for _, finding in texts} == {"Cardiomegaly", "Nodule"}
-    assert all((finding == "Nodule") == ("nodule" in text) for text, finding in texts)
-    assert training_text(report, "case-0", ["Nodule"], 1.0) == training_text(report, "case-0", ["Nodule"], 1.0)
-    normal = "FINDINGS: Clear lungs. IMPRESSION: No acute cardiopulmonary abnormality."
-    assert all(training_text(normal, f"n-{i}", [], 1.0)[1] is None for i in range(10))
-    assert all(training_text(report, f"r-{i}", ["Nodule"], 0.0)[1] is None for i in range(10))
+    texts, kinds = [], set()
+    for i in range(300):
+        case = generate_case("train", i, size=64)
+        text = training_text(case.report, case.case_id)
+        assert text == training_text(case.report, case.case_id), "seeded by the case: resumed runs see the same"
+        sentences = report_sentences(case.report)
+        if text.startswith("IMPRESSION:"):
+            kinds.add("whole")
+            assert set(report_sentences(text)) == set(sentences)
+        else:
+            assert set(report_sentences(text)) <= set(sentences), "only sentences of the case's own report"
+            kinds.add("one" if len(report_sentences(text)) == 1 else "some")
+        texts.append(text)
+    assert kinds == {"whole", "some", "one"}
+    assert prompt_leaks(texts) == [], "no training text contains a MAMMI prompt or a held-out paraphrase"
+    assert prompt_leaks([r for r in (generate_case("val", i, size=64).report for i in range(300))]) == []
+    assert not any("chest x-ray image" in t.lower() or "radiograph showing" in t.lower() for t in texts)
+    assert set(FORBIDDEN_PROMPTS) >= {CONCEPT_PROMPT, BASE_PROMPT, *HELD_OUT_PROMPTS}
 
 
-def test_clip_targets_match_prompts_to_every_image_with_the_finding():
-    reports = ["IMPRESSION: Right lung nodule.", "IMPRESSION: No acute cardiopulmonary abnormality.",
-               "IMPRESSION: Cardiomegaly. Right lung nodule.", "IMPRESSION: No acute cardiopulmonary abnormality."]
-    present = [["Nodule"], [], ["Cardiomegaly", "Nodule"], []]
-    to_text, to_image = contrastive_targets(reports, present, ["Nodule", None, None, None])
-    # text 0 names Nodule: images 0 and 2 match it; the two normal reports match each other
-    expected = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.float32)
+def test_every_prompt_template_of_mammi_is_forbidden_in_training_texts():
+    import xai_core.mammi.match as match
+    from xai_core.training.clip import FORBIDDEN_PROMPTS
+
+    constants = [v for name, v in vars(match).items() if name.isupper()]
+    templates = [t for v in constants for t in (v if isinstance(v, tuple) else (v,))
+                 if isinstance(t, str) and ("{}" in t or t == match.BASE_PROMPT)]
+    assert len(templates) >= 3 and set(templates) <= set(FORBIDDEN_PROMPTS), "a new template must be held out too"
+
+
+def test_the_prompt_check_finds_templates_in_any_case_and_spacing():
+    from xai_core.training.clip import check_training_texts, prompt_leaks
+
+    report = "FINDINGS: There is a 12 mm nodule in the right midlung. IMPRESSION: Right lung nodule, 12 mm."
+    check_training_texts([report])
+    for leaked in (CONCEPT_PROMPT.format("pleural effusion"), "a CHEST x-ray   image of a nodule",
+                   "IMPRESSION: a radiograph showing cardiomegaly.", "chest film with mass"):
+        with pytest.raises(ValueError, match="held-out prompt"):
+            check_training_texts([report, leaked])
+    assert [template for _, template in prompt_leaks(["Chest film with mass"])] == [HELD_OUT_PROMPTS[1]]
+
+
+def test_clip_targets_match_texts_and_images_by_findings_and_sides():
+    keys = ["Nodule:right", "", "Cardiomegaly:central|Nodule:right", "", "Nodule:right"]
+    to_text, to_image = contrastive_targets(keys)
+    expected = torch.tensor([[1, 0, 0, 0, 1], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0], [0, 1, 0, 1, 0], [1, 0, 0, 0, 1]],
+                            dtype=torch.float32)
     assert torch.allclose(to_text, expected / expected.sum(1, keepdim=True))
     assert torch.allclose(to_image, expected.T / expected.T.sum(1, keepdim=True))
 
 
 def test_clip_training_chooses_prompts_on_val_and_records_them(tmp_path, monkeypatch):
     from xai_core.models.vlm import PROMPT_FAMILIES
-    from xai_core.training.clip import ClipRecipe, train_clip
+    from xai_core.training.clip import TEXT_SOURCES, ClipRecipe, train_clip
 
     monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
     record = train_clip(ClipRecipe(name="toy-clip", steps=2, batch=8, test_n=24), device="cpu",
@@ -110,3 +140,7 @@ def test_clip_training_chooses_prompts_on_val_and_records_them(tmp_path, monkeyp
     assert record["data"]["val"]["use"] == "prompt choice"
     assert set(record["metrics"]["zero_shot_test_auroc"]) == set(record["labels"])
     assert (tmp_path / "toy-clip.pt").is_file()
+    assert "concept_prompts" not in record["recipe"], "report text only"
+    assert record["recipe"]["text_sources"] == record["data"]["train"]["text_sources"] == list(TEXT_SOURCES)
+    assert record["data"]["train"]["text"] == "report views only"
+    assert CONCEPT_PROMPT in record["data"]["train"]["held_out_prompts"]

@@ -1,8 +1,15 @@
-"""Train the bundled `demo-clip` image-text model contrastively on phantom (image, report) pairs."""
+"""Train the bundled `demo-clip` image-text model contrastively on phantom (image, report) pairs.
+
+The texts are the phantom reports only (views of one report: all of it, some of its sentences, one sentence). No
+prompt template that MAMMI matches or validates with appears in them (`check_training_texts`), so MAMMI's
+validation with `demo-clip` does not test the model on the very prompt it was trained on.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from xai_core.mammi.match import CONCEPT_PROMPT
+from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, HELD_OUT_PROMPTS, template_fragments
 from xai_core.models.base import ModelHandle
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.vlm import (
@@ -20,7 +27,6 @@ from xai_core.models.vlm import (
     DEFAULT_CLIP_ARCHITECTURE,
     PROMPT_FAMILIES,
     build_demo_clip,
-    clinical_term,
     clip_card,
     encode_images,
     grey_to_clip_input,
@@ -31,19 +37,29 @@ from xai_core.phantom import FINDINGS, PHANTOM_VERSION
 from xai_core.runtime import pick_device
 from xai_core.training.common import PhantomStream, auroc_per_label, record_model, run_training
 
+# Where the training texts come from: report text of the case, nothing else (recorded in the recipe and manifest).
+TEXT_SOURCES = (
+    f"phantom report of the case (xai_core.phantom.text, PHANTOM_VERSION {PHANTOM_VERSION}), one view a case:",
+    "the whole report, impression first (40%)",
+    "a random subset of its sentences (30%)",
+    "one of its sentences (30%)",
+)
+# No training text may contain these: MAMMI's concept and base prompts and the held-out paraphrases it is validated on.
+FORBIDDEN_PROMPTS = (CONCEPT_PROMPT, BASE_PROMPT, *HELD_OUT_PROMPTS)
+
 
 @dataclass
 class ClipRecipe:
     name: str = "demo-clip"
-    steps: int = 3000  # 61 min on 2 AVX2 CPU cores; 2000 steps with 30% prompts left MAMMI's hit rate at 0.71
+    steps: int = 3000  # 61 min on 2 AVX2 CPU cores (PHANTOM_VERSION 2 reports, with concept prompts)
     batch: int = 32
     lr: float = 3e-4
     seed: int = 0
     data_seed: int = 0
     size: int = 224
     test_n: int = 1000
-    concept_prompts: float = 0.5  # share of training texts that are a concept prompt naming one present finding
     phantom_version: int = PHANTOM_VERSION
+    text_sources: list[str] = field(default_factory=lambda: list(TEXT_SOURCES))
     architecture: dict[str, Any] = field(default_factory=lambda: DEFAULT_CLIP_ARCHITECTURE)
 
 
@@ -55,43 +71,61 @@ def impression_first(report: str) -> str:
     return f"IMPRESSION: {impression.strip()} {findings.strip()}"
 
 
+SENTENCE_END = re.compile(r"(?<=\.)\s+")  # a full stop and a space: "1.4 cm" and "0.52" are not sentence ends
+
+
+def report_sentences(report: str) -> list[str]:
+    """The sentences of a report, section headers dropped."""
+    text = report.replace("FINDINGS:", " ").replace("IMPRESSION:", " ")
+    return [s.strip() for s in SENTENCE_END.split(text) if s.strip()]
+
+
 def report_view(report: str, case_id: str = "") -> str:
-    """A training text for one report: half the time the whole report (impression first), otherwise a random,
-    non-empty subset of its sentences, so single statements ("No pulmonary nodule.") are learnt on their own.
-    Seeded by the case, so resumed runs see the same texts."""
+    """A training text for one report: 40% the whole report (impression first), 30% a random, non-empty subset of
+    its sentences, 30% one sentence, so single statements ("No pulmonary nodule.") are learnt on their own and
+    long reports are seen past the context length. Seeded by the case, so resumed runs see the same texts."""
     rng = np.random.default_rng(int(hashlib.sha256(f"{case_id}|{report}".encode()).hexdigest()[:12], 16))
-    if rng.random() < 0.5:
+    draw = rng.random()
+    if draw < 0.4:
         return impression_first(report)
-    sentences = [s.strip() + "." for s in report.replace("FINDINGS:", "").replace("IMPRESSION:", "").split(".")
-                 if s.strip()]
-    keep = rng.random(len(sentences)) < 0.5
-    keep[rng.integers(len(sentences))] = True
-    chosen = [sentences[i] for i in rng.permutation(len(sentences)) if keep[i]]
-    return " ".join(chosen)
+    sentences = report_sentences(report)
+    if draw < 0.7:
+        keep = rng.random(len(sentences)) < 0.5
+        keep[rng.integers(len(sentences))] = True
+        return " ".join(sentences[i] for i in rng.permutation(len(sentences)) if keep[i])
+    return sentences[int(rng.integers(len(sentences)))]
 
 
-def training_text(report: str, case_id: str, present: list[str], concept_share: float) -> tuple[str, str | None]:
-    """One case's training text and the finding it names when it is a concept prompt (else None).
-
-    With probability `concept_share` (cases with a finding only) the text is MAMMI's concept prompt ("A chest x-ray
-    image of a {term}") for one present finding, named by its label or its clinical phrase, so the text side learns
-    the prompt MAMMI matches neurons with; otherwise a `report_view`. Seeded by the case, like `report_view`."""
-    rng = np.random.default_rng(int(hashlib.sha256(f"prompt|{case_id}|{report}".encode()).hexdigest()[:12], 16))
-    if present and rng.random() < concept_share:
-        finding = present[rng.integers(len(present))]
-        terms = sorted({finding.replace("_", " ").lower(), clinical_term(finding)})
-        return CONCEPT_PROMPT.format(terms[rng.integers(len(terms))]), finding
-    return report_view(report, case_id), None
+def training_text(report: str, case_id: str) -> str:
+    """The training text of one case: a view of its report (`report_view`), checked by `check_training_texts`."""
+    text = report_view(report, case_id)
+    check_training_texts([text])
+    return text
 
 
-def contrastive_targets(reports: list[str], present: list[list[str]], named: list[str | None]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft targets (image -> text, text -> image; rows sum to 1). Image i and report text j match when their
-    reports have the same impression (e.g. all normals are positives of each other, not false negatives); image i
-    and concept prompt j match when image i has the finding the prompt names."""
-    keys = [r.split("IMPRESSION:", 1)[-1].strip() for r in reports]
-    match = torch.tensor([[keys[i] == keys[j] if named[j] is None else named[j] in present[i]
-                           for j in range(len(keys))] for i in range(len(keys))], dtype=torch.float32)
+def prompt_leaks(texts: Iterable[str], templates: Iterable[str] = FORBIDDEN_PROMPTS) -> list[tuple[str, str]]:
+    """(text, template) for every text that contains a literal part of a template (case and spacing ignored)."""
+    fragments = [(template, fragment) for template in templates for fragment in template_fragments(template)]
+    leaks = []
+    for text in texts:
+        flat = " ".join(text.lower().split())
+        leaks += [(text, template) for template, fragment in fragments if fragment in flat]
+    return leaks
+
+
+def check_training_texts(texts: Iterable[str], templates: Iterable[str] = FORBIDDEN_PROMPTS) -> None:
+    """ValueError when a training text contains a MAMMI prompt template or a held-out paraphrase of it."""
+    leaks = prompt_leaks(texts, templates)
+    if leaks:
+        text, template = leaks[0]
+        raise ValueError(f"{len(leaks)} training text(s) contain a held-out prompt, e.g. '{template}' in '{text}'")
+
+
+def contrastive_targets(keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft targets (image -> text, text -> image; rows sum to 1). Image i and text j match when their cases have
+    the same findings on the same sides (`xai_core.phantom.text.finding_key`), however the reports word them: all
+    normals are positives of each other, not false negatives."""
+    match = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
     return match / match.sum(1, keepdim=True), match.T / match.T.sum(1, keepdim=True)
 
 
@@ -153,13 +187,10 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     def step_loss(batch: dict) -> torch.Tensor:
         image = F.normalize(model.encode_image(_pixels(batch).to(dev)), dim=-1)
-        present = [[f for f, on in zip(FINDINGS, row, strict=True) if on] for row in batch["y"].tolist()]
-        pairs = [training_text(r, i, p, recipe.concept_prompts)
-                 for r, i, p in zip(batch["report"], batch["case_id"], present, strict=True)]
-        texts, named = [text for text, _ in pairs], [finding for _, finding in pairs]
+        texts = [training_text(r, i) for r, i in zip(batch["report"], batch["case_id"], strict=True)]
         words = F.normalize(model.encode_text(tokenize(texts, context).to(dev)), dim=-1)
         logits = model.logit_scale.exp() * image @ words.T
-        to_text, to_image = contrastive_targets(batch["report"], present, named)
+        to_text, to_image = contrastive_targets(list(batch["finding_key"]))
         return (F.cross_entropy(logits, to_text.to(dev)) + F.cross_entropy(logits.T, to_image.to(dev))) / 2
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
@@ -180,7 +211,8 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
                     "val_macro_auroc": prompts["val_macro_auroc"]},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch],
-                           "text": "report views, concept prompts"},
+                           "text": "report views only", "text_sources": list(recipe.text_sources),
+                           "held_out_prompts": list(FORBIDDEN_PROMPTS)},
                  "val": {"split": "val", "indices": [0, recipe.test_n], "use": "prompt choice"},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},
         "recipe": asdict(recipe),

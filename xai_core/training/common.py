@@ -21,6 +21,7 @@ from xai_core.models.base import sha256_file
 from xai_core.models.bundled import record_entry
 from xai_core.models.cards import InputSpec, to_model_range
 from xai_core.phantom import ANATOMY, FINDINGS, PhantomCase, generate_case
+from xai_core.phantom.text import finding_key
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
@@ -65,6 +66,7 @@ def encode_case(case: PhantomCase, with_anatomy: bool = False, with_report: bool
         item["anatomy"] = torch.from_numpy(np.stack([case.anatomy[name] for name in ANATOMY]).astype(np.float32))
     if with_report:
         item["report"] = case.report
+        item["finding_key"] = finding_key(case.labels, case.attributes)
     return item
 
 
