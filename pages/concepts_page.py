@@ -125,7 +125,8 @@ def _validation(meta: dict) -> None:
     st.caption(f"Check where the right answer is known: for {check['hit_rate']:.0%} of the findings, the output "
                f"neuron of the finding is named by the finding itself.",
                help="Output-layer validation (exact term match of the label among the neuron's concepts): "
-                    + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in check.items()))
+                    + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in check.items()
+                                if isinstance(value, int | float)))
 
 
 def _selected_neuron(ids: list[int]) -> int:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from xai_core.mammi import (
+    PROMPT_TEMPLATES,
     AnnotationStore,
     NeuronRecord,
     annotate_neurons,
@@ -122,14 +123,21 @@ def test_output_layer_validation_metrics():
     assert result["precision"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
     assert result["recall"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
     assert result["f1"] == pytest.approx(0.5)
-    assert result["mean_text_similarity"] == pytest.approx(0.7)
+    assert result["mean_vlm_similarity"] == pytest.approx(0.7), "as given: measured in the VLM's own space"
+    # independent of any VLM: the top concept's lexical similarity to the label (1, 0 and 1 here)
+    assert result["mean_lexical_similarity"] == pytest.approx(2 / 3)
 
 
 def test_annotate_end_to_end_with_an_open_clip_backend(tmp_path):
     out = tmp_path / "output.sqlite"
-    summary = annotate_neurons("demo", "output", SMALL_VLM, "demo", "phantom:train", 48, out, progress=False)
+    # the random ViT-S-32 text tower is slow on a CPU: the other concept set is validated with demo-clip (below)
+    summary = annotate_neurons("demo", "output", SMALL_VLM, "demo", "phantom:train", 48, out, progress=False,
+                               validation_sets=())
     assert summary["neurons"] == 7 and summary["path"] == str(out)
-    assert set(summary["validation"]) == {"hit_rate", "precision", "recall", "f1", "mean_text_similarity"}
+    validation = summary["validation"]
+    numbers = {"hit_rate", "precision", "recall", "f1", "mean_lexical_similarity", "mean_vlm_similarity"}
+    assert numbers <= set(validation) and set(validation["concept_sets"]) == {"demo"}
+    assert list(validation["templates"]) == list(PROMPT_TEMPLATES)
     store = AnnotationStore(out)
     meta = store.meta()
     assert meta["vlm"] == SMALL_VLM and meta["n"] == 48 and meta["layer"] == "output"
@@ -139,6 +147,24 @@ def test_annotate_end_to_end_with_an_open_clip_backend(tmp_path):
     assert effusion.activations == sorted(effusion.activations, reverse=True)
     assert effusion.concepts, "every neuron with representatives gets concepts (or the flagged fallback)"
     assert not out.with_suffix(".activations.npz").exists(), "the resume cache is removed once the file is written"
+
+
+def test_output_layer_validation_reports_both_concept_sets_and_every_template(tmp_path):
+    out = tmp_path / "output.sqlite"
+    summary = annotate_neurons("demo", "output", "demo-clip", "demo", "phantom:train", 48, out, progress=False)
+    validation = summary["validation"]
+    assert set(validation["concept_sets"]) == {"demo", "openi"}, "both concept sets, whichever the run used"
+    own = validation["concept_sets"]["demo"]
+    assert own["hit_rate"] == validation["hit_rate"] and own["templates"] == validation["templates"]
+    assert own["terms"] == summary["concepts_in_set"] >= 100
+    assert validation["concept_sets"]["openi"]["terms"] >= 200
+    for result in validation["concept_sets"].values():
+        assert list(result["templates"]) == list(PROMPT_TEMPLATES), "MAMMI's template and the two held-out ones"
+        assert all(0.0 <= hit <= 1.0 for hit in result["templates"].values())
+        assert result["templates"][PROMPT_TEMPLATES[0]] == result["hit_rate"]
+        assert result["labels_in_set"] == 7, "every label has a term in both sets: a hit is possible for each"
+        assert 0.0 <= result["mean_lexical_similarity"] <= 1.0
+    assert AnnotationStore(out).meta()["validation"] == json.loads(json.dumps(validation)), "stored with the run"
 
 
 def test_annotation_resumes_from_cached_activations(tmp_path, monkeypatch):
@@ -193,11 +219,12 @@ def test_cli_annotate_neurons_json(tmp_path, capsys):
     from xai_core.cli import main
 
     out = tmp_path / "cli.sqlite"
-    code = main(["annotate-neurons", "--layer", "output", "--vlm", SMALL_VLM, "--n", "32", "--out", str(out),
+    code = main(["annotate-neurons", "--layer", "output", "--vlm", "demo-clip", "--n", "32", "--out", str(out),
                  "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["path"] == str(out)
     assert {"hit_rate", "precision", "recall", "f1"} <= set(result["validation"])
+    assert set(result["validation"]["concept_sets"]) == {"demo", "openi"}
     with sqlite3.connect(out) as db:
         assert db.execute("SELECT COUNT(*) FROM neurons").fetchone()[0] == 7
 

@@ -287,6 +287,21 @@ def _cmd_segu(args: argparse.Namespace) -> int:
     return 0
 
 
+def validation_lines(validation: dict[str, Any]) -> list[str]:
+    """MAMMI's output-layer validation in plain lines: the run's concept set, then every set with its templates."""
+    numbers = ", ".join(f"{k} {v:.3f}" for k, v in validation.items() if isinstance(v, int | float))
+    lines = [f"output-layer validation: {numbers}"]
+    for name, result in validation.get("concept_sets", {}).items():
+        templates = "; ".join(f"'{t}' {hit:.2f}" for t, hit in result["templates"].items())
+        lines.append(f"  concept set {name} ({result['terms']} terms, {result['labels_in_set']} labels nameable): "
+                     f"hit rate {result['hit_rate']:.3f}, P {result['precision']:.3f}, R {result['recall']:.3f}, "
+                     f"F1 {result['f1']:.3f}, lexical similarity {result['mean_lexical_similarity']:.3f}; "
+                     f"hit rate per template: {templates}")
+    for name, reason in validation.get("concept_sets_skipped", {}).items():
+        lines.append(f"  concept set {name} left out: {reason}")
+    return lines
+
+
 def _cmd_annotate(args: argparse.Namespace) -> int:
     result = annotate_neurons(args.model, args.layer, args.vlm, args.concepts, args.probe, args.n, args.out,
                               percentile=args.percentile, beta=args.beta, cap=args.cap,
@@ -298,7 +313,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         print(f"{result['neurons']} neurons annotated ({result['uncertain']} uncertain) with "
               f"{result['concepts_in_set']} concepts -> {result['path']}")
         if result["validation"]:
-            print("output-layer validation: " + ", ".join(f"{k} {v:.3f}" for k, v in result["validation"].items()))
+            for line in validation_lines(result["validation"]):
+                print(line)
     return 0
 
 

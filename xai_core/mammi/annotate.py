@@ -23,9 +23,9 @@ from xai_core.mammi.concepts import concept_set
 from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, DEFAULT_BETA, concept_scores, select_concepts
 from xai_core.mammi.select import DEFAULT_CAP, DEFAULT_PERCENTILE, representatives
 from xai_core.mammi.store import NeuronRecord, write_annotation
+from xai_core.mammi.validate import VALIDATION_SETS, CachedTexts, label_terms, validate_concept_sets
 from xai_core.models import load_model
 from xai_core.models.base import InputSpec, ModelHandle, preprocess
-from xai_core.models.vlm import clinical_term
 from xai_core.phantom import generate_case
 
 LAYERS = ("features", "output")
@@ -201,33 +201,43 @@ def _thumbnail(pixels: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def label_terms(label: str) -> set[str]:
-    """The concept terms that name a label (its name and its clinical phrase)."""
-    return {label.replace("_", " ").lower(), clinical_term(label)}
+def validation_concept_sets(run_set: str, terms: list[str], extra: tuple[str, ...] = VALIDATION_SETS
+                             ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The concept sets an output-layer validation reports: the run's own first, then each of `extra` that can be
+    built here (the OpenI set needs torchxrayvision); (sets, the reason for each one left out)."""
+    sets: dict[str, list[str]] = {run_set: terms}
+    skipped: dict[str, str] = {}
+    for name in extra:
+        if name in sets:
+            continue
+        try:
+            sets[name] = list(concept_set(name))
+        except FileNotFoundError as error:
+            skipped[name] = str(error)
+    return sets, skipped
 
 
-def validate_output_layer(labels: list[str], concepts: list[list[str]], text_similarity: list[float]
-                          ) -> dict[str, float]:
-    """Output neuron k should be named by label k: hit rate, exact-term precision / recall / F1, mean similarity."""
-    hits, precisions, recalls = [], [], []
-    for label, assigned in zip(labels, concepts, strict=True):
-        truth = label_terms(label)
-        matched = truth & set(assigned)
-        hits.append(bool(matched))
-        precisions.append(len(matched) / len(assigned) if assigned else 0.0)
-        recalls.append(len(matched) / len(truth))
-    precision, recall = float(np.mean(precisions)), float(np.mean(recalls))
-    return {"hit_rate": float(np.mean(hits)), "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "mean_text_similarity": float(np.mean(text_similarity))}
+def output_validation(backend: ImageTextModel, neuron_images: list[np.ndarray], labels: list[str],
+                      concept_sets: dict[str, list[str]], beta: float, vlm_similarity: list[float],
+                      skipped: dict[str, str] | None = None) -> dict:
+    """The output layer's validation: the run's concept set (the first) with MAMMI's template at the top level,
+    the hit rate per prompt template, and every concept set's own validation under `concept_sets`."""
+    by_set = validate_concept_sets(backend, neuron_images, labels, concept_sets, beta=beta)
+    run_set = next(iter(concept_sets))
+    own = by_set[run_set]
+    top = {key: own[key] for key in ("hit_rate", "precision", "recall", "f1", "mean_lexical_similarity")}
+    top["mean_vlm_similarity"] = float(np.mean(vlm_similarity)) if vlm_similarity else 0.0
+    return {**top, "templates": own["templates"], "concept_sets": by_set, "concept_sets_skipped": skipped or {}}
 
 
 def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "demo-clip", concepts: str = "demo",
                      probe: str = "phantom:train", n: int = 5000, out: str | Path | None = None, *,
                      percentile: float = DEFAULT_PERCENTILE, beta: float = DEFAULT_BETA, cap: int = DEFAULT_CAP,
                      thumbnails: bool = True, device: str = "cpu", progress: bool = True,
-                     allow_random_weights: bool = False) -> dict[str, Any]:
-    """Annotate every neuron of a layer; returns a summary (path, counts, timings, validation for the output layer).
+                     allow_random_weights: bool = False,
+                     validation_sets: tuple[str, ...] = VALIDATION_SETS) -> dict[str, Any]:
+    """Annotate every neuron of a layer; returns a summary (path, counts, timings, validation for the output layer:
+    `output_validation`, over the run's concept set and each of `validation_sets`).
 
     Resumable: probe activations are cached next to the output file and reused by a rerun with the same probe."""
     if layer not in LAYERS:
@@ -236,7 +246,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     timings: dict[str, float] = {}
     start = time.perf_counter()
     handle = load_model(model, device, allow_random_weights=allow_random_weights)
-    backend: ImageTextModel = load_backend(vlm, device, allow_random_weights=allow_random_weights)
+    backend: ImageTextModel = CachedTexts(load_backend(vlm, device, allow_random_weights=allow_random_weights))
     terms = list(concept_set(concepts))
     if not terms:
         raise ValueError(f"the concept set '{concepts}' is empty")
@@ -272,9 +282,10 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     labels = list(handle.card.labels)
     weights = head_weights(handle, layer, acts.shape[1])
     names = labels if layer == "output" else [f"{handle.card.feature_layer}:{k}" for k in range(acts.shape[1])]
-    records, assigned, similarity = [], [], []
+    records, similarity, neuron_images = [], [], []
     for k, rows in enumerate(chosen):
         images = np.stack([embeddings[int(i)] for i in rows]) if len(rows) else np.zeros((0, text.shape[1]))
+        neuron_images.append(images)
         found = select_concepts(concept_scores(images, concept_embeddings, base), terms, beta)
         column = acts[:, k]
         counts, edges = np.histogram(column, bins=30)
@@ -286,13 +297,17 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
                    "threshold": float(column.max() - (1 - percentile / 100) * (column.max() - column.min()))},
             histogram={"counts": counts.tolist(), "edges": edges.tolist()},
             weights={label: float(weights[j, k]) for j, label in enumerate(labels)} if weights is not None else {}))
-        assigned.append(found.concepts)
-        if layer == "output" and found.concepts:
+        if layer == "output" and found.concepts:  # in the VLM's own text space: not independent of it
             label_text = backend.encode_texts([CONCEPT_PROMPT.format(sorted(label_terms(labels[k]))[0])])[0]
             similarity.append(float(concept_embeddings[terms.index(found.concepts[0])] @ label_text))
     timings["matching"] = time.perf_counter() - tick
 
-    validation = validate_output_layer(labels, assigned, similarity or [0.0]) if layer == "output" else None
+    validation = None
+    if layer == "output":
+        tick = time.perf_counter()
+        sets, skipped = validation_concept_sets(concepts, terms, validation_sets)
+        validation = output_validation(backend, neuron_images, labels, sets, beta, similarity, skipped)
+        timings["validation"] = time.perf_counter() - tick
     meta = {"model": model, "layer": layer, "layer_path": "logits" if layer == "output" else handle.card.feature_layer,
             "vlm": vlm, "concept_set": concepts, "concepts": terms, "probe": probe, "n": len(probing.ids),
             "percentile": percentile, "beta": beta, "cap": cap, "labels": labels,

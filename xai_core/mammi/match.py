@@ -8,6 +8,10 @@ import numpy as np
 
 CONCEPT_PROMPT = "A chest x-ray image of a {}"
 BASE_PROMPT = "A chest x-ray image of a"
+# Two paraphrases of the concept prompt for the template-sensitivity check. Held out: no training text of a VLM this
+# project trains may contain them (xai_core.training.clip.check_training_texts), nor MAMMI's own template.
+HELD_OUT_PROMPTS = ("A radiograph showing {}", "Chest film with {}")
+PROMPT_TEMPLATES = (CONCEPT_PROMPT, *HELD_OUT_PROMPTS)  # MAMMI's first
 DEFAULT_BETA = 0.95
 FALLBACK_TOP_K = 3
 
@@ -19,6 +23,16 @@ class NeuronConcepts:
     concepts: list[str]
     scores: list[float]
     uncertain: bool  # no concept scored above zero: the top-k fallback was used
+
+
+def base_prompt(template: str) -> str:
+    """The template without its concept ("A chest x-ray image of a {}" -> "A chest x-ray image of a")."""
+    return " ".join(template.replace("{}", " ").split())
+
+
+def template_fragments(template: str) -> list[str]:
+    """The literal parts of a prompt template, lower case, whitespace collapsed: what a text that uses it contains."""
+    return [" ".join(part.lower().split()) for part in template.split("{}") if part.strip()]
 
 
 def concept_scores(image_embeddings: np.ndarray, concept_embeddings: np.ndarray,
