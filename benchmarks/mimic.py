@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import add_json_option, write_json
 
 from xai_core import baselines
@@ -182,8 +183,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200, help="cases for the plausibility part")
     parser.add_argument("--n-auroc", type=int, default=1000)
     parser.add_argument("--parts", default="plausibility,auroc,shortcut")
+    parser.add_argument("--seed", type=int, default=baselines.REPORT_SEED,
+                        help=f"test seed (default {baselines.REPORT_SEED}, the report seed; "
+                             f"{baselines.HELD_OUT_SEED} is the one recipes are tuned on)")
     add_json_option(parser, "mimic")
     args = parser.parse_args()
+    global SEED
+    SEED = args.seed
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = [m for m in args.models.split(",") if m]
     shortcut_models = [m for m in args.shortcut_models.split(",") if m]
