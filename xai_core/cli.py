@@ -8,12 +8,14 @@ import importlib.util
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -34,6 +36,8 @@ from xai_core.certainty import (
     store_calibration,
     weights_id,
 )
+from xai_core.dicomweb.results import ResultInfo, region_segmentation, relevance_overlay, source_dataset, to_bytes
+from xai_core.dicomweb.structured_report import REVIEW_VERDICTS, MethodReport, structured_report
 from xai_core.engine import Engine
 from xai_core.errors import InputError, UnknownNameError, XaiError
 from xai_core.evaluation import (
@@ -44,12 +48,12 @@ from xai_core.evaluation import (
     resolve_metrics,
     run_evaluation,
 )
-from xai_core.explainers import list_explainers
+from xai_core.explainers import Explanation, list_explainers
 from xai_core.files import strict_json
 from xai_core.imaging import Radiograph, load_radiograph
 from xai_core.mammi import annotate_neurons
 from xai_core.metrics.gaze import GAZE_KERNELS, resolve_gaze_kernel
-from xai_core.models import get_card, list_models
+from xai_core.models import CropBox, get_card, list_models
 from xai_core.overlay import overlay_png
 from xai_core.phantom import SHORTCUT_LABEL, generate_case
 from xai_core.phantom.samples import write_samples
@@ -168,20 +172,89 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdicts(text: str | None, methods: list[str]) -> dict[str, str]:
+    """`--verdict`: one verdict for every method (`agree`) or per method (`gradcam=agree,ig=unsure`)."""
+    if not text:
+        return {}
+    pairs = [part.strip() for part in text.split(",") if part.strip()]
+    if len(pairs) == 1 and "=" not in pairs[0]:
+        pairs = [f"{method}={pairs[0]}" for method in methods]
+    verdicts: dict[str, str] = {}
+    for pair in pairs:
+        method, _, verdict = (p.strip() for p in pair.partition("="))
+        if method not in methods or verdict not in REVIEW_VERDICTS:
+            raise InputError(f"--verdict '{pair}' is not METHOD=VERDICT for an explained method ({', '.join(methods)})"
+                             f" with VERDICT one of {', '.join(REVIEW_VERDICTS)}")
+        verdicts[method] = verdict
+    return verdicts
+
+
+def _dicom_source(args: argparse.Namespace, radiograph: Radiograph) -> Dataset:
+    """The source data set for `--dicom-out` (an `InputError` for an image that is not DICOM)."""
+    if radiograph.meta.get("format") != "DICOM":
+        raise InputError(f"--dicom-out needs a DICOM source, but the input is a {radiograph.meta.get('format', '?')} "
+                         "image; drop --dicom-out or explain the DICOM file")
+    return source_dataset(Path(args.file).read_bytes())
+
+
+def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograph, source: Dataset, crop: CropBox,
+                 explanations: dict[str, Explanation], segu: dict[str, Any],
+                 verdicts: dict[str, str]) -> list[dict[str, Any]]:
+    """`--dicom-out`: per method an overlay Secondary Capture and a region Segmentation (the SegX-refined region as
+    segment 2 with `--segx`), and one Structured Report, named by their SOP Instance UIDs. Every object is made
+    before the first file is written."""
+    findings = engine.predict(radiograph, args.model).to_dict()["findings"]
+    written: list[tuple[str | None, Dataset]] = []
+    reports = []
+    for method, explanation in explanations.items():
+        info = ResultInfo(method=method, target=explanation.target, model=args.model)
+        full = explanation.resized_to_image(radiograph.pixels.shape, crop)
+        refined = None
+        if args.segx:
+            binary = engine.refine(radiograph, args.model, method, args.target, segmenter=args.segmenter,
+                                   mode="binary", percent=args.region_percent)
+            refined = replace(explanation, map=binary).resized_to_image(radiograph.pixels.shape, crop) >= 0.5
+        objects = [relevance_overlay(source, full, info),
+                   region_segmentation(source, full, info, percent=args.region_percent, refined=refined)]
+        written.extend((method, obj) for obj in objects)
+        reports.append(MethodReport(method=method, results=objects, segu=segu.get(method),
+                                    verdict=verdicts.get(method)))
+    target = next(iter(explanations.values())).target
+    written.append((None, structured_report(source, model=args.model, target=target, findings=findings,
+                                            methods=reports)))
+    out_dir = Path(args.dicom_out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for method, obj in written:
+        path = out_dir / f"{obj.SOPInstanceUID}.dcm"
+        path.write_bytes(to_bytes(obj))
+        files.append({"file": str(path), "sop_class": obj.SOPClassUID.name, "sop_class_uid": str(obj.SOPClassUID),
+                      "method": method})
+    return files
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
         raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+    verdicts = _verdicts(args.verdict, methods)
+    if verdicts and not args.dicom_out:
+        raise InputError("--verdict goes into the DICOM Structured Report: add --dicom-out DIR")
+    if args.dicom_out and not 0.0 < args.region_percent <= 100.0:
+        raise InputError(f"--region-percent is {args.region_percent:g}; expected a share of the image in (0, 100]")
     radiograph = load_radiograph(args.file)
+    source = _dicom_source(args, radiograph) if args.dicom_out else None
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     _, crop = engine.prepare(radiograph, args.model)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "target": None, "methods": {}}
+    explanations: dict[str, Explanation] = {}
     for method in methods:
         explanation = engine.explain(radiograph, args.model, method, args.target)
+        explanations[method] = explanation
         result["target"] = explanation.target
         entry = {"seconds": round(explanation.seconds, 4), "map": None}
         if out_dir:
@@ -199,6 +272,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         result["methods"][method] = entry
         if not args.json:
             print(f"{method:<10} {explanation.seconds:8.3f} s  {entry['map'] or ''}")
+    if source is not None:
+        segu = {m: e["segu"] for m, e in result["methods"].items() if "segu" in e}
+        result["dicom"] = _write_dicom(args, engine, radiograph, source, crop, explanations, segu, verdicts)
+        if not args.json:
+            for item in result["dicom"]:
+                print(f"{item['sop_class']:<32} {item['file']}")
     if args.json:
         print_json(result)
     return 0
@@ -515,6 +594,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--segx", action="store_true",
                          help="add SegX refined maps (<method>_segx.npy) and SegU certainty per method")
     explain.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for --segx")
+    explain.add_argument("--dicom-out", default=None, metavar="DIR",
+                         help="DICOM input only: write per method a Secondary Capture overlay and a Segmentation of "
+                              "the top-p%% region (plus the SegX-refined region with --segx), and one Structured "
+                              "Report, as DIR/<SOP Instance UID>.dcm, in new series of the source study")
+    explain.add_argument("--region-percent", type=float, default=10.0, metavar="P",
+                         help="--dicom-out: the share of the image in the Segmentation's regions (default: 10)")
+    explain.add_argument("--verdict", default=None,
+                         help="--dicom-out: the reviewer's verdict for the report, agree/disagree/unsure for every "
+                              "method or per method (gradcam=agree,ig=unsure)")
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
 
