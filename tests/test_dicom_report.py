@@ -175,7 +175,8 @@ def test_explain_without_dicom_out_is_unchanged_and_bad_verdicts_are_refused(tmp
     path, _ = held_out_dicom(tmp_path, rows=128, columns=112)
     assert main(["explain", str(path), "--target", "Effusion", "--json", "--device", "cpu"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"model", "target", "methods"} and set(data["methods"]["gradcam"]) == {"seconds", "map"}
+    assert set(data) == {"model", "target", "methods", "out_of_domain", "ood_score", "ood_threshold", "ood_note"}
+    assert set(data["methods"]["gradcam"]) == {"seconds", "map"}
     for argv in (["--verdict", "agree"], ["--dicom-out", str(tmp_path / "d"), "--verdict", "gradcam=maybe"],
                  ["--dicom-out", str(tmp_path / "d"), "--verdict", "ig=agree"],
                  ["--dicom-out", str(tmp_path / "d"), "--region-percent", "0"]):

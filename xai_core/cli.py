@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import importlib.util
 import json
+import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -53,12 +56,13 @@ from xai_core.files import strict_json
 from xai_core.imaging import Radiograph, load_radiograph
 from xai_core.mammi import annotate_neurons
 from xai_core.metrics.gaze import GAZE_KERNELS, resolve_gaze_kernel
-from xai_core.models import CropBox, get_card, list_models
+from xai_core.models import CropBox, get_card, list_models, ood
 from xai_core.overlay import overlay_png
 from xai_core.phantom import SHORTCUT_LABEL, generate_case
 from xai_core.phantom.samples import write_samples
 from xai_core.phantom.writers import contact_sheet, write_split
 from xai_core.runtime import pick_device
+from xai_core.samples import real_samples, real_samples_dir
 from xai_core.segx import SEGU_SCORES, CalibrationError, by_label, calibrate
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
@@ -99,19 +103,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     radiograph = load_radiograph(args.file)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     prediction = engine.predict(radiograph, args.model)
+    domain = engine.domain(radiograph, args.model)
     if args.json:
         out = prediction.to_dict()
+        out.update(domain.to_json())
         out["image"] = {"source_name": _shown_name(radiograph, args.show_name), "meta": radiograph.meta}
         print_json(out)
         return 0
     if prediction.random_weights:
         print("WARNING: random weights (testing only); these numbers mean nothing.")
     print(f"{_shown_name(radiograph, args.show_name)}  model={args.model}  sha256={radiograph.sha256[:12]}")
+    _print_domain(domain)
     print(f"{'finding':<28}{'probability':>12}{'threshold':>11}  positive")
     for row in prediction.ranked():
         mark = "yes" if row["positive"] else ""
         print(f"{row['label']:<28}{row['probability']:>12.3f}{row['threshold']:>11.3f}  {mark}")
     return 0
+
+
+def _print_domain(domain: ood.DomainCheck) -> None:
+    """The out-of-domain guard's answer in the table output."""
+    if domain.out_of_domain:
+        print(f"WARNING: {domain.message}\n         {domain.score_line()}")
+    elif domain.out_of_domain is None:
+        print(f"out-of-domain guard: {domain.note}")
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -247,10 +262,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     source = _dicom_source(args, radiograph) if args.dicom_out else None
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     _, crop = engine.prepare(radiograph, args.model)
+    domain = engine.domain(radiograph, args.model)
+    note = domain.message if domain.out_of_domain else None
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict = {"model": args.model, "target": None, "methods": {}}
+    result: dict = {"model": args.model, "target": None, **domain.to_json(), "methods": {}}
+    if not args.json:
+        _print_domain(domain)
     explanations: dict[str, Explanation] = {}
     for method in methods:
         explanation = engine.explain(radiograph, args.model, method, args.target)
@@ -260,7 +279,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if out_dir:
             np.save(out_dir / f"{method}.npy", explanation.map.astype(np.float32))
             full = explanation.resized_to_image(radiograph.pixels.shape, crop)
-            (out_dir / f"{method}_overlay.png").write_bytes(overlay_png(radiograph.pixels, full))
+            (out_dir / f"{method}_overlay.png").write_bytes(overlay_png(radiograph.pixels, full, note=note))
             entry["map"] = str(out_dir / f"{method}.npy")
         if args.segx:
             refined = engine.refine(radiograph, args.model, method, args.target, segmenter=args.segmenter)
@@ -363,6 +382,103 @@ def _cmd_segu(args: argparse.Namespace) -> int:
         result["stored"] = True
         result["calibration"]["file"] = str(path)
     print_json(result)
+    return 0
+
+
+def _ood_progress(total: int, desc: str, quiet: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="case", disable=quiet)
+
+
+def _ood_figures(args: argparse.Namespace, engine: Engine, stats: ood.OodStats, shortcut: float | None,
+                 seconds: dict[str, float]) -> dict[str, Any]:
+    """The guard's false alarms on held-out phantom test cases and its detections on every real sample."""
+    handle, lock = engine.model(args.model), engine.lock(args.model)
+    test = ood.PhantomData("test", args.test_seed, 0, args.test_n, shortcut)
+    start = time.perf_counter()
+    with _ood_progress(args.test_n, f"ood {args.model}: test", args.json) as bar:
+        false_alarm = ood.false_alarms(handle, stats, test, lock, bar.update)
+    seconds["test_features"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    paths = [sample.path for sample in real_samples()]
+    detection = ood.detections(handle, stats, paths, lock)
+    seconds["real_features"] = round(time.perf_counter() - start, 1)
+    detection["per_file"] = [{"case": case_name(row["sha256"]) if row["sha256"] else None, **row}
+                             for row in detection["per_file"]]  # by content hash, never by file name
+    folder = real_samples_dir()
+    detection["source"] = str(folder) if folder else None
+    if not paths:
+        detection["note"] = "no real radiographs found: set XAI_REAL_SAMPLES_DIR to a folder of them"
+    return {"false_alarm": false_alarm, "detection": detection}
+
+
+def _cmd_ood(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name, value, least in (("--n", args.n, 50), ("--val-n", args.val_n, 50), ("--test-n", args.test_n, 1)):
+        if value < least:
+            raise InputError(f"{name} must be at least {least} (got {value})")
+    if not 0.0 < args.val_false_alarm < 0.5:
+        raise InputError(f"--val-false-alarm is a share of val cases in (0, 0.5); got {args.val_false_alarm:g}")
+    engine = Engine(args.device)
+    handle = engine.model(args.model)
+    weights = ood.weights_of(handle)
+    path = Path(args.file) if args.file else None
+    train_seed, val_seed, shortcut = ood.training_data(handle)
+    seconds: dict[str, float] = {}
+    if args.fit:
+        if not ood.has_features(handle):
+            raise InputError(f"{args.model} exposes no pooled features: the out-of-domain guard cannot be fitted")
+        fit = ood.PhantomData("train", train_seed, 0, args.n, shortcut)
+        val = ood.PhantomData("val", val_seed, 0, args.val_n, shortcut)
+        start = time.perf_counter()
+        with _ood_progress(args.n, f"ood {args.model}: train", args.json) as bar:
+            train_features = ood.phantom_features(handle, fit, engine.lock(args.model), bar.update)
+        seconds["fit_features"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        mean, cholesky, shrinkage = ood.fit_gaussian(train_features)
+        seconds["fit_gaussian"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        with _ood_progress(args.val_n, f"ood {args.model}: val", args.json) as bar:
+            val_features = ood.phantom_features(handle, val, engine.lock(args.model), bar.update)
+        seconds["val_features"] = round(time.perf_counter() - start, 1)
+        val_scores = ood.OodStats(mean, cholesky, float("inf")).scores(val_features)
+        stats = ood.OodStats(mean, cholesky, ood.threshold_at(val_scores, args.val_false_alarm))
+    else:
+        stats, note = ood.find_stats(args.model, weights, [path] if path else None)
+        if stats is None:
+            raise InputError(note.removeprefix("not checked: "))
+    figures = _ood_figures(args, engine, stats, shortcut, seconds)
+    result: dict[str, Any] = {"model": args.model, "weights_sha256": weights, "threshold": stats.threshold,
+                              **figures, "threads": torch.get_num_threads(), "device": str(handle.device),
+                              "seconds": seconds}
+    if args.fit:
+        command = "python -m xai_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+            if sys.argv[1:2] == ["ood"] else ood.fit_command(args.model)
+        extra = {"figures": figures, "seconds": seconds, "threads": torch.get_num_threads(),
+                 "device": str(handle.device), "torch": torch.__version__,
+                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        record = ood.stats_record(args.model, weights, stats, fit=fit, val=val, shrinkage=shrinkage,
+                                  val_scores=val_scores, command=command, extra=extra)
+        result.update(fit=record["fit"], val=record["val"], estimator=record["estimator"], stored=True,
+                      file=str(ood.store_record(args.model, record, path)))
+    else:
+        result.update({key: stats.record.get(key) for key in ("fit", "val", "estimator", "command")},
+                      stored=False, file=stats.record.get("file"))
+    if args.json:
+        print_json(result)
+        return 0
+    alarm, found = result["false_alarm"], result["detection"]
+    print(f"{args.model}: threshold {stats.threshold:.2f} ({result['file']})")
+    print(f"false alarms on phantom test (seed {alarm['seed']}, n {alarm['n']}): {alarm['rate']:.3f} "
+          f"[{alarm['ci_low']:.3f}, {alarm['ci_high']:.3f}] (bar <= {alarm['bar']:.2f})")
+    if found["n"]:
+        print(f"real radiographs flagged: {found['flagged']} of {found['n']} ({found['rate']:.3f}; bar >= "
+              f"{found['bar']:.2f})")
+        for row in found["per_file"]:
+            score = "unreadable" if row["score"] is None else f"{row['score']:.1f}"
+            print(f"  {row['case'] or '?':<20}{score:>12}  {'out of domain' if row['out_of_domain'] else 'MISSED'}")
+    else:
+        print(found.get("note", "no real radiographs"))
     return 0
 
 
@@ -630,6 +746,29 @@ def build_parser() -> argparse.ArgumentParser:
     segu.add_argument("--json", action="store_true", help="no progress bar; JSON only")
     _add_common(segu)
     segu.set_defaults(run=_cmd_segu)
+
+    guard = sub.add_parser("ood", help="the out-of-domain guard: fit its statistics (--fit) or measure its false "
+                                       "alarms on phantom test cases and its detections on the real samples")
+    guard.add_argument("--model", default=DEFAULT_MODEL)
+    guard.add_argument("--fit", action="store_true",
+                       help="fit the Gaussian on phantom train cases of the model's own data seed, set the threshold "
+                            "on val and store them (default: assets/models/ood.json, or --file)")
+    guard.add_argument("--n", type=int, default=ood.FIT_N, help=f"--fit: train cases (default: {ood.FIT_N})")
+    guard.add_argument("--val-n", type=int, default=ood.VAL_N,
+                       help=f"--fit: val cases the threshold is set on (default: {ood.VAL_N})")
+    guard.add_argument("--val-false-alarm", type=float, default=ood.VAL_FALSE_ALARM,
+                       help=f"--fit: share of val cases above the threshold (default: {ood.VAL_FALSE_ALARM})")
+    guard.add_argument("--test-n", type=int, default=ood.TEST_N,
+                       help=f"phantom test cases of the false-alarm figure (default: {ood.TEST_N})")
+    guard.add_argument("--test-seed", type=int, default=ood.TEST_SEED,
+                       help=f"their seed (default: {ood.TEST_SEED}, which no training or choice used)")
+    guard.add_argument("--file", default=None,
+                       help="statistics file to write (--fit) or read (default: write assets/models/ood.json; read "
+                            "$XAI_DATA_DIR/ood.json, then assets/models/ood.json)")
+    guard.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    guard.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $XAI_DEVICE, else auto)")
+    guard.add_argument("--json", action="store_true", help="no progress bar; JSON only")
+    guard.set_defaults(run=_cmd_ood)
 
     evaluate = sub.add_parser("evaluate", help="every method x metric over a data set (resumable)")
     _add_dataset(evaluate, "phantom:test", "phantom:SPLIT or a folder with labels.csv")
