@@ -112,5 +112,5 @@ if case is not None and source is not None and source[0] == case.sha256:
         method = st.selectbox("Explanation", sorted(explanations), key="pacs_method")
         note = state.domain_note(case, str(explanations[method].model))
         if note:  # the DICOM objects say NOT FOR DIAGNOSTIC USE; the reviewer must know more before sending them
-            st.error(note, icon=":material/report:")
+            st.warning(note, icon=":material/report:")
         st.button("Send to PACS", on_click=_send_results, args=(method,), icon=":material/upload:")
