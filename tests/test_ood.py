@@ -28,7 +28,8 @@ from xai_core.report import case_report_html
 from xai_core.samples import real_samples
 from xai_core.store import CaseStore
 
-FITTED = ("demo", "demo-mimic", "demo-shortcut")  # the models whose statistics ship in assets/models/ood.json
+# the models whose statistics ship in assets/models/ood.json
+FITTED = ("demo", "demo-mimic", "demo-shortcut", "demo-shortcut-mimic")
 PHANTOM = SAMPLES / "images" / "samples-0-000001.png"  # a phantom Cardiomegaly case, shipped
 BANNER = banner()
 
@@ -81,6 +82,34 @@ def test_statistics_round_trip_and_are_refused_for_other_weights(tmp_path):
     damaged = {"model": "demo", "weights_sha256": "abc", **ood.pack_stats(mean, cholesky, 6.5), "dim": 13}
     with pytest.raises(InputError, match="damaged"):
         ood.unpack_stats(damaged)
+    nan_features = np.full(12, np.nan)
+    assert stats.check("demo", nan_features).out_of_domain is True, "a non-finite score is never 'in domain'"
+
+
+@pytest.mark.parametrize("damage", ["bad-base64", "no-dim", "not-json"])
+def test_damaged_statistics_say_not_checked_instead_of_failing(tmp_path, damage):
+    mean, cholesky, _ = ood.fit_gaussian(np.random.default_rng(1).normal(size=(100, 4)))
+    path = tmp_path / "ood.json"
+    record = {"model": "demo", "weights_sha256": "abc", **ood.pack_stats(mean, cholesky, 3.0)}
+    if damage == "bad-base64":
+        record["mean"] = "%%% not base64 %%%"
+    elif damage == "no-dim":
+        record.pop("dim")
+    ood.store_record("demo", record, path)
+    if damage == "not-json":
+        path.write_text("{ not json")
+    stats, note = ood.find_stats("demo", "abc", [path])
+    assert stats is None and note.startswith("not checked") and "ood --fit" in note
+    assert str(tmp_path) not in note, "no folder names in what the UI shows"
+
+
+def test_an_unreadable_real_file_is_counted_without_its_name(engine, tmp_path):
+    bad = tmp_path / "Doe_John_19700101.png"
+    bad.write_bytes(b"not an image")
+    handle = engine.model("demo")
+    stats, _ = ood.stats_for(handle)
+    result = ood.detections(handle, stats, [bad])
+    assert "Doe" not in json.dumps(result) and result["per_file"][0]["error"].endswith("Error")
 
 
 def test_the_engine_says_not_checked_for_stale_statistics_and_unfitted_models(engine, tmp_path, monkeypatch):

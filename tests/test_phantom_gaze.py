@@ -223,3 +223,16 @@ def test_the_split_manifest_records_the_gaze_version(tmp_path):
     out = write_split(tmp_path / "split", "val", 2, size=64, workers=1, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["gaze_version"] == GAZE_VERSION == 2 and manifest["phantom_version"] == PHANTOM_VERSION
+
+
+@pytest.mark.parametrize("edge", ["bottom", "right"])
+def test_lungs_touching_the_film_edge_still_get_a_read(edge):
+    case = generate_case("test", 3, seed=11, size=128)
+    lungs = case.anatomy["right_lung"] | case.anatomy["left_lung"]
+    rows, cols = np.nonzero(lungs)
+    shift = (127 - rows.max(), 0) if edge == "bottom" else (0, 127 - cols.max())
+    anatomy = {name: np.roll(mask, shift, axis=(0, 1)) for name, mask in case.anatomy.items()}
+    lesions = {name: np.roll(mask, shift, axis=(0, 1)) for name, mask in case.lesions.items()}
+    fixations = simulate_fixations(np.random.default_rng(0), np.roll(case.image, shift, axis=(0, 1)), anatomy,
+                                   lesions, 128)
+    assert len(fixations) > 5 and (fixations[:, 2:] >= 0).all() and (fixations[:, 2:] <= 127).all()

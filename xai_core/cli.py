@@ -405,7 +405,7 @@ def _ood_figures(args: argparse.Namespace, engine: Engine, stats: ood.OodStats, 
     detection["per_file"] = [{"case": case_name(row["sha256"]) if row["sha256"] else None, **row}
                              for row in detection["per_file"]]  # by content hash, never by file name
     folder = real_samples_dir()
-    detection["source"] = str(folder) if folder else None
+    detection["source"] = "XAI_REAL_SAMPLES_DIR" if folder else None  # a folder path can name a patient
     if not paths:
         detection["note"] = "no real radiographs found: set XAI_REAL_SAMPLES_DIR to a folder of them"
     return {"false_alarm": false_alarm, "detection": detection}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ class OodStats:
     def check(self, model: str, features: np.ndarray) -> DomainCheck:
         """The answer for one image's features [D]."""
         score = float(self.scores(features)[0])
-        status = OUT_OF_DOMAIN if score > self.threshold else IN_DOMAIN
+        status = OUT_OF_DOMAIN if not math.isfinite(score) or score > self.threshold else IN_DOMAIN
         return DomainCheck(model, status, score, self.threshold,
                            trained_on=self.record.get("trained_on", PHANTOM_DATA))
 
@@ -197,9 +198,9 @@ def _read(path: Path) -> tuple[tuple[int, int], dict[str, Any]] | None:
         if cached is None or cached[0] != version:
             try:
                 cached = (version, json.loads(path.read_text()))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} is not valid JSON ({exc}); delete it or make it again with "
-                                 f"`python -m xai_core ood --fit`") from exc
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"{path.name} is not valid JSON ({type(exc).__name__}); delete it or make it "
+                                 f"again with `python -m xai_core ood --fit`") from exc
             _read_cache[path] = cached
         return cached
 
@@ -214,7 +215,10 @@ def find_stats(model: str, weights: str | None, files: list[Path] | None = None)
     saying why there are none. Statistics recorded for other weights are refused."""
     stale = []
     for path in files or stats_files():
-        found = _read(path)
+        try:
+            found = _read(path)
+        except InputError as exc:
+            return None, f"not checked: {exc}"
         if found is None:
             continue
         version, content = found
@@ -228,7 +232,11 @@ def find_stats(model: str, weights: str | None, files: list[Path] | None = None)
         with _lock:
             stats = _stats_cache.get(key)
         if stats is None:
-            stats = unpack_stats({**record, "file": str(path)})
+            try:
+                stats = unpack_stats({**record, "file": str(path)})
+            except (InputError, KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+                return None, (f"not checked: the out-of-domain statistics of {model} in {path.name} are damaged "
+                              f"({type(exc).__name__}); make them again with `{fit_command(model)}`")
             with _lock:
                 _stats_cache[key] = stats
         return stats, ""
@@ -402,7 +410,8 @@ def detections(handle: ModelHandle, stats: OodStats, paths: list[Path], lock: An
         try:
             radiograph = load_radiograph(path)
         except InputError as exc:
-            rows.append({"sha256": None, "score": None, "out_of_domain": False, "error": str(exc)})
+            # the reason by kind only: a loader's message can name the file, and names identify patients
+            rows.append({"sha256": None, "score": None, "out_of_domain": False, "error": type(exc).__name__})
             continue
         x, _ = preprocess(radiograph, handle.card.input)
         if lock is None:
