@@ -187,6 +187,20 @@ def test_explain_without_dicom_out_is_unchanged_and_bad_verdicts_are_refused(tmp
     assert tuple(REVIEW_VERDICTS) == tuple(VERDICTS)
 
 
+def test_no_methods_or_an_unwritable_folder_give_one_clear_line(tmp_path, capsys):
+    path, _ = held_out_dicom(tmp_path, rows=128, columns=112)
+    assert main(["explain", str(path), "--target", "Effusion", "--methods", ",", "--dicom-out",
+                 str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --methods names no method") and "Traceback" not in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["explain", str(path), "--target", "Effusion", "--device", "cpu", "--dicom-out",
+                 str(blocker / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the DICOM results") and len(err.strip().splitlines()) == 1
+
+
 def test_report_leaves_undefined_values_out_and_needs_results_of_the_source_study(tmp_path):
     _, ds = held_out_dicom(tmp_path, rows=96, columns=80)
     source = source_dataset(to_bytes(ds))

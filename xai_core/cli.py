@@ -238,11 +238,19 @@ def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograp
     written.append((None, structured_report(source, model=args.model, target=target, findings=findings,
                                             methods=reports)))
     out_dir = Path(args.dicom_out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for method, obj in written:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        encoded = [(method, obj, to_bytes(obj)) for method, obj in written]
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot write the DICOM results to --dicom-out ({type(exc).__name__}: {exc})") from exc
+    for method, obj, data in encoded:
         path = out_dir / f"{obj.SOPInstanceUID}.dcm"
-        path.write_bytes(to_bytes(obj))
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise InputError(f"cannot write {path.name} to --dicom-out ({exc.strerror}); "
+                             f"{len(files)} of {len(encoded)} objects were written") from exc
         files.append({"file": str(path), "sop_class": obj.SOPClassUID.name, "sop_class_uid": str(obj.SOPClassUID),
                       "method": method})
     return files
@@ -250,6 +258,8 @@ def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograp
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise InputError(f"--methods names no method; choose from {', '.join(list_explainers())}")
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
         raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
