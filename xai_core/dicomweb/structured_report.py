@@ -40,7 +40,14 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from xai_core.dicomweb.results import MANUFACTURER, MODEL_NAME, NOT_FOR_DIAGNOSIS, SOFTWARE_VERSION, source_dataset
+from xai_core.dicomweb.results import (
+    MANUFACTURER,
+    MODEL_NAME,
+    NOT_FOR_DIAGNOSIS,
+    SOFTWARE_VERSION,
+    new_instance,
+    source_dataset,
+)
 from xai_core.errors import InputError
 
 SR_SERIES_NUMBER = 9003
@@ -243,11 +250,7 @@ def structured_report(source: Dataset | bytes, *, model: str, target: str, findi
     return hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=content[0],
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **new_instance(series_number),
         is_complete=True,
         is_final=False,
         is_verified=False,
