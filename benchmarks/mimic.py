@@ -7,7 +7,8 @@ All on test-split cases of `xai_core.baselines.REPORT_SEED` (no training run or 
 - plausibility: gaze KL, NSS, CC, SIM (the `mimic` gaze kernel) and relevance mass of each model's maps on every
   positive finding of `--n` cases, through the evaluation runner (the Evaluate page's definitions); per finding
   and pooled, and paired against the first model (relative change of the mean, bootstrap interval over cases).
-- auroc: per finding and macro on `--n-auroc` cases, with bootstrap intervals, and the paired macro difference.
+- auroc: per finding and macro on `--n-auroc` cases, with bootstrap intervals, and the paired macro difference
+  against the first model (the same resampled cases for both).
 - shortcut: models trained on the tag world: AUROC on a split where the tag is independent of the label
   (strength 0), the tag's causal effect (the same tag-free film with and without the tag painted in: mean change
   of the Pneumothorax probability and the share of Pneumothorax-negative films it pushes over the operating
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import add_json_option, write_json
 
 from xai_core import baselines
@@ -44,6 +46,8 @@ GAZE = ["gaze_kl", "gaze_nss", "gaze_cc", "gaze_sim"]
 METRICS = [*GAZE, "relevance_mass"]
 TAG_MARGIN = 0.08  # the tag box widened by 8% of the side: Grad-CAM's cells are 1/7 of it
 N_BOOT = 1000
+AUROC_BOOT = 200  # resamples of the AUROC intervals (each one scores every finding)
+SHARE_N = 100  # negative films the Grad-CAM share near the tag is measured on
 
 
 def _interval(values: np.ndarray) -> dict:
@@ -53,15 +57,20 @@ def _interval(values: np.ndarray) -> dict:
     return {"mean": float(v.mean()) if len(v) else None, "ci_low": low, "ci_high": high, "n": len(v)}
 
 
-def _relative_change(ours: np.ndarray, reference: np.ndarray, seed: int = 0) -> dict:
-    """(mean ours - mean reference) / |mean reference| over paired rows, with a bootstrap interval."""
+def _relative_change(ours: np.ndarray, reference: np.ndarray, cases: np.ndarray, seed: int = 0) -> dict:
+    """(mean ours - mean reference) / |mean reference| over paired rows, with a bootstrap interval over cases (a
+    case's findings share one gaze map, so cases, not rows, are resampled)."""
     ok = np.isfinite(ours) & np.isfinite(reference)
-    a, b = ours[ok], reference[ok]
+    a, b, groups = ours[ok], reference[ok], cases[ok]
+    ids, inverse = np.unique(groups, return_inverse=True)
+    sum_a, sum_b = np.bincount(inverse, a, len(ids)), np.bincount(inverse, b, len(ids))
+    count = np.bincount(inverse, None, len(ids))
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(a), (N_BOOT, len(a)))
-    boot = (a[picks].mean(1) - b[picks].mean(1)) / np.abs(b[picks].mean(1))
+    picks = rng.integers(0, len(ids), (N_BOOT, len(ids)))
+    n = count[picks].sum(1)
+    boot = (sum_a[picks].sum(1) - sum_b[picks].sum(1)) / n / np.abs(sum_b[picks].sum(1) / n)
     return {"change": float((a.mean() - b.mean()) / abs(b.mean())), "ci_low": float(np.quantile(boot, 0.025)),
-            "ci_high": float(np.quantile(boot, 0.975)), "n": len(a)}
+            "ci_high": float(np.quantile(boot, 0.975)), "n": len(a), "n_cases": len(ids), "resampled": "cases"}
 
 
 def plausibility(models: list[str], methods: list[str], n: int) -> dict:
@@ -85,8 +94,9 @@ def plausibility(models: list[str], methods: list[str], n: int) -> dict:
             by_finding = {finding: {metric: _interval(part[metric].to_numpy(float)) for metric in METRICS}
                           for finding, part in rows.groupby("finding")}
             paired = rows.set_index(["case_id", "finding", "method"]).join(reference, rsuffix="_ref", how="inner")
-            change = {metric: _relative_change(paired[metric].to_numpy(float), paired[f"{metric}_ref"].to_numpy(float))
-                      for metric in METRICS} if model != models[0] else None
+            case_ids = paired.index.get_level_values("case_id").to_numpy()
+            change = {metric: _relative_change(paired[metric].to_numpy(float), paired[f"{metric}_ref"].to_numpy(float),
+                                               case_ids) for metric in METRICS} if model != models[0] else None
             entry[method] = {"pooled": pooled, "by_finding": by_finding, "change_vs_reference": change}
         result["models"][model] = entry
     result["reference"] = models[0]
@@ -104,7 +114,7 @@ def _auroc_with_interval(y: np.ndarray, p: np.ndarray) -> dict:
     rng = np.random.default_rng(0)
     base = auroc_per_label(y, p)
     boots = []
-    for _ in range(200):
+    for _ in range(AUROC_BOOT):
         pick = rng.integers(0, len(y), len(y))
         boots.append(auroc_per_label(y[pick], p[pick]))
     out = {}
@@ -122,9 +132,24 @@ def auroc(models: list[str], n: int, shortcut: float | None = None) -> dict:
     """AUROC per finding and macro of each model on the same n test cases (with the tag at `shortcut`)."""
     cases = [generate_case("test", i, seed=SEED, size=224, shortcut=shortcut) for i in range(n)]
     y = np.stack([c.label_vector() for c in cases])
-    result: dict = {"n": n, "seed": SEED, "shortcut": shortcut, "models": {}}
+    result: dict = {"n": n, "seed": SEED, "shortcut": shortcut, "bootstrap": AUROC_BOOT, "models": {}}
+    probabilities = {model: _probabilities(model, [c.image for c in cases]) for model in models}
     for model in models:
-        result["models"][model] = _auroc_with_interval(y, _probabilities(model, [c.image for c in cases]))
+        result["models"][model] = _auroc_with_interval(y, probabilities[model])
+    rng = np.random.default_rng(1)
+    picks = [rng.integers(0, n, n) for _ in range(AUROC_BOOT)]
+
+    def macro(p: np.ndarray, pick: np.ndarray) -> float:
+        return float(np.nanmean(list(auroc_per_label(y[pick], p[pick]).values())))
+
+    reference = probabilities[models[0]]
+    for model in models[1:]:
+        diffs = np.array([macro(probabilities[model], pick) - macro(reference, pick) for pick in picks])
+        everything = np.arange(n)
+        result["models"][model]["macro_difference_vs_reference"] = {
+            "difference": macro(probabilities[model], everything) - macro(reference, everything),
+            "ci_low": float(np.quantile(diffs, 0.025)), "ci_high": float(np.quantile(diffs, 0.975))}
+    result["reference"] = models[0]
     return result
 
 
@@ -159,7 +184,7 @@ def shortcut(models: list[str], n: int) -> dict:
         before = _probabilities(model, [c.image for c in negatives])[:, label]
         after = _probabilities(model, [_with_tag(c.image) for c in negatives])[:, label]
         shares = []
-        for case in negatives[: min(100, len(negatives))]:
+        for case in negatives[:SHARE_N]:
             x = torch.from_numpy(to_model_input(_with_tag(case.image)))[None, None]
             cam = gradcam.explain(handle, x, torch.tensor([label]))[0].detach().numpy()
             total = cam.sum()
@@ -168,7 +193,7 @@ def shortcut(models: list[str], n: int) -> dict:
             "tag_effect_mean": _interval(after - before),
             "tag_pushes_over_threshold": float(np.mean((after >= threshold) & (before < threshold))),
             "negatives": len(negatives),
-            "gradcam_share_on_tag": _interval(np.array(shares)),
+            "gradcam_share_on_tag": _interval(np.array(shares)),  # its "n": the films it is measured on
             "tag_region_area_share": float(region.mean()),
         }
     return result
@@ -182,9 +207,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200, help="cases for the plausibility part")
     parser.add_argument("--n-auroc", type=int, default=1000)
     parser.add_argument("--parts", default="plausibility,auroc,shortcut")
+    parser.add_argument("--seed", type=int, default=baselines.REPORT_SEED,
+                        help=f"test seed (default {baselines.REPORT_SEED}, the report seed; "
+                             f"{baselines.HELD_OUT_SEED} is the one recipes are tuned on)")
     add_json_option(parser, "mimic")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    global SEED
+    SEED = args.seed
     models = [m for m in args.models.split(",") if m]
     shortcut_models = [m for m in args.shortcut_models.split(",") if m]
     parts = set(args.parts.split(","))

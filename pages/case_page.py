@@ -156,7 +156,7 @@ def _sharing_panel(case: Radiograph) -> None:
     st.text(f"Shared as: {state.shared_case_name(case)}")
 
 
-def _findings_chart(prediction: Prediction) -> go.Figure:
+def _findings_chart(prediction: Prediction, mark: str | None = None) -> go.Figure:
     rows = prediction.ranked()[::-1]
     figure = go.Figure(go.Bar(
         x=[r["probability"] for r in rows], y=[r["label"] for r in rows], orientation="h",
@@ -166,8 +166,10 @@ def _findings_chart(prediction: Prediction) -> go.Figure:
         x=[r["threshold"] for r in rows], y=[r["label"] for r in rows], mode="markers",
         marker={"symbol": "line-ns-open", "size": 16, "color": "black"}, name="operating point",
     ))
-    figure.update_layout(xaxis={"range": [0, 1], "title": "probability"}, height=40 + 26 * len(rows),
-                         margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend={"orientation": "h"})
+    top = 40 if mark else 10
+    figure.update_layout(xaxis={"range": [0, 1], "title": "probability"}, height=30 + top + 26 * len(rows),
+                         margin={"l": 10, "r": 10, "t": top, "b": 10}, legend={"orientation": "h"},
+                         title={"text": f"Findings ({mark})", "font": {"color": "#b00020"}} if mark else None)
     return figure
 
 
@@ -176,7 +178,11 @@ def _findings_panel(case: Radiograph, model: str) -> None:
     if prediction is None:
         return
     st.session_state["prediction"] = prediction
-    if state.is_demo_model(model):
+    domain = state.domain_quiet(case, model)
+    mark = state.unreliable(case, model)
+    if mark:  # the header's banner says why
+        st.warning(f"Findings {mark}: shown for inspection only.", icon=":material/report:")
+    elif state.is_demo_model(model) and (domain is None or domain.out_of_domain is None):  # the guard did not look
         origin, source = st.session_state.get("case_origin"), st.session_state.get("case_source")
         if origin == "sample" and source != "phantom":
             st.warning("This real radiograph is outside the demo model's training data (synthetic phantoms): its "
@@ -184,9 +190,10 @@ def _findings_panel(case: Radiograph, model: str) -> None:
         elif origin == "upload":
             st.caption("If this is a real radiograph, it is outside the demo model's training data and its findings "
                        "carry no meaning.")
-    st.plotly_chart(_findings_chart(prediction), width="stretch")
+    st.plotly_chart(_findings_chart(prediction, mark), width="stretch")
     positives = [r["label"] for r in prediction.ranked() if r["positive"]]
-    st.metric("Findings above their operating point", ", ".join(positives) if positives else "none")
+    st.metric("Findings above their operating point" + (f" ({mark})" if mark else ""),
+              ", ".join(positives) if positives else "none")
     if st.session_state.get("case_origin") == "sample" and st.session_state.get("case_labels") is not None:
         known = st.session_state["case_labels"]
         st.caption(f"Ground truth for this sample: {', '.join(known) if known else 'No Finding'}")

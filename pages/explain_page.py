@@ -98,9 +98,11 @@ def _controls() -> dict:
     return {k: st.session_state[k] for k in ("opacity", "colour_map", "range_mode", "contour", "contour_p")}
 
 
-def _tile_caption(explanation: Explanation, finding: dict) -> list[str]:
+def _tile_caption(explanation: Explanation, finding: dict, mark: str | None = None) -> list[str]:
     lines = [f"{method_name(explanation.method)} · {explanation.target} p={finding['probability']:.2f} "
              f"(operating point {finding['threshold']:.2f})"]
+    if mark:
+        lines.append(f"Map and finding {mark}.")
     if not finding["positive"]:
         lines.append("Below the operating point: the model does not report this finding.")
     return lines
@@ -132,8 +134,9 @@ def _overlay(case, pixels: np.ndarray, explanation: Explanation, settings: dict,
 
 
 def _draw(overlay: _Overlay, settings: dict, caption: list[str], chart_key: str, png_key: str,
-          file_name: str) -> None:
-    """The overlay figure (with its colour bar) and its PNG download."""
+          file_name: str, note: str | None = None) -> None:
+    """The overlay figure (with its colour bar) and its PNG download (with `note`, the out-of-domain banner, on a
+    red strip where the guard fired)."""
     display = overlay.display
     if display.empty:
         st.warning(f"This map is empty: {display.reason}. Nothing is outlined.", icon=":material/blur_off:")
@@ -142,20 +145,25 @@ def _draw(overlay: _Overlay, settings: dict, caption: list[str], chart_key: str,
     st.plotly_chart(figure, width="stretch", key=chart_key, config={"displayModeBar": False})
     caption = caption + ([f"This map is empty: {display.reason}."] if display.empty else [])
     exported = png_bytes(export_tile(overlay.rgb, overlay.contour, overlay.truth_lines, display,
-                                     settings["colour_map"], caption))
+                                     settings["colour_map"], caption, note=note))
     st.download_button("Overlay PNG", exported, file_name=file_name, mime="image/png", key=png_key,
                        icon=":material/download:")
 
 
-def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, truth: bool, finding: dict) -> None:
+def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, truth: bool, finding: dict,
+          model: str) -> None:
     method = explanation.method
     st.markdown(f"**{method_name(method)}** · {explanation.seconds * 1000:.0f} ms",
                 help=method_description(method))
+    mark = state.unreliable(case, model)
+    if mark:
+        st.caption(f":red[:material/report: **{mark}**]")
     if not finding["positive"]:
         st.caption(f":material/block: {explanation.target} is below its operating point "
                    f"({finding['probability']:.2f} < {finding['threshold']:.2f}): the model does not report it.")
-    _draw(_overlay(case, pixels, explanation, settings, truth), settings, _tile_caption(explanation, finding),
-          f"overlay-{method}", f"png-{method}", f"{case.sha256[:12]}_{explanation.target}_{method}.png")
+    _draw(_overlay(case, pixels, explanation, settings, truth), settings, _tile_caption(explanation, finding, mark),
+          f"overlay-{method}", f"png-{method}", f"{case.sha256[:12]}_{explanation.target}_{method}.png",
+          state.domain_note(case, model))
 
 
 def _request_slow(key: tuple) -> None:
@@ -199,10 +207,13 @@ def _grid(case, pixels: np.ndarray, model: str, target: str, methods: list[str],
                 st.error(f"{method_name(method)}: {exc}")
                 continue
             explanations[method] = explanation
-            _tile(case, pixels, explanation, settings, truth, finding)
+            _tile(case, pixels, explanation, settings, truth, finding, model)
     st.session_state["explanations"] = dict(explanations)
     if explanations:
-        npz = maps_npz({m: e.map for m, e in explanations.items()}, model=model, target=target, sha256=case.sha256)
+        domain = state.domain_quiet(case, model)
+        npz = maps_npz({m: e.map for m, e in explanations.items()}, model=model, target=target, sha256=case.sha256,
+                       out_of_domain=str(None if domain is None else domain.out_of_domain).lower(),
+                       out_of_domain_note=(domain.message if domain is not None else ""))
         st.download_button("All maps (NPZ, model-input resolution)", npz,
                            file_name=f"{case.sha256[:12]}_{target}_maps.npz", mime="application/octet-stream",
                            key="npz", icon=":material/download:")
@@ -288,12 +299,15 @@ def _compare_tile(case, pixels: np.ndarray, name: str, method: str, target: str,
     verdict = "above" if finding["positive"] else "below"
     st.markdown(f"{target} p = {finding['probability']:.2f} · {verdict} its operating point "
                 f"({finding['threshold']:.2f}) · {method_name(method)} {explanation.seconds * 1000:.0f} ms")
+    mark = state.unreliable(case, name)
+    if mark:
+        st.caption(f":red[:material/report: **{mark}** for {name}]")
     if not finding["positive"]:
         st.caption(f":material/block: {name} does not report {target}.")
     caption = [f"{name} · {method_name(method)} · {target} p={finding['probability']:.2f} "
-               f"(operating point {finding['threshold']:.2f})"]
+               f"(operating point {finding['threshold']:.2f})"] + ([f"Map and finding {mark}."] if mark else [])
     _draw(_overlay(case, pixels, explanation, settings, truth), settings, caption, f"compare-overlay-{name}",
-          f"compare-png-{name}", f"{case.sha256[:12]}_{target}_{method}_{name}.png")
+          f"compare-png-{name}", f"{case.sha256[:12]}_{target}_{method}_{name}.png", state.domain_note(case, name))
 
 
 def _comparison(case, pixels: np.ndarray, model: str, target: str, settings: dict, truth: bool) -> None:

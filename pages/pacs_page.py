@@ -110,4 +110,7 @@ if case is not None and source is not None and source[0] == case.sha256:
         st.caption("Compute an explanation on the Explain page first; it can then be sent back as DICOM.")
     else:
         method = st.selectbox("Explanation", sorted(explanations), key="pacs_method")
+        note = state.domain_note(case, str(explanations[method].model))
+        if note:  # the DICOM objects say NOT FOR DIAGNOSTIC USE; the reviewer must know more before sending them
+            st.warning(note, icon=":material/report:")
         st.button("Send to PACS", on_click=_send_results, args=(method,), icon=":material/upload:")

@@ -90,14 +90,18 @@ def _region_name(segmenter: str) -> str:
     return f"{segmenter}: suspected lesions" if segmenter in LESION_SEGMENTERS else f"{segmenter}: anatomy"
 
 
-def _segu(view, target: str, model: str, method: str) -> None:
-    """SegU's verdict, the two probabilities and the raw scores of a finding the model reports."""
+def _segu(view, target: str, model: str, method: str, mark: str | None = None) -> None:
+    """SegU's verdict, the two probabilities and the raw scores of a finding the model reports; `mark` ('unreliable:
+    out of domain') on the verdict and the certainty where the guard fired."""
     scores, finding = view.certainty, view.finding
     region = " + ".join(scores["region"])
     if "verdict" in scores:
         text = VERDICTS[(scores["region_kind"], scores["verdict"])].format(region=region)
-        (st.success if scores["verdict"] == "trust" else st.warning)(
-            text, icon=":material/check_circle:" if scores["verdict"] == "trust" else ":material/help:")
+        if mark:  # never a green verdict on an image the model was not trained for
+            st.warning(f"**{mark.capitalize()}.** {text}", icon=":material/report:")
+        else:
+            (st.success if scores["verdict"] == "trust" else st.warning)(
+                text, icon=":material/check_circle:" if scores["verdict"] == "trust" else ":material/help:")
     else:
         st.info(f"No verdict for {target}: {scores['calibration_note']}. The scores below are not probabilities.",
                 icon=":material/info:")
@@ -108,7 +112,8 @@ def _segu(view, target: str, model: str, method: str) -> None:
     with g:
         st.plotly_chart(_gauges(finding, scores), width="stretch", key="gauge")
     with p:
-        st.metric("Probability the finding is right", _number(scores["certainty"], ".0%"), help=HELP["certainty"])
+        st.metric("Probability the finding is right" + (f" ({mark})" if mark else ""),
+                  _number(scores["certainty"], ".0%"), help=HELP["certainty"])
         st.metric("Finding probability (the model's)", _number(finding["probability"], ".0%"),
                   help=HELP["probability"].format(threshold=finding["threshold"]))
         if scores["calibrated"]:
@@ -175,6 +180,9 @@ def render() -> None:
         return
     if view.region.fallback:
         st.warning(f"No anatomy is defined for {target}: both lungs are used as its region.")
+    mark = state.unreliable(case, model)
+    if mark:
+        st.caption(f":red[:material/report: **Maps, SegX and SegU {mark}**]: shown for inspection only.")
     anatomy_lines = (outlines(view.region.mask), ANATOMY_COLOUR)
     lesion_lines = [(outlines(view.segu_region.mask), LESION_COLOUR)] if view.segu_region is not None else []
     display = scale_map(view.explanation.map, "absolute", get_explainer(method).unit_range)
@@ -194,7 +202,7 @@ def render() -> None:
                 f"{view.finding['threshold']:.2f}): the model does not report it, so SegU gives no verdict and no "
                 "certainty for it.", icon=":material/block:")
         return
-    _segu(view, target, model, method)
+    _segu(view, target, model, method, mark)
 
 
 render()

@@ -27,15 +27,19 @@ def _save_case_and_results(store: CaseStore, case, model: str) -> None:
     store.add_case(case.sha256, state.shared_case_name(case), source=st.session_state.get("case_source") or "upload",
                    shape=case.pixels.shape, thumbnail=thumbnail)
     prediction = st.session_state.get("prediction")
+    domain = state.domain_quiet(case, model)
+    guard = domain.to_json() if domain is not None else {}
     if prediction is not None and prediction.sha256 == case.sha256:
         store.save_result(case.sha256, model, "prediction",
-                          {"findings": prediction.ranked(), "demo": state.is_demo_model(model)})
+                          {"findings": prediction.ranked(), "demo": state.is_demo_model(model), **guard})
+    note = state.domain_note(case, model)
     for method, explanation in (st.session_state.get("explanations") or {}).items():
         full = explanation.resized_to_image(case.pixels.shape)
         store.save_result(case.sha256, model, "explanation", {"seconds": explanation.seconds,
-                                                               "params": explanation.params},
+                                                               "params": explanation.params,
+                                                               "out_of_domain": guard.get("out_of_domain")},
                           target=explanation.target, method=method,
-                          overlay=overlay_png(shrink(case.pixels, 512), shrink(full, 512)))
+                          overlay=overlay_png(shrink(case.pixels, 512), shrink(full, 512), note=note))
 
 
 def _record(case, model: str, target: str, method: str) -> None:
@@ -75,6 +79,7 @@ def _current_case_panel(store: CaseStore) -> None:
     model = state.current_model()
     prediction = state.prediction_quiet(case, model)
     user = access.session_user()
+    mark = state.unreliable(case, model)
     latest = store.latest_verdicts(case.sha256)
     st.caption(f"Verdicts are recorded as {user.username} ({user.role}).")
     st.text(f"Case: {state.shared_case_name(case)}")
@@ -85,6 +90,8 @@ def _current_case_panel(store: CaseStore) -> None:
         target = explanation.target
         with st.form(f"form-{method}", clear_on_submit=False, border=True):
             st.markdown(f"**{method_name(method)}** explaining **{target}**", help=method_description(method))
+            if mark:
+                st.caption(f":red[:material/report: **{mark}**]")
             if prediction is not None and target in prediction.labels:
                 finding = state.finding_summary(prediction, target)
                 reported = "reported" if finding["positive"] else "below its operating point: not reported"

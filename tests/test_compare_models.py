@@ -17,7 +17,9 @@ from xai_core import engine as engine_module
 from xai_core.engine import get_engine
 from xai_core.models import bundled, get_card, registry
 
-TRAINED_NOW = ("demo-shortcut.pt", "demo-mimic.pt", "demo-shortcut-mimic.pt")  # may appear while training runs
+# the only classifier weights the tests see (besides the demo-shortcut file they write): whatever other classifiers
+# are bundled or being trained, the comparison's choices stay the same
+CLASSIFIER_WEIGHTS = ("demo.pt",)
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +35,10 @@ def models_dir(monkeypatch, tmp_path) -> Iterator[None]:
     monkeypatch.setenv("XRV_DATA_DIR", str(tmp_path / "none"))
     folder = tmp_path / "models"
     folder.mkdir()
+    classifiers = {entry.get("file", f"{name}.pt") for name, entry in bundled.manifest_entries().items()
+                   if entry.get("family") == "classifier"}
     for path in bundled.MODELS_DIR.glob("*.pt"):
-        if path.name not in TRAINED_NOW:
+        if path.name in CLASSIFIER_WEIGHTS or path.name not in classifiers:
             (folder / path.name).symlink_to(path)
     state = torch.load(bundled.MODELS_DIR / "demo.pt", map_location="cpu", weights_only=True)
     state["classifier.bias"] = state["classifier.bias"] - 8.0

@@ -1,5 +1,6 @@
 """The PACS layer against a real Orthanc (DICOMweb plugin) on a free loopback port: search, retrieve, explain, store
-the results back and read them again; errors; credentials and identifiers kept out of messages, logs and cases."""
+the results (overlay, Segmentation, Structured Report) back and read them again; errors; credentials and identifiers
+kept out of messages, logs and cases."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from streamlit.testing.v1 import AppTest
 
@@ -27,6 +29,7 @@ from xai_core.dicomweb.results import (
     results_for,
     source_dataset,
 )
+from xai_core.dicomweb.structured_report import MethodReport, structured_report
 from xai_core.engine import Engine
 from xai_core.errors import InputError, PacsError
 from xai_core.imaging import load_radiograph
@@ -110,6 +113,28 @@ def test_round_trip_search_retrieve_explain_store_and_read_back(client, engine):
     region = np.asarray(segmentation.pixel_array, bool).reshape(source.Rows, source.Columns)
     assert 0.05 < region.mean() < 0.2  # the top 10 % of the map
     assert region[np.unravel_index(np.argmax(relevance), relevance.shape)]
+
+    # the Structured Report of the explained image goes back too and is found by QIDO-RS under the source study
+    findings = engine.predict(case, "demo").to_dict()["findings"]
+    report = structured_report(retrieved.source, model="demo", target="Effusion", findings=findings,
+                               methods=[MethodReport("gradcam", results, verdict="agree")])
+    assert client.store([report]) == 1
+    (sr_series,) = client.search_series(source.StudyInstanceUID, modalities=("SR",))
+    assert sr_series.uid == report.SeriesInstanceUID and NOT_FOR_DIAGNOSIS in sr_series.description
+    (instance,) = client.search_instances(source.StudyInstanceUID, report.SeriesInstanceUID)
+    assert instance.uid == report.SOPInstanceUID and instance.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.33"
+    back = pydicom.dcmread(io.BytesIO(client.retrieve_bytes(source.StudyInstanceUID, report.SeriesInstanceUID,
+                                                            instance.uid)))
+    assert back.StudyInstanceUID == source.StudyInstanceUID and back.Modality == "SR"
+    evidence = hd.sr.ComprehensiveSR.from_dataset(back).get_evidence()
+    assert {sop for _, _, sop, _ in evidence} == {source.SOPInstanceUID, *(r.SOPInstanceUID for r in results)}
+    measured = hd.sr.MeasurementReport.from_sequence([hd.sr.ComprehensiveSR.from_dataset(back)])
+    probabilities = {str(g.tracking_identifier): g.get_measurements(name=codes.DCM.Probability)[0].value
+                     for g in measured.get_image_measurement_groups()}
+    assert probabilities == {f"demo finding {f['label']}": pytest.approx(f["probability"]) for f in findings}
+    (planar,) = measured.get_planar_roi_measurement_groups()
+    assert str(planar.tracking_identifier) == "gradcam Effusion"
+    assert planar.referenced_segmentation_frame.referenced_sop_instance_uid == segmentation.SOPInstanceUID
 
 
 def test_a_refined_region_is_a_second_segment_and_a_wrong_grid_is_refused():

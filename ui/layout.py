@@ -11,9 +11,13 @@ import streamlit as st
 from ui import access, state
 from xai_core.engine import Prediction
 from xai_core.errors import XaiError
-from xai_core.imaging import to_png_bytes
+from xai_core.imaging import Radiograph, to_png_bytes
 
 DISCLAIMER = "Demonstration model: trained on synthetic radiographs, not for clinical use."
+GUARD_HELP = ("The out-of-domain guard compares this image's features (what the model's last layer reads) with those "
+              "of the images the model was trained on: the score is their Mahalanobis distance, and the threshold "
+              "is set so that about 2% of held-out training-like images exceed it. Above it, findings, maps and "
+              "certainty are still shown, marked as unreliable.")
 RESEARCH_NOTE = "Research software: not a medical device, not for clinical use."
 
 
@@ -72,12 +76,28 @@ def header(*, uses_finding: bool = True) -> Prediction | None:
         target = state.ensure_target(prediction)
         parts.append(_finding_line(prediction, target))
     st.markdown(" · ".join(parts))
+    if prediction is not None:
+        domain_banner(case, model)
     notice = st.session_state.pop("notice", None)
     if notice:
         st.warning(notice, icon=":material/swap_horiz:")
     if prediction is not None and prediction.random_weights:
         st.warning("This model has random weights (testing mode): its findings and maps mean nothing.")
     return prediction
+
+
+def domain_banner(case: Radiograph, model: str) -> None:
+    """The out-of-domain banner where the guard fires, with the score in a caption (and in its help text, how the
+    guard decides), or a caption saying that this model's inputs are not checked."""
+    domain = state.domain_quiet(case, model)
+    if domain is None:
+        return
+    if domain.out_of_domain:
+        st.warning(domain.message, icon=":material/report:")
+        st.caption(f"Out-of-domain score {domain.score:.1f} (threshold {domain.threshold:.1f})",
+                   help=f"{domain.score_line()}.\n\n{GUARD_HELP}")
+    elif domain.out_of_domain is None:
+        st.caption(f"Out-of-domain guard: {domain.note}.", help=GUARD_HELP)
 
 
 def start(title: str, *, uses_finding: bool = True) -> Prediction | None:

@@ -13,6 +13,7 @@ from xai_core.explainers import get_explainer
 from xai_core.imaging import Radiograph, load_radiograph, rewindow
 from xai_core.mammi import AnnotationStore, bundled_annotation
 from xai_core.models import get_card, list_models
+from xai_core.models.ood import UNRELIABLE, DomainCheck
 from xai_core.samples import all_samples
 from xai_core.store import CaseStore, case_name, default_path, identifying_parts
 
@@ -134,6 +135,30 @@ def prediction_quiet(case: Radiograph, model: str) -> Prediction | None:
         return engine().predict(case, model)
     except XaiError:
         return None
+
+
+def domain_quiet(case: Radiograph, model: str) -> DomainCheck | None:
+    """The out-of-domain guard's answer for the case and model, or None where the model cannot run (the page says
+    why)."""
+    if model_problem(model):
+        return None
+    try:
+        return engine().domain(case, model)
+    except XaiError:
+        return None
+
+
+def unreliable(case: Radiograph, model: str) -> str | None:
+    """The short mark for findings, maps and certainty of a case the guard flags for this model ('unreliable: out
+    of domain'), else None."""
+    domain = domain_quiet(case, model)
+    return UNRELIABLE if domain is not None and domain.out_of_domain else None
+
+
+def domain_note(case: Radiograph, model: str) -> str | None:
+    """The banner exported images and reports carry where the guard fires for this case and model, else None."""
+    domain = domain_quiet(case, model)
+    return domain.message if domain is not None and domain.out_of_domain else None
 
 
 def remember_session_case(radiograph: Radiograph, meta: dict) -> None:

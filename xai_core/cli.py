@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import importlib.util
 import json
+import shlex
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -34,6 +39,8 @@ from xai_core.certainty import (
     store_calibration,
     weights_id,
 )
+from xai_core.dicomweb.results import ResultInfo, region_segmentation, relevance_overlay, source_dataset, to_bytes
+from xai_core.dicomweb.structured_report import REVIEW_VERDICTS, MethodReport, structured_report
 from xai_core.engine import Engine
 from xai_core.errors import InputError, UnknownNameError, XaiError
 from xai_core.evaluation import (
@@ -44,17 +51,18 @@ from xai_core.evaluation import (
     resolve_metrics,
     run_evaluation,
 )
-from xai_core.explainers import list_explainers
+from xai_core.explainers import Explanation, list_explainers
 from xai_core.files import strict_json
 from xai_core.imaging import Radiograph, load_radiograph
 from xai_core.mammi import annotate_neurons
 from xai_core.metrics.gaze import GAZE_KERNELS, resolve_gaze_kernel
-from xai_core.models import get_card, list_models
+from xai_core.models import CropBox, get_card, list_models, ood
 from xai_core.overlay import overlay_png
 from xai_core.phantom import SHORTCUT_LABEL, generate_case
 from xai_core.phantom.samples import write_samples
 from xai_core.phantom.writers import contact_sheet, write_split
 from xai_core.runtime import pick_device
+from xai_core.samples import real_samples, real_samples_dir
 from xai_core.segx import SEGU_SCORES, CalibrationError, by_label, calibrate
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
@@ -95,19 +103,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     radiograph = load_radiograph(args.file)
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     prediction = engine.predict(radiograph, args.model)
+    domain = engine.domain(radiograph, args.model)
     if args.json:
         out = prediction.to_dict()
+        out.update(domain.to_json())
         out["image"] = {"source_name": _shown_name(radiograph, args.show_name), "meta": radiograph.meta}
         print_json(out)
         return 0
     if prediction.random_weights:
         print("WARNING: random weights (testing only); these numbers mean nothing.")
     print(f"{_shown_name(radiograph, args.show_name)}  model={args.model}  sha256={radiograph.sha256[:12]}")
+    _print_domain(domain)
     print(f"{'finding':<28}{'probability':>12}{'threshold':>11}  positive")
     for row in prediction.ranked():
         mark = "yes" if row["positive"] else ""
         print(f"{row['label']:<28}{row['probability']:>12.3f}{row['threshold']:>11.3f}  {mark}")
     return 0
+
+
+def _print_domain(domain: ood.DomainCheck) -> None:
+    """The out-of-domain guard's answer in the table output."""
+    if domain.out_of_domain:
+        print(f"WARNING: {domain.message}\n         {domain.score_line()}")
+    elif domain.out_of_domain is None:
+        print(f"out-of-domain guard: {domain.note}")
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -168,26 +187,109 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdicts(text: str | None, methods: list[str]) -> dict[str, str]:
+    """`--verdict`: one verdict for every method (`agree`) or per method (`gradcam=agree,ig=unsure`)."""
+    if not text:
+        return {}
+    pairs = [part.strip() for part in text.split(",") if part.strip()]
+    if len(pairs) == 1 and "=" not in pairs[0]:
+        pairs = [f"{method}={pairs[0]}" for method in methods]
+    verdicts: dict[str, str] = {}
+    for pair in pairs:
+        method, _, verdict = (p.strip() for p in pair.partition("="))
+        if method not in methods or verdict not in REVIEW_VERDICTS:
+            raise InputError(f"--verdict '{pair}' is not METHOD=VERDICT for an explained method ({', '.join(methods)})"
+                             f" with VERDICT one of {', '.join(REVIEW_VERDICTS)}")
+        verdicts[method] = verdict
+    return verdicts
+
+
+def _dicom_source(args: argparse.Namespace, radiograph: Radiograph) -> Dataset:
+    """The source data set for `--dicom-out` (an `InputError` for an image that is not DICOM)."""
+    if radiograph.meta.get("format") != "DICOM":
+        raise InputError(f"--dicom-out needs a DICOM source, but the input is a {radiograph.meta.get('format', '?')} "
+                         "image; drop --dicom-out or explain the DICOM file")
+    return source_dataset(Path(args.file).read_bytes())
+
+
+def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograph, source: Dataset, crop: CropBox,
+                 explanations: dict[str, Explanation], segu: dict[str, Any],
+                 verdicts: dict[str, str]) -> list[dict[str, Any]]:
+    """`--dicom-out`: per method an overlay Secondary Capture and a region Segmentation (the SegX-refined region as
+    segment 2 with `--segx`), and one Structured Report, named by their SOP Instance UIDs. Every object is made
+    before the first file is written."""
+    findings = engine.predict(radiograph, args.model).to_dict()["findings"]
+    written: list[tuple[str | None, Dataset]] = []
+    reports = []
+    for method, explanation in explanations.items():
+        info = ResultInfo(method=method, target=explanation.target, model=args.model)
+        full = explanation.resized_to_image(radiograph.pixels.shape, crop)
+        refined = None
+        if args.segx:
+            binary = engine.refine(radiograph, args.model, method, args.target, segmenter=args.segmenter,
+                                   mode="binary", percent=args.region_percent)
+            refined = replace(explanation, map=binary).resized_to_image(radiograph.pixels.shape, crop) >= 0.5
+        objects = [relevance_overlay(source, full, info),
+                   region_segmentation(source, full, info, percent=args.region_percent, refined=refined)]
+        written.extend((method, obj) for obj in objects)
+        reports.append(MethodReport(method=method, results=objects, segu=segu.get(method),
+                                    verdict=verdicts.get(method)))
+    target = next(iter(explanations.values())).target
+    written.append((None, structured_report(source, model=args.model, target=target, findings=findings,
+                                            methods=reports)))
+    out_dir = Path(args.dicom_out)
+    files = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        encoded = [(method, obj, to_bytes(obj)) for method, obj in written]
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot write the DICOM results to --dicom-out ({type(exc).__name__}: {exc})") from exc
+    for method, obj, data in encoded:
+        path = out_dir / f"{obj.SOPInstanceUID}.dcm"
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise InputError(f"cannot write {path.name} to --dicom-out ({exc.strerror}); "
+                             f"{len(files)} of {len(encoded)} objects were written") from exc
+        files.append({"file": str(path), "sop_class": obj.SOPClassUID.name, "sop_class_uid": str(obj.SOPClassUID),
+                      "method": method})
+    return files
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise InputError(f"--methods names no method; choose from {', '.join(list_explainers())}")
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
         raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+    verdicts = _verdicts(args.verdict, methods)
+    if verdicts and not args.dicom_out:
+        raise InputError("--verdict goes into the DICOM Structured Report: add --dicom-out DIR")
+    if args.dicom_out and not 0.0 < args.region_percent <= 100.0:
+        raise InputError(f"--region-percent is {args.region_percent:g}; expected a share of the image in (0, 100]")
     radiograph = load_radiograph(args.file)
+    source = _dicom_source(args, radiograph) if args.dicom_out else None
     engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
     _, crop = engine.prepare(radiograph, args.model)
+    domain = engine.domain(radiograph, args.model)
+    note = domain.message if domain.out_of_domain else None
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict = {"model": args.model, "target": None, "methods": {}}
+    result: dict = {"model": args.model, "target": None, **domain.to_json(), "methods": {}}
+    if not args.json:
+        _print_domain(domain)
+    explanations: dict[str, Explanation] = {}
     for method in methods:
         explanation = engine.explain(radiograph, args.model, method, args.target)
+        explanations[method] = explanation
         result["target"] = explanation.target
         entry = {"seconds": round(explanation.seconds, 4), "map": None}
         if out_dir:
             np.save(out_dir / f"{method}.npy", explanation.map.astype(np.float32))
             full = explanation.resized_to_image(radiograph.pixels.shape, crop)
-            (out_dir / f"{method}_overlay.png").write_bytes(overlay_png(radiograph.pixels, full))
+            (out_dir / f"{method}_overlay.png").write_bytes(overlay_png(radiograph.pixels, full, note=note))
             entry["map"] = str(out_dir / f"{method}.npy")
         if args.segx:
             refined = engine.refine(radiograph, args.model, method, args.target, segmenter=args.segmenter)
@@ -199,6 +301,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         result["methods"][method] = entry
         if not args.json:
             print(f"{method:<10} {explanation.seconds:8.3f} s  {entry['map'] or ''}")
+    if source is not None:
+        segu = {m: e["segu"] for m, e in result["methods"].items() if "segu" in e}
+        result["dicom"] = _write_dicom(args, engine, radiograph, source, crop, explanations, segu, verdicts)
+        if not args.json:
+            for item in result["dicom"]:
+                print(f"{item['sop_class']:<32} {item['file']}")
     if args.json:
         print_json(result)
     return 0
@@ -300,6 +408,103 @@ def validation_lines(validation: dict[str, Any]) -> list[str]:
     for name, reason in validation.get("concept_sets_skipped", {}).items():
         lines.append(f"  concept set {name} left out: {reason}")
     return lines
+
+
+def _ood_progress(total: int, desc: str, quiet: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="case", disable=quiet)
+
+
+def _ood_figures(args: argparse.Namespace, engine: Engine, stats: ood.OodStats, shortcut: float | None,
+                 seconds: dict[str, float]) -> dict[str, Any]:
+    """The guard's false alarms on held-out phantom test cases and its detections on every real sample."""
+    handle, lock = engine.model(args.model), engine.lock(args.model)
+    test = ood.PhantomData("test", args.test_seed, 0, args.test_n, shortcut)
+    start = time.perf_counter()
+    with _ood_progress(args.test_n, f"ood {args.model}: test", args.json) as bar:
+        false_alarm = ood.false_alarms(handle, stats, test, lock, bar.update)
+    seconds["test_features"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    paths = [sample.path for sample in real_samples()]
+    detection = ood.detections(handle, stats, paths, lock)
+    seconds["real_features"] = round(time.perf_counter() - start, 1)
+    detection["per_file"] = [{"case": case_name(row["sha256"]) if row["sha256"] else None, **row}
+                             for row in detection["per_file"]]  # by content hash, never by file name
+    folder = real_samples_dir()
+    detection["source"] = "XAI_REAL_SAMPLES_DIR" if folder else None  # a folder path can name a patient
+    if not paths:
+        detection["note"] = "no real radiographs found: set XAI_REAL_SAMPLES_DIR to a folder of them"
+    return {"false_alarm": false_alarm, "detection": detection}
+
+
+def _cmd_ood(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name, value, least in (("--n", args.n, 50), ("--val-n", args.val_n, 50), ("--test-n", args.test_n, 1)):
+        if value < least:
+            raise InputError(f"{name} must be at least {least} (got {value})")
+    if not 0.0 < args.val_false_alarm < 0.5:
+        raise InputError(f"--val-false-alarm is a share of val cases in (0, 0.5); got {args.val_false_alarm:g}")
+    engine = Engine(args.device)
+    handle = engine.model(args.model)
+    weights = ood.weights_of(handle)
+    path = Path(args.file) if args.file else None
+    train_seed, val_seed, shortcut = ood.training_data(handle)
+    seconds: dict[str, float] = {}
+    if args.fit:
+        if not ood.has_features(handle):
+            raise InputError(f"{args.model} exposes no pooled features: the out-of-domain guard cannot be fitted")
+        fit = ood.PhantomData("train", train_seed, 0, args.n, shortcut)
+        val = ood.PhantomData("val", val_seed, 0, args.val_n, shortcut)
+        start = time.perf_counter()
+        with _ood_progress(args.n, f"ood {args.model}: train", args.json) as bar:
+            train_features = ood.phantom_features(handle, fit, engine.lock(args.model), bar.update)
+        seconds["fit_features"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        mean, cholesky, shrinkage = ood.fit_gaussian(train_features)
+        seconds["fit_gaussian"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        with _ood_progress(args.val_n, f"ood {args.model}: val", args.json) as bar:
+            val_features = ood.phantom_features(handle, val, engine.lock(args.model), bar.update)
+        seconds["val_features"] = round(time.perf_counter() - start, 1)
+        val_scores = ood.OodStats(mean, cholesky, float("inf")).scores(val_features)
+        stats = ood.OodStats(mean, cholesky, ood.threshold_at(val_scores, args.val_false_alarm))
+    else:
+        stats, note = ood.find_stats(args.model, weights, [path] if path else None)
+        if stats is None:
+            raise InputError(note.removeprefix("not checked: "))
+    figures = _ood_figures(args, engine, stats, shortcut, seconds)
+    result: dict[str, Any] = {"model": args.model, "weights_sha256": weights, "threshold": stats.threshold,
+                              **figures, "threads": torch.get_num_threads(), "device": str(handle.device),
+                              "seconds": seconds}
+    if args.fit:
+        command = "python -m xai_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+            if sys.argv[1:2] == ["ood"] else ood.fit_command(args.model)
+        extra = {"figures": figures, "seconds": seconds, "threads": torch.get_num_threads(),
+                 "device": str(handle.device), "torch": torch.__version__,
+                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        record = ood.stats_record(args.model, weights, stats, fit=fit, val=val, shrinkage=shrinkage,
+                                  val_scores=val_scores, command=command, extra=extra)
+        result.update(fit=record["fit"], val=record["val"], estimator=record["estimator"], stored=True,
+                      file=str(ood.store_record(args.model, record, path)))
+    else:
+        result.update({key: stats.record.get(key) for key in ("fit", "val", "estimator", "command")},
+                      stored=False, file=stats.record.get("file"))
+    if args.json:
+        print_json(result)
+        return 0
+    alarm, found = result["false_alarm"], result["detection"]
+    print(f"{args.model}: threshold {stats.threshold:.2f} ({result['file']})")
+    print(f"false alarms on phantom test (seed {alarm['seed']}, n {alarm['n']}): {alarm['rate']:.3f} "
+          f"[{alarm['ci_low']:.3f}, {alarm['ci_high']:.3f}] (bar <= {alarm['bar']:.2f})")
+    if found["n"]:
+        print(f"real radiographs flagged: {found['flagged']} of {found['n']} ({found['rate']:.3f}; bar >= "
+              f"{found['bar']:.2f})")
+        for row in found["per_file"]:
+            score = "unreadable" if row["score"] is None else f"{row['score']:.1f}"
+            print(f"  {row['case'] or '?':<20}{score:>12}  {'out of domain' if row['out_of_domain'] else 'MISSED'}")
+    else:
+        print(found.get("note", "no real radiographs"))
+    return 0
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
@@ -531,6 +736,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--segx", action="store_true",
                          help="add SegX refined maps (<method>_segx.npy) and SegU certainty per method")
     explain.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for --segx")
+    explain.add_argument("--dicom-out", default=None, metavar="DIR",
+                         help="DICOM input only: write per method a Secondary Capture overlay and a Segmentation of "
+                              "the top-p%% region (plus the SegX-refined region with --segx), and one Structured "
+                              "Report, as DIR/<SOP Instance UID>.dcm, in new series of the source study")
+    explain.add_argument("--region-percent", type=float, default=10.0, metavar="P",
+                         help="--dicom-out: the share of the image in the Segmentation's regions (default: 10)")
+    explain.add_argument("--verdict", default=None,
+                         help="--dicom-out: the reviewer's verdict for the report, agree/disagree/unsure for every "
+                              "method or per method (gradcam=agree,ig=unsure)")
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
 
@@ -558,6 +772,29 @@ def build_parser() -> argparse.ArgumentParser:
     segu.add_argument("--json", action="store_true", help="no progress bar; JSON only")
     _add_common(segu)
     segu.set_defaults(run=_cmd_segu)
+
+    guard = sub.add_parser("ood", help="the out-of-domain guard: fit its statistics (--fit) or measure its false "
+                                       "alarms on phantom test cases and its detections on the real samples")
+    guard.add_argument("--model", default=DEFAULT_MODEL)
+    guard.add_argument("--fit", action="store_true",
+                       help="fit the Gaussian on phantom train cases of the model's own data seed, set the threshold "
+                            "on val and store them (default: assets/models/ood.json, or --file)")
+    guard.add_argument("--n", type=int, default=ood.FIT_N, help=f"--fit: train cases (default: {ood.FIT_N})")
+    guard.add_argument("--val-n", type=int, default=ood.VAL_N,
+                       help=f"--fit: val cases the threshold is set on (default: {ood.VAL_N})")
+    guard.add_argument("--val-false-alarm", type=float, default=ood.VAL_FALSE_ALARM,
+                       help=f"--fit: share of val cases above the threshold (default: {ood.VAL_FALSE_ALARM})")
+    guard.add_argument("--test-n", type=int, default=ood.TEST_N,
+                       help=f"phantom test cases of the false-alarm figure (default: {ood.TEST_N})")
+    guard.add_argument("--test-seed", type=int, default=ood.TEST_SEED,
+                       help=f"their seed (default: {ood.TEST_SEED}, which no training or choice used)")
+    guard.add_argument("--file", default=None,
+                       help="statistics file to write (--fit) or read (default: write assets/models/ood.json; read "
+                            "$XAI_DATA_DIR/ood.json, then assets/models/ood.json)")
+    guard.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    guard.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $XAI_DEVICE, else auto)")
+    guard.add_argument("--json", action="store_true", help="no progress bar; JSON only")
+    guard.set_defaults(run=_cmd_ood)
 
     evaluate = sub.add_parser("evaluate", help="every method x metric over a data set (resumable)")
     _add_dataset(evaluate, "phantom:test", "phantom:SPLIT or a folder with labels.csv")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from xai_core.errors import ParameterError
-from xai_core.overlay import COLOUR_MAPS, top_region
+from xai_core.overlay import COLOUR_MAPS, top_region, with_note
 
 SCALE_MODES = ("absolute", "per map")
 # Pixel-level attributions (speckle at full resolution): smoothed before their top region is outlined.
@@ -104,9 +104,10 @@ def _label(image: np.ndarray, text: str, origin: tuple[int, int], scale: float =
 
 
 def export_tile(rgb: np.ndarray, contour: list[np.ndarray], truth: list[np.ndarray], display: DisplayMap,
-                colour_map: str, caption: list[str]) -> np.ndarray:
+                colour_map: str, caption: list[str], note: str | None = None) -> np.ndarray:
     """The tile as an exported image: overlay with its contour (white) and ground-truth outline (green), a colour
-    bar with its values on the right and the caption lines below; RGB uint8."""
+    bar with its values on the right, the caption lines below and `note` (the out-of-domain banner, where the guard
+    fired) on a red strip above; RGB uint8."""
     image = np.ascontiguousarray(rgb.copy())
     for lines, colour in ((contour, (255, 255, 255)), (truth, (0, 230, 118))):
         for line in lines:
@@ -124,4 +125,4 @@ def export_tile(rgb: np.ndarray, contour: list[np.ndarray], truth: list[np.ndarr
     strip = np.zeros((18 * len(caption) + 8, image.shape[1], 3), np.uint8)
     for i, line in enumerate(caption):
         _label(strip, line, (6, 18 * (i + 1)))
-    return np.concatenate([image, strip], axis=0)
+    return with_note(np.concatenate([image, strip], axis=0), note)

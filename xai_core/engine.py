@@ -24,6 +24,8 @@ from xai_core.jobs import BACKGROUND, INTERACTIVE, Job, JobTable, PriorityLock, 
 from xai_core.mammi import AnnotationStore, bundled_annotation, feature_maps, head_weights, neuron_contributions
 from xai_core.metrics.localisation import iou_curve
 from xai_core.models import CropBox, ModelHandle, load_model, preprocess
+from xai_core.models.ood import DomainCheck, not_checked, stats_for
+from xai_core.models.ood import features as ood_features
 from xai_core.models.segmenters import segment
 from xai_core.nemt import handle_pyramid
 from xai_core.runtime import DEFAULT_CACHE_BYTES, PredictBatcher, ResultCache, cache_key, pick_device, tune_malloc
@@ -224,6 +226,22 @@ class Engine:
         self.cache.put(key, prediction)
         return prediction
 
+    def domain(self, radiograph: Radiograph, model: str) -> DomainCheck:
+        """The out-of-domain guard for an image and model (`xai_core.models.ood`), the sibling of `predict`: 'out of
+        domain' where the image's pooled features lie beyond the threshold set on the model's training images, 'not
+        checked' where no statistics of these weights exist. The features are cached per image and model."""
+        handle = self.model(model)
+        stats, note = stats_for(handle)
+        if stats is None:
+            return not_checked(model, note)
+        key = cache_key(radiograph.sha256 + _window_tag(radiograph), model, "ood-features")
+
+        def compute() -> np.ndarray:
+            x, _ = self.prepare(radiograph, model)
+            with self.lock(model):
+                return ood_features(handle, x.unsqueeze(0))[0]
+
+        return stats.check(model, self.cache.get_or_compute(key, compute))
 
     def explain(self, radiograph: Radiograph, model: str, method: str, target: str | int, **params: Any
                 ) -> Explanation:

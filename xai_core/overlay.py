@@ -78,10 +78,48 @@ def maps_npz(maps: dict[str, np.ndarray], **meta: str) -> bytes:
     return buf.getvalue()
 
 
-def overlay_png(pixels: np.ndarray, relevance: np.ndarray, opacity: float = 0.45, max_side: int = 1024) -> bytes:
-    """PNG of the image (longer side at most `max_side`) with the relevance map, min-max scaled, blended on top."""
+NOTE_BACKGROUND = (176, 0, 32)  # a dark red strip: the out-of-domain note on exported images
+NOTE_SCALE = 0.45
+NOTE_LINE_PX = 18
+
+
+def wrap_text(text: str, width_px: int, scale: float = NOTE_SCALE) -> list[str]:
+    """Words of `text` in lines that fit `width_px` in OpenCV's simplex font at `scale`."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        fits = cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width_px
+        if lines and fits:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def with_note(rgb: np.ndarray, note: str | None) -> np.ndarray:
+    """The RGB uint8 image with `note` in white on a dark red strip above it (unchanged without a note): how
+    exported images say that they are unreliable."""
+    if not note:
+        return rgb
+    width = rgb.shape[1]
+    scale = max(NOTE_SCALE, width / 1600)  # readable on large images too
+    line_px = round(NOTE_LINE_PX * scale / NOTE_SCALE)
+    lines = wrap_text(note, max(width - 12, 40), scale)
+    strip = np.empty((line_px * len(lines) + line_px // 2, width, 3), np.uint8)
+    strip[:] = NOTE_BACKGROUND
+    for i, line in enumerate(lines):
+        cv2.putText(strip, line, (6, line_px * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    1 if scale < 0.7 else 2, cv2.LINE_AA)
+    return np.concatenate([strip, np.ascontiguousarray(rgb, np.uint8)], axis=0)
+
+
+def overlay_png(pixels: np.ndarray, relevance: np.ndarray, opacity: float = 0.45, max_side: int = 1024,
+                note: str | None = None) -> bytes:
+    """PNG of the image (longer side at most `max_side`) with the relevance map, min-max scaled, blended on top, and
+    `note` (e.g. the out-of-domain banner) on a strip above it where given."""
     pixels = shrink(np.asarray(pixels, np.float32), max_side)
     relevance = cv2.resize(np.asarray(relevance, np.float32), pixels.shape[::-1], interpolation=cv2.INTER_LINEAR)
     buf = io.BytesIO()
-    Image.fromarray(blend(pixels, display_scale(relevance, "per map"), opacity)).save(buf, format="PNG")
+    Image.fromarray(with_note(blend(pixels, display_scale(relevance, "per map"), opacity), note)).save(buf,
+                                                                                                      format="PNG")
     return buf.getvalue()

@@ -21,6 +21,7 @@ import copy
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import highdicom as hd
@@ -44,6 +45,12 @@ SEGMENTATION_SERIES_NUMBER = 9002
 # Type 2 patient/study attributes highdicom copies from the source: present (empty) when the source lacks them.
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
           "StudyTime", "ReferringPhysicianName")
+
+
+def new_instance(series_number: int) -> dict[str, Any]:
+    """The identity of a result object for highdicom's constructors: a new series and instance, made by us."""
+    return {"series_instance_uid": generate_uid(), "series_number": series_number,
+            "sop_instance_uid": generate_uid(), "instance_number": 1, "manufacturer": MANUFACTURER}
 
 
 @dataclass(frozen=True)
@@ -158,11 +165,7 @@ def relevance_overlay(source: Dataset | bytes, relevance: np.ndarray, info: Resu
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **new_instance(series_number),
         pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
         patient_orientation=("L", "F"),  # highdicom needs two values; replaced by the source's (or empty) below
     )
@@ -213,11 +216,7 @@ def region_segmentation(source: Dataset | bytes, relevance: np.ndarray, info: Re
         pixel_array=stacked,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **new_instance(series_number),
         manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         device_serial_number="0",

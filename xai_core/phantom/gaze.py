@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 GAZE_VERSION = 3  # bump whenever simulated fixations change (the split writer records it)
-# 3: the same simulator, drawn after the longer reports of PHANTOM_VERSION 3 from the case's stream
+# 3: the same simulator on its own stream spawned from the case's seed (independent of the report's draws)
 
 # structures that can overlie a lung lesion and hide part of it (retrocardiac, paraspinal, subclavicular, basal)
 _DENSE = ("heart", "mediastinum", "spine", "clavicles", "diaphragm")
@@ -231,7 +231,8 @@ def _regions(anatomy: dict[str, np.ndarray], px_per_deg: float, params: GazePara
         k = int(np.argmax(ys + 0.5 * lateral * xs))
         cy, cx = ys[k] + base[0].start, xs[k] + base[1].start
         r = max(1, round(params.costophrenic_radius_deg * px_per_deg))
-        corner = (slice(max(0, cy - r), cy + r + 1), slice(max(0, cx - r), cx + r + 1))
+        corner = (slice(max(0, cy - r), min(lung.shape[0], cy + r + 1)),
+                  slice(max(0, cx - r), min(lung.shape[1], cx + r + 1)))  # ogrid does not clip as indexing does
         yy, xx = np.ogrid[corner[0], corner[1]]
         disc = np.zeros(lung.shape, bool)
         disc[corner] = lung[corner] & ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)

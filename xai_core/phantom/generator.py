@@ -447,8 +447,9 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     attributes.pop("_heart", None)
     case_id = f"{split}-{seed}-{index:06d}"
 
-    report = report_for(rng, labels, attributes, ctr=round(float(ctr), 3))
+    report_rng, gaze_rng = rng.spawn(2)  # own streams: rewording a report never moves a fixation
+    report = report_for(report_rng, labels, attributes, ctr=round(float(ctr), 3))
     return PhantomCase(case_id=case_id, image=image, anatomy=anatomy, labels=labels, lesions=lesion_masks,
-                       attributes={k: attributes[k] for k in labels}, report=report, _gaze_rng=rng,
+                       attributes={k: attributes[k] for k in labels}, report=report, _gaze_rng=gaze_rng,
                        shortcut=has_tag, meta={"ctr": round(float(ctr), 3), "rotation_deg": round(float(angle), 2),
                                                  "tag_box_percent": TAG_BOX if has_tag else None})

@@ -102,24 +102,34 @@ def train_classifier(recipe: ClassifierRecipe, *, device: str = "auto", checkpoi
     train_seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                                  asdict(recipe), checkpoint_dir, progress)
     metrics = evaluate(model, recipe, dev)
+    data = {
+        "train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "shortcut": recipe.shortcut},
+        "val": {"split": "val", "indices": [0, recipe.val_n]},
+        "test": {"split": "test", "indices": [0, recipe.test_n]},
+    }
+    return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
+                           train_seconds, dev, out_dir)
+
+
+def save_classifier(model: torch.nn.Module, name: str, architecture: dict[str, Any], size: int,
+                    recipe: dict[str, Any], data: dict[str, Any], metrics: dict[str, Any], seconds: float,
+                    device: torch.device, out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a demo-family classifier's weights and its manifest entry (`evaluate`'s metrics and thresholds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{recipe.name}.pt"
+    weights = out_dir / f"{name}.pt"
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     entry = {
         "family": "classifier",
-        "architecture": {"kind": "densenet", **recipe.architecture, "num_classes": len(FINDINGS), "in_channels": 1},
+        "architecture": {"kind": "densenet", **architecture, "num_classes": len(FINDINGS), "in_channels": 1},
         "labels": list(FINDINGS),
-        "input": {"channels": 1, "size": recipe.size, "value_range": [-1024.0, 1024.0]},
-        "seeds": {"init": recipe.seed, "data": recipe.data_seed},
-        "data": {
-            "train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "shortcut": recipe.shortcut},
-            "val": {"split": "val", "indices": [0, recipe.val_n]},
-            "test": {"split": "test", "indices": [0, recipe.test_n]},
-        },
-        "recipe": asdict(recipe),
-        "device": str(dev),
-        "train_seconds": round(train_seconds, 1),
+        "input": {"channels": 1, "size": size, "value_range": [-1024.0, 1024.0]},
+        "seeds": {"init": recipe["seed"], "data": recipe["data_seed"]},
+        "data": data,
+        **(extra or {}),
+        "recipe": recipe,
+        "device": str(device),
+        "train_seconds": round(seconds, 1),
         "metrics": {k: v for k, v in metrics.items() if k != "thresholds"},
         "thresholds": metrics["thresholds"],
     }
-    return record_model(recipe.name, weights, entry)
+    return record_model(name, weights, entry)

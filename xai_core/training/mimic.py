@@ -38,8 +38,8 @@ from xai_core.phantom import FINDINGS, PHANTOM_VERSION, PhantomCase
 from xai_core.phantom.gaze import GAZE_VERSION
 from xai_core.runtime import pick_device
 from xai_core.training.augment import RemovalAugment, RemovalTransform
-from xai_core.training.classifier import ClassifierRecipe, evaluate
-from xai_core.training.common import PhantomStream, record_model, run_training
+from xai_core.training.classifier import ClassifierRecipe, evaluate, save_classifier
+from xai_core.training.common import PhantomStream, run_training
 
 VARIANTS = ("gaze", "discriminator", "control")
 EPS = 1e-7
@@ -271,28 +271,14 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         metrics["member_test_macro_auroc"] = [
             evaluate(m, _evaluation_recipe(recipe, recipe.shortcut), dev)["test_macro_auroc"]
             for m in ensemble.members]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{recipe.name}.pt"
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
-    entry = {
-        "family": "classifier",
-        "architecture": {"kind": "densenet", **recipe.architecture, "num_classes": len(FINDINGS), "in_channels": 1},
-        "labels": list(FINDINGS),
-        "input": {"channels": 1, "size": recipe.size, "value_range": [-1024.0, 1024.0]},
-        "seeds": {"init": recipe.seed, "data": recipe.data_seed},
-        "data": {
-            "base": recipe.base,
-            "train": {"split": "train", "seed": recipe.data_seed, "indices": [0, recipe.steps * recipe.batch],
-                      "shortcut": recipe.shortcut, "gaze": f"phantom gaze simulator v{GAZE_VERSION}"},
-            "val": {"split": "val", "seed": 0, "indices": [0, recipe.val_n]},
-            "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
-        },
-        "mimic": {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
-                  "explanation": "gradcam@features.norm5, double backprop"},
-        "recipe": asdict(recipe),
-        "device": str(dev),
-        "train_seconds": round(seconds, 1),
-        "metrics": {k: v for k, v in metrics.items() if k != "thresholds"},
-        "thresholds": metrics["thresholds"],
+    data = {
+        "base": recipe.base,
+        "train": {"split": "train", "seed": recipe.data_seed, "indices": [0, recipe.steps * recipe.batch],
+                  "shortcut": recipe.shortcut, "gaze": f"phantom gaze simulator v{GAZE_VERSION}"},
+        "val": {"split": "val", "seed": 0, "indices": [0, recipe.val_n]},
+        "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
     }
-    return record_model(recipe.name, weights, entry)
+    mimic = {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
+             "explanation": "gradcam@features.norm5, double backprop"}
+    return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
+                           seconds, dev, out_dir, extra={"mimic": mimic})
