@@ -342,10 +342,16 @@ def test_concepts_page_ranks_neurons_and_browses_the_bundled_annotation(monkeypa
     overlays = [c for image in at.get("image") for c in image.captions if "contribution" in c]
     assert len(overlays) == 6, "one activation overlay per top neuron"
     assert at.dataframe, "the neuron table is shown"
-    at.text_input(key="concept_query").input("effusion").run()
+    from xai_core.mammi import AnnotationStore, bundled_annotation
+
+    store = AnnotationStore(bundled_annotation("demo", "features"))
+    named = [record for record in store.neurons() if record.concepts]
+    store.close()
+    term = named[0].concepts[0]  # a concept the bundled annotation gives some neuron, whatever the VLM's weights
+    at.text_input(key="concept_query").input(term).run()
     assert not at.exception and not at.error
     neurons = at.selectbox(key="concept_neuron").options
-    assert neurons, "the feature layer has neurons named by an effusion concept"
+    assert len(neurons) == sum(term in record.concepts for record in named), f"the neurons named '{term}'"
     at.text_input(key="concept_query").input("no such concept").run()
     assert any("No neuron has a concept matching" in w.value for w in at.warning)
     at.text_input(key="concept_query").input("").run()
@@ -428,8 +434,13 @@ def test_concepts_page_speaks_plain_words_and_keeps_the_parameters_in_tooltips(m
         summary = next(c for c in at.caption if "representatives are the probing images" in c.value)
         for exact in ("p = 93.0", "beta = 0.95", "phantom:train", "demo-clip", "cap = 50"):
             assert exact in summary.proto.help, f"the exact parameter '{exact}' is in the tooltip"
+    from xai_core.mammi import AnnotationStore, bundled_annotation
+
+    store = AnnotationStore(bundled_annotation("demo", "output"))
+    hit_rate = store.meta()["validation"]["hit_rate"]
+    store.close()
     check = next(c for c in at.caption if "right answer is known" in c.value)
-    assert "100%" in check.value and "mean text similarity" in check.proto.help
+    assert f"{hit_rate:.0%}" in check.value and "mean lexical similarity" in check.proto.help
     contribution = next(c for c in at.caption if "push the model most towards Effusion" in c.value)
     assert "logit" in contribution.proto.help and "features.norm5" in contribution.proto.help
 
@@ -496,13 +507,17 @@ def test_concepts_representatives_are_all_shown_with_their_count(monkeypatch):
     assert at.toggle(key="concept_overlay").value, "activation overlays are on by default"
 
 
-def test_concepts_case_neurons_that_share_one_concept_set_say_so_once(monkeypatch):
+ONE_CONCEPT_SET = ("DELETE FROM concepts WHERE rank > 0", "UPDATE concepts SET concept = 'effusion'")
+
+
+def test_concepts_case_neurons_that_share_one_concept_set_say_so_once(monkeypatch, tmp_path):
+    annotation_copy(tmp_path, monkeypatch, *ONE_CONCEPT_SET, "UPDATE neurons SET uncertain = 0")
     at = concepts_app(monkeypatch, "Effusion")
     shared = [i.value for i in at.info if "share one concept set" in i.value]
-    assert len(shared) == 1 and "`effusion`" in shared[0], "the six Effusion neurons are all effusion neurons"
+    assert len(shared) == 1 and "`effusion`" in shared[0], "the six neurons, all named effusion, are said once"
     assert not [m.value for m in at.markdown if m.value.startswith("`")], "the chips are not repeated per neuron"
     assert not any(UNCERTAIN_WORDS in w.value for w in at.warning) and not any(
-        "Uncertain" in c.value for c in at.caption), "the bundled annotation is certain throughout"
+        "Uncertain" in c.value for c in at.caption), "every neuron is certain"
 
 
 def test_concepts_case_neurons_show_their_own_concepts_and_uncertainty(monkeypatch, tmp_path):
@@ -519,7 +534,7 @@ def test_concepts_case_neurons_show_their_own_concepts_and_uncertainty(monkeypat
 
 
 def test_concepts_case_neurons_sharing_uncertain_concepts_get_one_note(monkeypatch, tmp_path):
-    annotation_copy(tmp_path, monkeypatch, "UPDATE neurons SET uncertain = 1")
+    annotation_copy(tmp_path, monkeypatch, *ONE_CONCEPT_SET, "UPDATE neurons SET uncertain = 1")
     at = concepts_app(monkeypatch, "Effusion")
     assert any("share one concept set" in i.value for i in at.info)
     assert sum(UNCERTAIN_WORDS in w.value for w in at.warning) == 2, "once for the case's neurons, once in the browser"
