@@ -221,10 +221,12 @@ def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograp
     segment 2 with `--segx`), and one Structured Report, named by their SOP Instance UIDs. Every object is made
     before the first file is written."""
     findings = engine.predict(radiograph, args.model).to_dict()["findings"]
+    domain = engine.domain(radiograph, args.model)
+    warning = domain.message if domain.out_of_domain else ""
     written: list[tuple[str | None, Dataset]] = []
     reports = []
     for method, explanation in explanations.items():
-        info = ResultInfo(method=method, target=explanation.target, model=args.model)
+        info = ResultInfo(method=method, target=explanation.target, model=args.model, out_of_domain=warning)
         full = explanation.resized_to_image(radiograph.pixels.shape, crop)
         refined = None
         if args.segx:
@@ -238,6 +240,7 @@ def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograp
                                     verdict=verdicts.get(method)))
     target = next(iter(explanations.values())).target
     written.append((None, structured_report(source, model=args.model, target=target, findings=findings,
+                                            out_of_domain=domain.out_of_domain,
                                             methods=reports)))
     files = []
     try:
