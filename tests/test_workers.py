@@ -17,13 +17,12 @@ from xai_core.evaluation.runner import run_evaluation
 from xai_core.mammi import annotate_neurons
 from xai_core.mammi.store import AnnotationStore
 from xai_core.phantom import generate_case
-from xai_core.workers import BACKENDS, ray_init_options, start_workers
+from xai_core.workers import BACKENDS, import_ray, ray_init_options, start_workers
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
+    ray = import_ray(local=True)
     ray.init(**ray_init_options(None, 2))
     yield ray
     ray.shutdown()
@@ -116,6 +115,11 @@ def _without_timings(value):
 
 def _fail(item):
     raise InputError(f"item {item} is bad")
+
+
+def test_the_local_ray_listens_on_loopback_only(local_ray):
+    assert {node["NodeManagerAddress"] for node in local_ray.nodes()} == {"127.0.0.1"}
+    assert local_ray.util.get_node_ip_address() == "127.0.0.1"
 
 
 def test_a_task_error_on_a_ray_worker_reaches_the_caller(local_ray):

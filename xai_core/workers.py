@@ -98,15 +98,30 @@ class _Actor:
         return task(item)
 
 
+# Ray takes the node's network address unless "clusters" are off, as on a laptop; then every Ray server of the node
+# binds loopback. A local Ray started by a job sets it before Ray is first imported.
+_LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def import_ray(local: bool) -> Any:
+    """The `ray` module; for a local Ray (`local`), its servers bound to loopback only (set before the first import
+    of Ray in this process)."""
+    if local:
+        for name, value in _LOOPBACK_ONLY.items():
+            os.environ.setdefault(name, value)
+    try:
+        import ray
+    except ImportError as error:  # pragma: no cover - ray is a pinned requirement
+        raise InputError("--backend ray needs the 'ray' package (pip install -r requirements.txt)") from error
+    return ray
+
+
 class RayPool:
     """Ray actors on a local Ray or a cluster; each task goes to the actor with the fewest tasks in flight."""
 
     def __init__(self, workers: int, initializer: Callable[..., None], initargs: tuple, *, threads: int = 1,
                  gpus: float = 0.0, address: str | None = None) -> None:
-        try:
-            import ray
-        except ImportError as error:  # pragma: no cover - ray is a pinned requirement
-            raise InputError("--backend ray needs the 'ray' package (pip install -r requirements.txt)") from error
+        ray = import_ray(local=address is None)
         self._ray = ray
         self._started_here = not ray.is_initialized()
         if self._started_here:
