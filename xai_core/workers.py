@@ -110,7 +110,7 @@ def import_ray(local: bool) -> Any:
         for name, value in _LOOPBACK_ONLY.items():
             os.environ.setdefault(name, value)
     try:
-        import ray
+        import ray  # deferred: slow to import, needed only by --backend ray, and only after the variables above
     except ImportError as error:  # pragma: no cover - ray is a pinned requirement
         raise InputError("--backend ray needs the 'ray' package (pip install -r requirements.txt)") from error
     return ray
