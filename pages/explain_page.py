@@ -1,7 +1,10 @@
 """Explain page: pick a finding and methods, see the overlays side by side, download them.
 
 Widget values are stable ids (method ids, scale mode ids); names, costs and estimates are only in labels that never
-change and in help text. Slow methods run when asked (a Compute button on their tile).
+change and in help text. Slow methods run when asked (a Compute button on their tile), as background jobs of the
+engine: while one computes, its tile shows its progress, the time elapsed and left and a Cancel button, redrawn by
+a fragment every `state.SLOW_POLL_SECONDS` without blocking the rest of the page; when it ends the whole page is
+drawn again and the tile shows the map.
 
 "Compare models" (off by default) shows the same case, finding and method explained by up to three classifiers side
 by side, each tile with the model's probability for the finding against its own operating point.
@@ -166,8 +169,62 @@ def _tile(case, pixels: np.ndarray, explanation: Explanation, settings: dict, tr
           state.domain_note(case, model))
 
 
-def _request_slow(key: tuple) -> None:
-    st.session_state[state.SLOW_REQUESTS] = {*st.session_state.get(state.SLOW_REQUESTS, set()), key}
+def _slow_heading(method: str, status: str, compare: bool) -> None:
+    if compare:
+        st.caption(f"{method_name(method)} · {status}")
+    else:
+        st.markdown(f"**{method_name(method)}** · {status}", help=method_description(method))
+
+
+def _progress_text(entry: state.SlowJob) -> str:
+    elapsed, remaining = state.slow_timing(entry)
+    progress = entry.job.progress
+    done = f"{progress:.0%} done" if progress is not None else "progress not reported yet"
+    if remaining is None:
+        left = "time left unknown (its first run here)"
+    elif remaining >= 1:
+        left = f"about {remaining:.0f} s left"
+    else:
+        left = "should finish any moment"
+    return f"{done} · {elapsed:.0f} s elapsed · {left}"
+
+
+@st.fragment(run_every=state.SLOW_POLL_SECONDS)
+def _computing(key: tuple, cancel_key: str, compare: bool) -> None:
+    """A slow map being computed: its progress, times and Cancel, redrawn on its own every poll; once the job has
+    ended (or was cancelled) the whole page runs again so the tile shows the map, or why there is none."""
+    entry = state.slow_job(key)
+    if entry is None or not entry.running:
+        st.rerun(scope="app")
+    _slow_heading(entry.method, "computing in the background", compare)
+    st.progress(entry.job.progress or 0.0, text=_progress_text(entry))
+    st.button("Cancel", key=cancel_key, on_click=state.cancel_slow, args=(key,), icon=":material/stop:",
+              help="Stop this computation; the rest of the page is not affected.")
+
+
+def _slow_explanation(case, model: str, method: str, target: str, compute_key: str, cancel_key: str,
+                      compare: bool = False) -> Explanation | None:
+    """A slow method's map once this session's background job has it; until then the tile's own state: not
+    computed yet (a Compute button, and why an earlier try stopped), or computing (progress, times, Cancel)."""
+    key = state.slow_key(case, model, target, method)
+    explanation = state.settle_slow(key)
+    if explanation is not None:
+        return explanation
+    if state.slow_job(key) is not None:
+        _computing(key, cancel_key, compare)
+        return None
+    _slow_heading(method, "not computed yet", compare)
+    note = state.slow_note(key)
+    if note is not None:
+        kind, text = note
+        if kind == "cancelled":
+            st.info(f"{method_name(method)}: {text}", icon=":material/cancel:")
+        else:
+            st.error(f"{method_name(method)} could not be computed: {text}", icon=":material/error:")
+    st.button(f"Compute {method_name(method)}", key=compute_key, on_click=state.submit_slow,
+              args=(case, model, method, target), icon=":material/play_arrow:",
+              help=_cost(model, method) + "; it runs in the background and the page stays usable meanwhile.")
+    return None
 
 
 def _methods_picker(model: str) -> list[str]:
@@ -190,22 +247,21 @@ def _grid(case, pixels: np.ndarray, model: str, target: str, methods: list[str],
           finding: dict) -> None:
     """One tile per chosen method of the current model, and the download of all maps."""
     explanations: dict[str, Explanation] = {}
-    requested = st.session_state.get(state.SLOW_REQUESTS, set())
     columns = st.columns(min(GRID_COLUMNS, len(methods)))
     for i, method in enumerate(methods):
         with columns[i % len(columns)]:
-            key = (case.sha256, model, target, method)
-            if get_explainer(method).cost == "slow" and key not in requested:
-                st.markdown(f"**{method_name(method)}** · not computed yet", help=method_description(method))
-                st.button(f"Compute {method_name(method)}", key=f"compute-{method}", on_click=_request_slow,
-                          args=(key,), icon=":material/play_arrow:", help=_cost(model, method))
-                continue
-            try:
-                with st.spinner(f"{method_name(method)}…", show_time=True):
-                    explanation = state.engine().explain(case, model, method, target)
-            except XaiError as exc:
-                st.error(f"{method_name(method)}: {exc}")
-                continue
+            if get_explainer(method).cost == "slow":
+                explanation = _slow_explanation(case, model, method, target, f"compute-{method}",
+                                                f"cancel-{method}")
+                if explanation is None:
+                    continue
+            else:
+                try:
+                    with st.spinner(f"{method_name(method)}…", show_time=True):
+                        explanation = state.engine().explain(case, model, method, target)
+                except XaiError as exc:
+                    st.error(f"{method_name(method)}: {exc}")
+                    continue
             explanations[method] = explanation
             _tile(case, pixels, explanation, settings, truth, finding, model)
     st.session_state["explanations"] = dict(explanations)
@@ -280,22 +336,22 @@ def _compare_tile(case, pixels: np.ndarray, name: str, method: str, target: str,
         st.error(f"{name} cannot run {method_name(method)} (e.g. no trained NEMt module): pick another method.",
                  icon=":material/error:")
         return
-    key = (case.sha256, name, target, method)
-    if get_explainer(method).cost == "slow" and key not in st.session_state.get(state.SLOW_REQUESTS, set()):
-        st.caption(f"{method_name(method)} · not computed yet")
-        st.button(f"Compute {method_name(method)}", key=f"compare-compute-{name}", on_click=_request_slow,
-                  args=(key,), icon=":material/play_arrow:", help=_cost(name, method))
-        return
+    slow = get_explainer(method).cost == "slow"
     try:
-        with st.spinner(f"{name}: {method_name(method)}…", show_time=True):
+        with st.spinner(f"{name}: {'predicting' if slow else method_name(method)}…", show_time=True):
             finding = state.finding_summary(state.engine().predict(case, name), target)
-            explanation = state.engine().explain(case, name, method, target)
+            explanation = None if slow else state.engine().explain(case, name, method, target)
     except XaiError as exc:
         st.error(f"{name} could not explain {target}: {exc}", icon=":material/error:")
         return
     except Exception as exc:  # one model's failure must not take the other tiles down
         st.error(f"{name} could not explain {target} ({type(exc).__name__}: {exc}).", icon=":material/error:")
         return
+    if explanation is None:  # a slow method: this session's background job (its failures are the tile's note)
+        explanation = _slow_explanation(case, name, method, target, f"compare-compute-{name}",
+                                        f"compare-cancel-{name}", compare=True)
+        if explanation is None:
+            return
     verdict = "above" if finding["positive"] else "below"
     st.markdown(f"{target} p = {finding['probability']:.2f} · {verdict} its operating point "
                 f"({finding['threshold']:.2f}) · {method_name(method)} {explanation.seconds * 1000:.0f} ms")

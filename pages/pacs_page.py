@@ -62,7 +62,9 @@ def _send_results(method: str) -> None:
     client = _client()
     if case is None or source is None or source[0] != case.sha256 or explanation is None or client is None:
         return
-    info = ResultInfo(method=method, target=str(explanation.target), model=str(explanation.model))
+    domain = state.domain_quiet(case, str(explanation.model))
+    info = ResultInfo(method=method, target=str(explanation.target), model=str(explanation.model),
+                      out_of_domain=domain.message if domain is not None and domain.out_of_domain else "")
     try:
         objects = results_for(source[1], explanation.resized_to_image(case.shape), info)
         stored = client.store(objects)

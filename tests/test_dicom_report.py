@@ -236,3 +236,42 @@ def test_report_leaves_undefined_values_out_and_needs_results_of_the_source_stud
     with pytest.raises(InputError, match="verdict"):
         structured_report(source, model="demo", target="Nodule", findings=findings, methods=[
             MethodReport("ig", results, verdict="maybe")])
+
+
+def _out_of_domain_marks(listed: list[dict]) -> dict[str, bool]:
+    marks = {}
+    for item in listed:
+        back = pydicom.dcmread(item["file"])
+        if back.SOPClassUID == COMPREHENSIVE_SR:
+            names = [str(i.ConceptNameCodeSequence[0].CodeMeaning) for i in _content_items(back)
+                     if "ConceptNameCodeSequence" in i and "ConceptCodeSequence" in i]
+            flagged = [str(i.ConceptCodeSequence[0].CodeMeaning) for i in _content_items(back)
+                       if "ConceptNameCodeSequence" in i and "ConceptCodeSequence" in i
+                       and "training domain" in str(i.ConceptNameCodeSequence[0].CodeMeaning)]
+            assert any("training domain" in n for n in names), "every finding carries the guard's verdict"
+            marks["sr"] = "OUT OF DOMAIN" in back.SeriesDescription and set(flagged) == {"Present"}
+            assert marks["sr"] or set(flagged) == {"Absent"}
+        elif back.SOPClassUID == SC:
+            marks["overlay"] = "OUT OF DOMAIN" in str(back.get("ImageComments", ""))
+        else:
+            marks["segmentation"] = "OUT OF DOMAIN" in str(back.get("ContentDescription", ""))
+    return marks
+
+
+def test_every_dicom_result_carries_the_out_of_domain_verdict(tmp_path, capsys):
+    path, source = held_out_dicom(tmp_path, columns=256)  # square, as the phantom films the model was trained on
+    assert main(["explain", str(path), "--target", "Effusion", "--methods", "gradcam", "--dicom-out",
+                 str(tmp_path / "in"), "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["out_of_domain"] is False
+    assert _out_of_domain_marks(data["dicom"]) == {"overlay": False, "segmentation": False, "sr": False}
+
+    noise = np.random.default_rng(0).integers(0, 4096, (source.Rows, source.Columns)).astype(np.uint16)
+    source.PixelData = noise.tobytes()  # a film of noise: nothing like a chest radiograph
+    odd = tmp_path / "noise.dcm"
+    source.save_as(odd, enforce_file_format=True)
+    assert main(["explain", str(odd), "--target", "Effusion", "--methods", "gradcam", "--dicom-out",
+                 str(tmp_path / "out"), "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["out_of_domain"] is True
+    assert _out_of_domain_marks(data["dicom"]) == {"overlay": True, "segmentation": True, "sr": True}

@@ -21,6 +21,7 @@ from xai_core.jobs import (
     checkpoint,
     running,
 )
+from xai_core.models.base import use_bfloat16
 from xai_core.phantom import generate_case
 
 
@@ -162,3 +163,32 @@ def test_fast_work_is_served_while_a_slow_explanation_runs(engine):
     assert not slow.future.done(), "the fast map did not wait for the whole slow one"
     assert fast.map.shape == (224, 224)
     assert slow.result(300).map.shape == (224, 224)
+
+
+def test_concurrent_fast_explanations_of_one_model_run_as_one_batch_with_the_maps_of_single_requests():
+    engine = Engine("cpu")
+    model = "demo"
+    images = [Radiograph.from_array(generate_case("test", i, seed=21, size=256).image, source_name=f"b{i}")
+              for i in range(4)]
+    alone = Engine("cpu")
+    singles = [alone.explain(r, model, "gradcam", "Effusion").map for r in images]
+    assert alone.stats.largest_explain_batch == 1
+    lock = engine.lock(model)
+    results: dict[int, np.ndarray] = {}
+    lock.acquire()  # the model is busy: requests queue at the batcher meanwhile
+    try:
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+            i, engine.explain(images[i], model, "gradcam", "Effusion").map)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(engine.jobs.find("explain:gradcam")) == 4)
+        time.sleep(0.3)  # the last claimed request reaches the batcher's queue
+    finally:
+        lock.release()
+    for thread in threads:
+        thread.join(60)
+    assert engine.stats.largest_explain_batch >= 2, "queued requests were answered together"
+    # 'auto' precision runs bfloat16 on CPUs with AVX512-BF16/AMX, where a batch may take other kernels
+    relative = 2e-2 if use_bfloat16("auto", engine.model(model).device) else 1e-5
+    for i, single in enumerate(singles):
+        np.testing.assert_allclose(results[i], single, atol=relative * (float(single.max()) or 1.0))

@@ -1,5 +1,6 @@
 """What every page starts with: the kept per-case context, the shared sidebar, the title and the case header (case,
-model, finding and its probability, the demo disclaimer, notices)."""
+model, finding and its probability, the demo disclaimer, notices, and while this session has slow maps computing,
+a busy line saying which and how far)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import zoneinfo
 import streamlit as st
 
 from ui import access, state
+from ui.methods import method_name
 from xai_core.engine import Prediction
 from xai_core.errors import XaiError
 from xai_core.imaging import Radiograph, to_png_bytes
@@ -69,6 +71,7 @@ def header(*, uses_finding: bool = True) -> Prediction | None:
         st.caption(RESEARCH_NOTE)
     if case is None:
         st.caption(f"**Model:** {model} · no case loaded")
+        busy_line()
         return None
     prediction = state.prediction_quiet(case, model)
     parts = [f"**Case:** {state.shared_case_name(case)}", f"**Model:** {model}"]
@@ -76,6 +79,7 @@ def header(*, uses_finding: bool = True) -> Prediction | None:
         target = state.ensure_target(prediction)
         parts.append(_finding_line(prediction, target))
     st.markdown(" · ".join(parts))
+    busy_line()
     if prediction is not None:
         domain_banner(case, model)
     notice = st.session_state.pop("notice", None)
@@ -84,6 +88,33 @@ def header(*, uses_finding: bool = True) -> Prediction | None:
     if prediction is not None and prediction.random_weights:
         st.warning("This model has random weights (testing mode): its findings and maps mean nothing.")
     return prediction
+
+
+def busy_text(jobs: list[state.SlowJob]) -> str:
+    """'1 slow map computing: XRAI 40%': this session's running slow maps (another model's are named: 'XRAI on
+    demo-shortcut 40%')."""
+    current = state.current_model()
+    parts = []
+    for entry in jobs:
+        name = method_name(entry.method) + ("" if entry.model == current else f" on {entry.model}")
+        progress = entry.job.progress
+        parts.append(f"{name} {progress:.0%}" if progress is not None else f"{name} (no progress yet)")
+    count = f"{len(jobs)} slow map{'s' if len(jobs) > 1 else ''} computing"
+    return f":material/hourglass_top: {count}: {', '.join(parts)}"
+
+
+def _busy() -> None:
+    jobs = state.running_slow_jobs()
+    if jobs:  # once they are done the line goes; the next full run stops the polling
+        st.caption(busy_text(jobs))
+
+
+def busy_line() -> None:
+    """The header's busy indicator: while this session has slow maps computing, one line with what and how far,
+    redrawn on its own every `state.SLOW_POLL_SECONDS` (only this session's jobs, never another reviewer's);
+    nothing otherwise."""
+    if state.running_slow_jobs():
+        st.fragment(_busy, run_every=state.SLOW_POLL_SECONDS)()
 
 
 def domain_banner(case: Radiograph, model: str) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
 
 import streamlit as st
 
 from ui.access import session_user
 from xai_core.engine import Engine, Prediction, get_engine
 from xai_core.errors import StoreError, XaiError
-from xai_core.explainers import get_explainer
+from xai_core.explainers import Explanation, get_explainer
 from xai_core.imaging import Radiograph, load_radiograph, rewindow
+from xai_core.jobs import Cancelled, Job
 from xai_core.mammi import AnnotationStore, bundled_annotation
 from xai_core.models import get_card, list_models
 from xai_core.models.ood import UNRELIABLE, DomainCheck
@@ -30,7 +35,11 @@ CONTEXT_DEFAULTS = {
 }
 CONTEXT_KEYS = ("model", "target", "methods", "truth", "refine_method", "segmenter", "sample", "compare_models",
                 "compare_method", *CONTEXT_DEFAULTS)
-SLOW_REQUESTS = "slow_requests"  # (sha256, model, target, method) of slow maps the user asked for
+SLOW_JOBS = "slow_jobs"  # (sha256, model, target, method) -> SlowJob: the slow maps this session asked for
+SLOW_NOTES = "slow_notes"  # the same keys -> (kind, text): why a slow map is not there ("cancelled", "error")
+SLOW_SESSION = "slow_session"  # this session's token among the followers of a shared engine job
+SLOW_POLL_SECONDS = 0.5  # how often a computing tile and the header's busy line look at their jobs
+MAX_SLOW_DONE = 24  # finished slow maps a session keeps (older ones go back to "not computed yet")
 MAX_SESSION_CASES = 8  # radiographs kept in the session so the worklist can reopen them
 COMPARE_MAX = 3  # models side by side in the Explain page's model comparison
 
@@ -367,3 +376,181 @@ def annotation_store(model: str, layer: str):
     path = bundled_annotation(model, layer)
     return None if path is None else _annotation(str(path), path.stat().st_mtime)
 
+
+# ------------------------------------------------------------------------------------------ slow maps as jobs
+
+@dataclass
+class SlowJob:
+    """A slow map this session asked for: the engine's background job (shared with every session that asked for
+    the same map) and what it is for."""
+
+    job: Job
+    case: Radiograph | None  # for asking again after a cancel elsewhere (None once the map is in)
+    model: str
+    method: str
+    target: str
+    started: float  # time.time() when this session asked
+
+    @property
+    def running(self) -> bool:
+        return not self.job.future.done()
+
+
+class JobFollowers:
+    """The sessions following each engine job (the engine's job table is shared across sessions and joins equal
+    requests): a session's Cancel stops the job only where no other session still waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[int, tuple[Job, set[str]]] = {}
+
+    def follow(self, job: Job, session: str) -> None:
+        with self._lock:
+            for job_id in [i for i, (known, _) in self._jobs.items() if known.future.done()]:
+                del self._jobs[job_id]
+            self._jobs.setdefault(job.id, (job, set()))[1].add(session)
+
+    def leave(self, job: Job, session: str) -> bool:
+        """Stop following; True when no other session follows the job."""
+        with self._lock:
+            _, sessions = self._jobs.get(job.id, (job, set()))
+            sessions.discard(session)
+            if sessions:
+                return False
+            self._jobs.pop(job.id, None)
+            return True
+
+
+@st.cache_resource(show_spinner=False)
+def job_followers() -> JobFollowers:
+    """The followers of the engine's jobs (one table per server process, like the engine)."""
+    return JobFollowers()
+
+
+def _session_token() -> str:
+    token = st.session_state.get(SLOW_SESSION)
+    if token is None:
+        token = st.session_state[SLOW_SESSION] = uuid.uuid4().hex
+    return token
+
+
+def slow_key(case: Radiograph, model: str, target: str, method: str) -> tuple[str, str, str, str]:
+    return case.sha256, model, target, method
+
+
+def slow_jobs() -> dict[tuple, SlowJob]:
+    """This session's slow maps, running or finished, by key (never another session's)."""
+    return dict(st.session_state.get(SLOW_JOBS) or {})
+
+
+def slow_job(key: tuple) -> SlowJob | None:
+    return slow_jobs().get(key)
+
+
+def running_slow_jobs() -> list[SlowJob]:
+    """This session's slow maps still computing (or waiting for the model), in the order they were asked for."""
+    return [entry for entry in slow_jobs().values() if entry.running]
+
+
+def slow_note(key: tuple) -> tuple[str, str] | None:
+    """Why this session's slow map is not there: ("cancelled", text) or ("error", text), or None."""
+    return (st.session_state.get(SLOW_NOTES) or {}).get(key)
+
+
+def _set_note(key: tuple, note: tuple[str, str] | None) -> None:
+    notes = dict(st.session_state.get(SLOW_NOTES) or {})
+    if note is None:
+        notes.pop(key, None)
+    else:
+        notes[key] = note
+    st.session_state[SLOW_NOTES] = notes
+
+
+def _keep(jobs: dict[tuple, SlowJob]) -> None:
+    """Store the session's slow maps, the running ones and the newest `MAX_SLOW_DONE` finished ones."""
+    done = [key for key, entry in jobs.items() if not entry.running]
+    for key in done[:max(0, len(done) - MAX_SLOW_DONE)]:
+        del jobs[key]
+    st.session_state[SLOW_JOBS] = jobs
+
+
+def submit_slow(case: Radiograph, model: str, method: str, target: str) -> None:
+    """Start (or join) the background job of a slow map; the Compute button's callback, so it never raises: a
+    refusal (a full queue, a model that cannot run) becomes the tile's note."""
+    key = slow_key(case, model, target, method)
+    _set_note(key, None)
+    try:
+        job = engine().submit_explain(case, model, method, target)
+    except XaiError as exc:
+        _set_note(key, ("error", str(exc)))
+        return
+    job_followers().follow(job, _session_token())
+    jobs = slow_jobs()
+    jobs[key] = SlowJob(job, case, model, method, target, time.time())
+    _keep(jobs)
+
+
+def cancel_slow(key: tuple) -> None:
+    """This session no longer wants the map: the tile goes back to "not computed yet" with the note "cancelled";
+    the job itself stops (at its next checkpoint) unless another session still waits for the same map."""
+    jobs = slow_jobs()
+    entry = jobs.pop(key, None)
+    if entry is None:
+        return
+    if entry.running and job_followers().leave(entry.job, _session_token()):
+        entry.job.cancel()
+    _keep(jobs)
+    _set_note(key, ("cancelled", "cancelled; Compute starts it again."))
+
+
+def _forget(key: tuple, note: tuple[str, str]) -> None:
+    jobs = slow_jobs()
+    jobs.pop(key, None)
+    _keep(jobs)
+    _set_note(key, note)
+
+
+def settle_slow(key: tuple) -> Explanation | None:
+    """The finished map of this session's job for `key`, or None (not asked for, still running, or it failed:
+    then the job is forgotten and the reason kept as the tile's note, one line, never a traceback). A job cancelled
+    by someone else (or one this session had just cancelled and then asked for again) is started again."""
+    entry = slow_job(key)
+    if entry is None or entry.running:
+        return None
+    try:
+        explanation = entry.job.result(0)
+    except Cancelled:  # not by this session: its Cancel forgets the job at once
+        try:
+            job = engine().submit_explain(entry.case, entry.model, entry.method, entry.target)
+        except XaiError as exc:
+            _forget(key, ("error", str(exc)))
+            return None
+        job_followers().follow(job, _session_token())
+        jobs = slow_jobs()
+        jobs[key] = replace(entry, job=job)
+        _keep(jobs)
+        return None
+    except XaiError as exc:
+        _forget(key, ("error", str(exc)))
+        return None
+    except Exception as exc:  # a failure inside the job must not take the page down
+        _forget(key, ("error", f"{type(exc).__name__}: {exc}"))
+        return None
+    if entry.case is not None:  # the job holds the map now: the session need not keep the image for it
+        jobs = slow_jobs()
+        jobs[key] = replace(entry, case=None)
+        st.session_state[SLOW_JOBS] = jobs
+    return explanation
+
+
+def slow_timing(entry: SlowJob) -> tuple[float, float | None]:
+    """(seconds since this session asked, an estimate of the seconds left or None): the method's last time on this
+    model in this process less the time elapsed, else what the reported progress extrapolates to."""
+    elapsed = max(0.0, time.time() - entry.started)
+    expected = engine().expected_seconds(entry.model, entry.method)
+    progress = entry.job.progress
+    if expected:
+        return elapsed, max(0.0, expected - elapsed)
+    if progress:
+        return elapsed, elapsed * (1 - progress) / progress
+    return elapsed, None

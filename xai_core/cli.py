@@ -7,6 +7,7 @@ import datetime
 import getpass
 import importlib.util
 import json
+import os
 import shlex
 import sys
 import time
@@ -53,7 +54,7 @@ from xai_core.evaluation import (
 )
 from xai_core.explainers import Explanation, list_explainers
 from xai_core.files import strict_json
-from xai_core.imaging import Radiograph, load_radiograph
+from xai_core.imaging import Radiograph, load_radiograph, sniff_format
 from xai_core.mammi import annotate_neurons
 from xai_core.metrics.gaze import GAZE_KERNELS, resolve_gaze_kernel
 from xai_core.models import CropBox, get_card, list_models, ood
@@ -71,6 +72,7 @@ from xai_core.training.mimic import VARIANTS as MIMIC_VARIANTS
 from xai_core.training.mimic import MimicRecipe, train_mimic
 from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
 from xai_core.training.segmenter import SegmenterRecipe, train_segmenter
+from xai_core.workers import BACKENDS, start_workers
 
 DEFAULT_MODEL = "demo"
 EXIT_BAD_INPUT = 2
@@ -204,25 +206,27 @@ def _verdicts(text: str | None, methods: list[str]) -> dict[str, str]:
     return verdicts
 
 
-def _dicom_source(args: argparse.Namespace, radiograph: Radiograph) -> Dataset:
+def _dicom_source(path: Path, radiograph: Radiograph) -> Dataset:
     """The source data set for `--dicom-out` (an `InputError` for an image that is not DICOM)."""
     if radiograph.meta.get("format") != "DICOM":
         raise InputError(f"--dicom-out needs a DICOM source, but the input is a {radiograph.meta.get('format', '?')} "
                          "image; drop --dicom-out or explain the DICOM file")
-    return source_dataset(Path(args.file).read_bytes())
+    return source_dataset(path.read_bytes())
 
 
 def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograph, source: Dataset, crop: CropBox,
                  explanations: dict[str, Explanation], segu: dict[str, Any],
-                 verdicts: dict[str, str]) -> list[dict[str, Any]]:
+                 verdicts: dict[str, str], out_dir: Path) -> list[dict[str, Any]]:
     """`--dicom-out`: per method an overlay Secondary Capture and a region Segmentation (the SegX-refined region as
     segment 2 with `--segx`), and one Structured Report, named by their SOP Instance UIDs. Every object is made
     before the first file is written."""
     findings = engine.predict(radiograph, args.model).to_dict()["findings"]
+    domain = engine.domain(radiograph, args.model)
+    warning = domain.message if domain.out_of_domain else ""
     written: list[tuple[str | None, Dataset]] = []
     reports = []
     for method, explanation in explanations.items():
-        info = ResultInfo(method=method, target=explanation.target, model=args.model)
+        info = ResultInfo(method=method, target=explanation.target, model=args.model, out_of_domain=warning)
         full = explanation.resized_to_image(radiograph.pixels.shape, crop)
         refined = None
         if args.segx:
@@ -236,8 +240,8 @@ def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograp
                                     verdict=verdicts.get(method)))
     target = next(iter(explanations.values())).target
     written.append((None, structured_report(source, model=args.model, target=target, findings=findings,
+                                            out_of_domain=domain.out_of_domain,
                                             methods=reports)))
-    out_dir = Path(args.dicom_out)
     files = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,29 +260,78 @@ def _write_dicom(args: argparse.Namespace, engine: Engine, radiograph: Radiograp
     return files
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
+def explain_inputs(paths: Sequence[str]) -> list[Path]:
+    """The files to explain: each file as given, each folder's image and DICOM files (recursive, sorted; hidden
+    files and files neither named nor shaped like an image left out; symlinked folders not followed)."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = []
+            for folder, subfolders, names in os.walk(path):
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+                found.extend(Path(folder) / n for n in names if not n.startswith(".") and _looks_like_image(
+                    Path(folder) / n))
+            if not found:
+                raise InputError(f"the folder {given} holds no PNG, JPEG, TIFF or DICOM file")
+            files.extend(sorted(found))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"no such file or folder: {given}")
+    return files
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic")
+
+
+def _looks_like_image(path: Path) -> bool:
+    """An image suffix (a damaged image then gets its own error) or, without one, an image's magic bytes."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(132)
+    except OSError:
+        return False
+    return sniff_format(head, path.name) != "unknown"
+
+
+def _explain_options(args: argparse.Namespace) -> list[str]:
+    """The checked method list of `explain` (clear errors before any model loads)."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise InputError(f"--methods names no method; choose from {', '.join(list_explainers())}")
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
         raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
-    verdicts = _verdicts(args.verdict, methods)
-    if verdicts and not args.dicom_out:
-        raise InputError("--verdict goes into the DICOM Structured Report: add --dicom-out DIR")
     if args.dicom_out and not 0.0 < args.region_percent <= 100.0:
         raise InputError(f"--region-percent is {args.region_percent:g}; expected a share of the image in (0, 100]")
-    radiograph = load_radiograph(args.file)
-    source = _dicom_source(args, radiograph) if args.dicom_out else None
-    engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
+    return methods
+
+
+def explain_file(args: argparse.Namespace, engine: Engine, path: Path, methods: list[str], *, index: int | None = None,
+                 printing: bool = False) -> dict[str, Any]:
+    """`explain` for one file: the result JSON (maps and DICOM objects written where asked). With `index` (a batch),
+    files go to a subfolder named by the image's content hash and the input is named by its position, never by its
+    file name."""
+    name = None if index is None else f"input {index}{path.suffix.lower()}"
+    radiograph = load_radiograph(path, name=name)
+    verdicts = _verdicts(args.verdict, methods)
+    source = _dicom_source(path, radiograph) if args.dicom_out else None
     _, crop = engine.prepare(radiograph, args.model)
     domain = engine.domain(radiograph, args.model)
     note = domain.message if domain.out_of_domain else None
+    case = case_name(radiograph.sha256)
     out_dir = Path(args.out) if args.out else None
+    if out_dir and index is not None:
+        out_dir = out_dir / case
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "target": None, **domain.to_json(), "methods": {}}
-    if not args.json:
+    if index is not None:
+        result = {"index": index, "case": case, **result}
+    if printing:
         _print_domain(domain)
     explanations: dict[str, Explanation] = {}
     for method in methods:
@@ -299,17 +352,109 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 entry["segx"]["map"] = str(out_dir / f"{method}_segx.npy")
             entry["segu"] = engine.certainty(radiograph, args.model, method, args.target, segmenter=args.segmenter)
         result["methods"][method] = entry
-        if not args.json:
+        if printing:
             print(f"{method:<10} {explanation.seconds:8.3f} s  {entry['map'] or ''}")
     if source is not None:
         segu = {m: e["segu"] for m, e in result["methods"].items() if "segu" in e}
-        result["dicom"] = _write_dicom(args, engine, radiograph, source, crop, explanations, segu, verdicts)
-        if not args.json:
+        dicom_dir = Path(args.dicom_out) / case if index is not None else Path(args.dicom_out)
+        result["dicom"] = _write_dicom(args, engine, radiograph, source, crop, explanations, segu, verdicts,
+                                       dicom_dir)
+        if printing:
             for item in result["dicom"]:
                 print(f"{item['sop_class']:<32} {item['file']}")
+    return result
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    methods = _explain_options(args)
+    verdicts = _verdicts(args.verdict, methods)
+    if verdicts and not args.dicom_out:
+        raise InputError("--verdict goes into the DICOM Structured Report: add --dicom-out DIR")
+    files = explain_inputs(args.file)
+    batch = len(files) > 1 or any(Path(f).is_dir() for f in args.file)
+    if batch and verdicts:
+        raise InputError("--verdict is one reviewer's judgement of one image: explain that file alone")
+    if not batch and args.backend == "local":
+        engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
+        result = explain_file(args, engine, files[0], methods, printing=not args.json)
+        if args.json:
+            print_json(result)
+        return 0
+    return _explain_batch(args, files, methods)
+
+
+_EXPLAIN_WORKER: dict[str, Any] = {}
+
+
+def _start_explain_worker(args: argparse.Namespace, threads: int, methods: list[str]) -> None:
+    torch.set_num_threads(threads)
+    _EXPLAIN_WORKER["engine"] = Engine(args.device, allow_random_weights=args.allow_random_weights)
+    _EXPLAIN_WORKER["args"] = args
+    _warm_up(args, methods)
+
+
+def _explain_task(item: tuple[int, Path, list[str]]) -> dict[str, Any]:
+    index, path, methods = item
+    try:
+        return explain_file(_EXPLAIN_WORKER["args"], _EXPLAIN_WORKER["engine"], path, methods, index=index)
+    except XaiError as exc:
+        return {"index": index, "error": str(exc), "error_type": type(exc).__name__}
+
+
+def _warm_up(args: argparse.Namespace, methods: list[str]) -> None:
+    """Loads the models and runs every method once on a phantom case (not a user's file, whose cached result would
+    then carry the cold timing), so that per-file timings are warm."""
+    radiograph = Radiograph.from_array(generate_case("test", 0, seed=0, size=256).image, source_name="warm-up")
+    for method in methods:
+        _EXPLAIN_WORKER["engine"].explain(radiograph, args.model, method, args.target)
+
+
+def _explain_batch(args: argparse.Namespace, files: list[Path], methods: list[str]) -> int:
+    """Many files in one process (or over Ray actors), results as JSON lines in input order, then a summary line."""
+    start = time.perf_counter()
+    bar = tqdm(total=len(files), desc=f"explain {args.model}", unit="file", file=sys.stderr)
+    pool = None
+    if args.backend == "ray":
+        threads = max(1, args.threads or 1)
+        pool = start_workers("ray", args.workers, _start_explain_worker, (args, threads, methods), threads=threads,
+                             gpus=1.0 if pick_device(args.device).type == "cuda" else 0.0, address=args.address)
+        startup = {"workers": pool.size, "backend": "ray"}
+    else:
+        _start_explain_worker(args, args.threads or torch.get_num_threads(), methods)
+        startup = {"workers": 1, "backend": "local"}
+    startup_seconds = time.perf_counter() - start
+    failed, work_seconds = 0, 0.0
+    try:
+        items = [(index, path, methods) for index, path in enumerate(files)]
+        if pool is None:
+            results = map(_explain_task, items)
+        else:
+            results = (future.result() for future in [pool.submit(_explain_task, item) for item in items])
+        for result in results:
+            failed += "error" in result
+            work_seconds += sum(m["seconds"] for m in result.get("methods", {}).values())
+            if args.json:
+                print(strict_json(result, indent=None), flush=True)
+            elif "error" in result:
+                tqdm.write(f"input {result['index']}: {result['error']}", file=sys.stderr)
+            else:
+                tqdm.write(f"input {result['index']} ({result['case']}): " + ", ".join(
+                    f"{m} {e['seconds']:.3f} s" for m, e in result["methods"].items()), file=sys.stdout)
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+    summary = {"summary": {"files": len(files), "explained": len(files) - failed, "failed": failed,
+                           "methods": methods, **startup, "startup_seconds": round(startup_seconds, 3),
+                           "explain_seconds": round(work_seconds, 3),
+                           "wall_seconds": round(time.perf_counter() - start, 3)}}
     if args.json:
-        print_json(result)
-    return 0
+        print(strict_json(summary, indent=None), flush=True)
+    else:
+        print(f"{len(files) - failed} of {len(files)} files explained; start-up {startup_seconds:.2f} s, "
+              f"explanations {work_seconds:.2f} s")
+    return 2 if failed else 0
 
 
 def _phantom_split(data: str) -> str:
@@ -511,7 +656,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     result = annotate_neurons(args.model, args.layer, args.vlm, args.concepts, args.probe, args.n, args.out,
                               percentile=args.percentile, beta=args.beta, cap=args.cap,
                               device=args.device or "cpu", progress=not args.json,
-                              allow_random_weights=args.allow_random_weights)
+                              allow_random_weights=args.allow_random_weights, backend=args.backend,
+                              workers=args.workers, address=args.address)
     if args.json:
         print_json(result)
     else:
@@ -528,7 +674,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = resolve_metrics(args.metrics)
     summary = run_evaluation(args.model, args.data, args.n, methods, metrics, Path(args.out), seed=args.seed,
                              device=args.device, gaze_kernel=resolve_gaze_kernel(args.gaze_kernel, args.gaze_sigma),
-                             workers=args.workers,
+                             workers=args.workers, backend=args.backend, address=args.address,
                              precision=args.precision, segmenter=args.segmenter, removal=args.removal,
                              baseline_check_n=args.baseline_check_n)
     print(print_summary(summary, metrics))
@@ -725,8 +871,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", default="runs", help="where resumable checkpoints go")
     train.set_defaults(run=_cmd_train)
 
-    explain = sub.add_parser("explain", help="explanation maps for one radiograph and target finding")
-    explain.add_argument("file", help="PNG, JPEG, TIFF or DICOM file")
+    explain = sub.add_parser("explain", help="explanation maps for radiographs and a target finding")
+    explain.add_argument("file", nargs="+",
+                         help="PNG, JPEG, TIFF or DICOM files, or folders of them (a DICOM series: its folder); with "
+                              "more than one file, one JSON line per file (by position and content hash) and a "
+                              "summary line, and --out/--dicom-out get a subfolder per image")
     explain.add_argument("--target", required=True, help="finding to explain (a label of the model)")
     explain.add_argument("--methods", default="gradcam", help="comma-separated: gradcam,gradcampp,scorecam,ig,xrai,"
                                                             "nemt,random")
@@ -745,6 +894,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--verdict", default=None,
                          help="--dicom-out: the reviewer's verdict for the report, agree/disagree/unsure for every "
                               "method or per method (gradcam=agree,ig=unsure)")
+    explain.add_argument("--workers", type=int, default=0,
+                         help="--backend ray: actors (default 0: one per CPU of the cluster)")
+    explain.add_argument("--threads", type=int, default=None,
+                         help="torch threads (--backend ray: per actor, default 1; else torch's default)")
+    _add_backend(explain)
     _add_common(explain)
     explain.set_defaults(run=_cmd_explain)
 
@@ -810,8 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="results/evaluate", help="output folder (resumes if it exists)")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--workers", type=int, default=0,
-                          help="processes, each on its own cases (default 0: one per core on CPU for 8 cases or "
-                               "more, else one)")
+                          help="processes, each on its own cases (default 0: local, one per core on CPU for 8 cases "
+                               "or more, else one; ray, one per CPU of the cluster)")
+    _add_backend(evaluate)
     evaluate.add_argument("--segmenter", default="demo-anatomy", help="anatomy model for the segx metric")
     evaluate.add_argument("--removal", default=removal.DEFAULT_METHOD, choices=removal.METHODS,
                           help="how deletion, insertion and faithfulness correlation remove pixels (default: road, "
@@ -854,6 +1009,10 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--beta", type=float, default=0.95, help="concept threshold beta (default: 0.95)")
     annotate.add_argument("--cap", type=int, default=50, help="most representatives per neuron (default: 50)")
     annotate.add_argument("--json", action="store_true", help="no progress bar; JSON summary")
+    annotate.add_argument("--workers", type=int, default=0,
+                          help="--backend ray: actors for the probe activations (default 0: one per CPU of the "
+                               "cluster)")
+    _add_backend(annotate)
     _add_common(annotate)
     annotate.set_defaults(run=_cmd_annotate)
 
@@ -867,6 +1026,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(run=_cmd_models)
     _add_admin_commands(sub)
     return parser
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local processes (default) or Ray actors (a local Ray, or the cluster of --address)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="ray: a running cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

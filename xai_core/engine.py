@@ -80,6 +80,7 @@ class EngineStats:
     forwards: dict[str, int] = field(default_factory=dict)
     largest_batch: int = 0
     reused_forwards: int = 0
+    largest_explain_batch: int = 0  # most requests answered by one explainer call
     explain_seconds: dict[tuple[str, str], float] = field(default_factory=dict)  # last (model, method) timing
 
 
@@ -126,6 +127,7 @@ class Engine:
         self.jobs = JobTable(max_jobs)
         self._background = ThreadPoolExecutor(max_workers=background_workers, thread_name_prefix="xai-job")
         self._batchers: dict[str, PredictBatcher] = {}
+        self._explain_batchers: dict[tuple, PredictBatcher] = {}
         self._registry_lock = threading.Lock()
         self._loading_locks: dict[str, threading.Lock] = {}
 
@@ -290,11 +292,17 @@ class Engine:
         pyramid = None
         if explainer.reuses_forward:
             pyramid = self.cache.get(cache_key(radiograph.sha256 + _window_tag(radiograph), model, "pyramid"))
-        with running(job, self.lock(model)):
+        lock = self.lock(model)
+        batched = pyramid is None and explainer.batches_requests and not lock.held_by_me()
+        with running(job, None if batched else lock):  # a batch takes the lock on the batcher's thread
             start = time.perf_counter()
             if pyramid is not None:  # the prediction forward already ran: only the explainer's own head runs
                 self.stats.reused_forwards += 1
                 maps = explainer.explain_from_taps(handle, pyramid, x.unsqueeze(0), torch.tensor([index]))
+            elif batched:  # with concurrent requests of the same model, method and params, in one call
+                batcher = self._explain_batcher(handle, explainer, resolved, job.priority)
+                batcher.announce()
+                maps = batcher.submit((x, index)).result()
             else:
                 maps = explainer.explain(handle, x.unsqueeze(0), torch.tensor([index]), **resolved)
             seconds = time.perf_counter() - start
@@ -306,6 +314,28 @@ class Engine:
         self.cache.put(key, explanation)
         return explanation
 
+
+    def _explain_batcher(self, handle: ModelHandle, explainer: Explainer, resolved: dict[str, Any],
+                         priority: int) -> PredictBatcher:
+        """The batcher of one (model, method, params, priority): concurrent requests, one explainer call."""
+        key = (handle.card.name, explainer.name, repr(sorted(resolved.items())), priority)
+        batcher = self._explain_batchers.get(key)
+        if batcher is not None:
+            return batcher
+        lock = self.lock(handle.card.name)
+
+        def run_batch(items: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+            x = torch.stack([row for row, _ in items])
+            with lock.hold(priority):
+                self.stats.largest_explain_batch = max(self.stats.largest_explain_batch, len(items))
+                maps = explainer.explain(handle, x, torch.tensor([index for _, index in items]), **resolved)
+            return [row[None] for row in maps]
+
+        with self._registry_lock:
+            if key not in self._explain_batchers:
+                self._explain_batchers[key] = PredictBatcher(run_batch, self._max_batch, self._max_wait_s,
+                                                             combine=list, name=f"xai-explain-{explainer.name}")
+            return self._explain_batchers[key]
 
     def segment(self, radiograph: Radiograph, segmenter: str) -> dict[str, np.ndarray]:
         """Named boolean anatomy masks at the segmenter's input resolution (cached)."""

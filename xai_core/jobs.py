@@ -67,6 +67,11 @@ class PriorityLock:
                 self._owner = None
                 self._condition.notify_all()
 
+    def held_by_me(self) -> bool:
+        """Whether this thread holds the lock."""
+        with self._condition:
+            return self._owner == threading.get_ident()
+
     def has_waiter_before(self, priority: int) -> bool:
         """Whether a thread of higher priority (a lower number) is waiting."""
         with self._condition:

@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -130,16 +130,20 @@ def cache_key(sha256: str, model: str, op: str, params: dict[str, Any] | None = 
 
 
 class PredictBatcher:
-    """Collects concurrent single-image forwards into one batch (bounded wait) on a worker thread."""
+    """Collects concurrent single-image requests into one batch (bounded wait) on a worker thread. `combine` makes
+    the batch from the submitted items (default: stack the inputs [C, H, W] into [B, C, H, W]); `run_batch` returns
+    one output per item, in order."""
 
-    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], max_batch: int, max_wait_s: float):
+    def __init__(self, run_batch: Callable[[Any], Sequence[Any]], max_batch: int, max_wait_s: float, *,
+                 combine: Callable[[list[Any]], Any] = torch.stack, name: str = "xai-predict-batcher"):
         self._run_batch = run_batch
+        self._combine = combine
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
-        self._queue: queue.Queue[tuple[torch.Tensor, Future]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, Future]] = queue.Queue()
         self._arriving = 0
         self._arriving_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="xai-predict-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def announce(self) -> None:
@@ -147,8 +151,8 @@ class PredictBatcher:
         with self._arriving_lock:
             self._arriving += 1
 
-    def submit(self, x: torch.Tensor) -> Future:
-        """Queue one input [C, H, W] (after `announce`); the future gives its output row."""
+    def submit(self, x: Any) -> Future:
+        """Queue one item (after `announce`); the future gives its output."""
         future: Future = Future()
         self._queue.put((x, future))
         with self._arriving_lock:
@@ -160,7 +164,7 @@ class PredictBatcher:
         with self._arriving_lock:
             self._arriving -= 1
 
-    def _collect(self) -> list[tuple[torch.Tensor, Future]]:
+    def _collect(self) -> list[tuple[Any, Future]]:
         items = [self._queue.get()]
         deadline = time.monotonic() + self._max_wait_s
         while len(items) < self._max_batch:
@@ -182,7 +186,7 @@ class PredictBatcher:
         while True:
             items = self._collect()
             try:
-                outputs = self._run_batch(torch.stack([x for x, _ in items]))
+                outputs = self._run_batch(self._combine([x for x, _ in items]))
             except BaseException as exc:  # delivered to every waiting caller
                 for _, future in items:
                     future.set_exception(exc)

@@ -60,9 +60,14 @@ class ResultInfo:
     method: str
     target: str
     model: str
+    out_of_domain: str = ""  # the out-of-domain guard's note where it fired (xai_core.models.ood), else empty
 
     def text(self) -> str:
         return f"{self.method} relevance for {self.target} ({self.model})"
+
+    def warning(self) -> str:
+        """The sentence every result object carries when the guard fired, else empty."""
+        return f" OUT OF DOMAIN: {self.out_of_domain}" if self.out_of_domain else ""
 
 
 def source_dataset(source: Dataset | bytes) -> Dataset:
@@ -127,8 +132,12 @@ def _put_text(rgb: np.ndarray, text: str, origin: tuple[int, int], scale: float,
     cv2.putText(rgb, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
-def burn_in(rgb: np.ndarray, colour_map: str = "jet") -> np.ndarray:
-    """The overlay with a vertical colour bar (high at the top) at the right edge and the warning at the top."""
+OUT_OF_DOMAIN_MARK = "OUT OF DOMAIN - UNRELIABLE"
+
+
+def burn_in(rgb: np.ndarray, colour_map: str = "jet", out_of_domain: bool = False) -> np.ndarray:
+    """The overlay with a vertical colour bar (high at the top) at the right edge and the warning at the top (and
+    the out-of-domain mark below it where the guard fired)."""
     rgb = np.ascontiguousarray(rgb.copy())
     rows, cols = rgb.shape[:2]
     thickness = max(1, round(cols / 512))
@@ -145,6 +154,9 @@ def burn_in(rgb: np.ndarray, colour_map: str = "jet") -> np.ndarray:
     scale = _text_scale(NOT_FOR_DIAGNOSIS, cols, thickness)
     height = cv2.getTextSize(NOT_FOR_DIAGNOSIS, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][1]
     _put_text(rgb, NOT_FOR_DIAGNOSIS, (max(2, cols // 64), height + max(3, rows // 64)), scale, thickness)
+    if out_of_domain:
+        _put_text(rgb, OUT_OF_DOMAIN_MARK, (max(2, cols // 64), 2 * height + 2 * max(3, rows // 64)), scale,
+                  thickness)
     return rgb
 
 
@@ -156,7 +168,7 @@ def relevance_overlay(source: Dataset | bytes, relevance: np.ndarray, info: Resu
     ds = source_dataset(source)
     relevance = _check_map(ds, relevance)
     rgb = burn_in(blend(_display_pixels(ds), display_scale(relevance, scale, unit_range), opacity, colour_map),
-                  colour_map)
+                  colour_map, out_of_domain=bool(info.out_of_domain))
     orientation = tuple(ds.get("PatientOrientation") or ()) or None
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     image = hd.sc.SCImage.from_ref_dataset(
@@ -171,7 +183,8 @@ def relevance_overlay(source: Dataset | bytes, relevance: np.ndarray, info: Resu
     )
     image.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else None  # Type 2C
     image.SeriesDescription = f"{NOT_FOR_DIAGNOSIS} - XAI {info.method} {info.target} overlay"[:64]
-    image.ImageComments = f"{info.text()}. {NOT_FOR_DIAGNOSIS}: research display of a model explanation."
+    image.ImageComments = (f"{info.text()}. {NOT_FOR_DIAGNOSIS}: research display of a model explanation."
+                           f"{info.warning()}")[:10240]
     image.BurnedInAnnotation = "YES"
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.DerivationDescription = f"{info.text()}, min-max scaled, blended over the source image"[:1024]
@@ -223,6 +236,9 @@ def region_segmentation(source: Dataset | bytes, relevance: np.ndarray, info: Re
         series_description=f"{NOT_FOR_DIAGNOSIS} - XAI {info.method} {info.target} region"[:64],
         omit_empty_frames=False,
     )
+    if info.out_of_domain:
+        seg.ContentDescription = OUT_OF_DOMAIN_MARK[:64]
+        seg.ImageComments = info.warning().strip()[:10240]
     _references(seg, ds)
     return seg
 

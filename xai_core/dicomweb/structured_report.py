@@ -82,6 +82,7 @@ INSIDE_MASS = xai_code("inside-mass", "SegU inside mass (relevance share inside 
 SEGU_METHOD = xai_code("segu", "SegU calibrated certainty")
 SEGU_VERDICT = xai_code("segu-verdict", "SegU verdict")
 REVIEWER_VERDICT = xai_code("review-verdict", "Reviewer verdict")
+OUT_OF_DOMAIN = xai_code("out-of-domain", "Input outside the model's training domain (findings unreliable)")
 REGION = xai_code("region", "Relevance region")
 TOP_REGION = xai_code("top-p", "Top-p% relevance pixels (Segmentation segment 1)")
 REFINED_REGION = xai_code("segx-refined", "SegX: top-p% relevance inside the finding's anatomy (segment 2)")
@@ -134,8 +135,8 @@ def _algorithm(model: str, method: str | None = None) -> hd.sr.AlgorithmIdentifi
                                          family=codes.DCM.ArtificialIntelligence, manufacturer=MANUFACTURER)
 
 
-def _finding_group(finding: Mapping[str, Any], model: str,
-                   source: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _finding_group(finding: Mapping[str, Any], model: str, source: Dataset,
+                   out_of_domain: bool | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     label = str(finding["label"])
     code = finding_code(label)
     measurements = [m for m in (_measurement(codes.DCM.Probability, finding.get("probability")),
@@ -144,6 +145,9 @@ def _finding_group(finding: Mapping[str, Any], model: str,
     if finding.get("positive") is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=code, value=codes.SCT.Present if finding["positive"] else codes.SCT.Absent))
+    if out_of_domain is not None:  # None: the model has no out-of-domain statistics, nothing was checked
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            name=OUT_OF_DOMAIN, value=codes.SCT.Present if out_of_domain else codes.SCT.Absent))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{model} finding {label}"[:64]),
         finding_type=code,
@@ -222,18 +226,19 @@ def _describable(ds: Dataset) -> bool:
 
 
 def structured_report(source: Dataset | bytes, *, model: str, target: str, findings: Sequence[Mapping[str, Any]],
-                      methods: Sequence[MethodReport],
+                      methods: Sequence[MethodReport], out_of_domain: bool | None = None,
                       series_number: int = SR_SERIES_NUMBER) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of one explained image: `findings` are `Prediction.finding` dicts (label, probability,
     threshold, positive), `methods` the explained methods with their result objects (which must be of the source
-    study), SegU scores and verdicts. A new series of the source study."""
+    study), SegU scores and verdicts; `out_of_domain` the guard's verdict (every finding then carries it; None: not
+    checked). A new series of the source study."""
     ds = source_dataset(source)
     if not methods:
         raise InputError("a structured report needs at least one explained method.")
     evidence = [ds, *(r for item in methods for r in item.results)]
     if {str(r.StudyInstanceUID) for r in evidence} != {str(ds.StudyInstanceUID)}:
         raise InputError("every result object in the report must be in the source study.")
-    groups: list[Any] = [_finding_group(f, model, ds) for f in findings]
+    groups: list[Any] = [_finding_group(f, model, ds, out_of_domain) for f in findings]
     for item in methods:
         groups.extend(_method_groups(item, target, model, ds))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
@@ -254,7 +259,8 @@ def structured_report(source: Dataset | bytes, *, model: str, target: str, findi
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=f"{NOT_FOR_DIAGNOSIS} - XAI report {target}"[:64],
+        series_description=(f"{NOT_FOR_DIAGNOSIS} - XAI report {target}"
+                            + (" - OUT OF DOMAIN" if out_of_domain else ""))[:64],
         manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(

@@ -4,20 +4,16 @@ per-image CSV, per-image SIC/AIC curves, summary with intervals, plots, resumabl
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
 import importlib
 import json
-import multiprocessing
 import os
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +47,7 @@ from xai_core.models.segmenters import segment
 from xai_core.phantom import GAZE_VERSION, PHANTOM_VERSION
 from xai_core.runtime import pick_device
 from xai_core.segx import region_for
+from xai_core.workers import check_backend, start_workers
 
 DEFAULT_REMOVAL = removal_ops.DEFAULT_METHOD
 BASELINE_CHECK_N = 100  # held-out phantom cases of the baseline self-check in `run_evaluation`
@@ -261,9 +258,10 @@ def limit_blas_threads(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
-def _start_worker(parent: int, model: str, device: str, allow_random_weights: bool, threads: int,
+def _start_worker(parent: int | None, model: str, device: str, allow_random_weights: bool, threads: int,
                   options: dict[str, Any], segmenter: str | None) -> None:
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
+    if parent is not None:  # a local worker; Ray stops its own actors with the job
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
     torch.set_num_threads(threads)
     pic.set_threads(threads)
     limit_blas_threads(threads)
@@ -271,39 +269,6 @@ def _start_worker(parent: int, model: str, device: str, allow_random_weights: bo
     segmenter_handle = None if segmenter is None else load_model(segmenter, device,
                                                                  allow_random_weights=allow_random_weights)
     _WORKER["options"] = {**options, "segmenter": segmenter_handle}
-
-
-def _ready() -> None:
-    """A task that only proves a worker has started."""
-
-
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Spawned processes re-run the parent's `__main__` before anything else; under Streamlit that is the page
-    script (Streamlit installs it as `__main__`), which must not run in a worker. While the block runs, the main
-    module names no file or spec, so workers import only what their tasks need."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
-def start_pool(workers: int, initializer: Callable[..., None], initargs: tuple) -> ProcessPoolExecutor:
-    """`workers` spawned processes, all started (and initialised) before this returns."""
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
-                               initargs=initargs)
-    with _main_hidden():
-        for started in [pool.submit(_ready) for _ in range(workers)]:
-            started.result()
-    return pool
 
 
 def _worker_case(case: EvalCase) -> list[dict[str, Any]]:
@@ -329,9 +294,12 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
                    on_progress: Callable[[int, int], None] | None = None,
                    allow_random_weights: bool = False, workers: int = 1, precision: str = "auto",
                    segmenter: str = "demo-anatomy", removal: str = DEFAULT_REMOVAL,
-                   baseline_check_n: int = BASELINE_CHECK_N) -> dict[str, Any]:
-    """Evaluate `methods` on the positive findings of `n` cases, over `workers` processes (0: one per core);
-    resumes from `out/per_image.csv`. Writes per_image.csv, pic_curves.jsonl, summary.json, pic_curves.json,
+                   baseline_check_n: int = BASELINE_CHECK_N, backend: str = "local",
+                   address: str | None = None) -> dict[str, Any]:
+    """Evaluate `methods` on the positive findings of `n` cases, over `workers` processes (0: one per core) of
+    `backend` (xai_core.workers: local processes, or Ray actors on a local Ray or the cluster at `address`);
+    resumes from `out/per_image.csv`. The files written do not depend on the backend. Writes per_image.csv,
+    pic_curves.jsonl, summary.json, pic_curves.json,
     run.json and the plots; returns the summary {method: {metric: {"mean", "ci_low", "ci_high", "n"}}}.
 
     `removal` (a method of xai_core.removal) is how deletion, insertion and faithfulness correlation remove pixels.
@@ -347,10 +315,12 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     """
     for method in methods:
         get_explainer(method)
+    check_backend(backend, address)
     chosen = pick_device(device)
     handle = load_model(model, chosen, allow_random_weights=allow_random_weights)
     scoring_bfloat16 = use_bfloat16(precision, handle.device)  # checks `precision` before any work
-    workers = default_workers(chosen.type, n) if workers == 0 else workers
+    if workers == 0 and backend == "local":
+        workers = default_workers(chosen.type, n)
     size = handle.card.input.size
     out.mkdir(parents=True, exist_ok=True)
     table = out / "per_image.csv"
@@ -374,11 +344,14 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
     new_file = not table.is_file()
     skipped_no_positive = 0
     pool = None
-    if workers > 1:
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        pool = start_pool(workers, initializer=_start_worker,
-                          initargs=(os.getpid(), model, str(chosen), allow_random_weights, threads, options,
-                                    segmenter_name))
+    if workers > 1 or backend == "ray":
+        threads = max(1, len(os.sched_getaffinity(0)) // workers) if workers else 1
+        worker_device = "cuda" if backend == "ray" and chosen.type == "cuda" else str(chosen)  # Ray: its own GPU
+        pool = start_workers(backend, workers, _start_worker,
+                             (os.getpid() if backend == "local" else None, model, worker_device,
+                              allow_random_weights, threads, options, segmenter_name),
+                             threads=threads, gpus=1.0 if chosen.type == "cuda" else 0.0, address=address)
+        workers = pool.size
     try:
         with table.open("a", newline="") as sink, curve_file.open("a") as curve_sink:
             writer = csv.DictWriter(sink, columns)
@@ -416,10 +389,10 @@ def run_evaluation(model: str, data: str, n: int, methods: list[str], metrics: l
             bar.close()
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown()
     document = summary_document(table, methods, metrics, check)
     summary = method_summaries(document)
-    summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "workers": workers,
+    summary_doc = {"model": model, "data": data, "n_cases": n, "seed": seed, "workers": workers, "backend": backend,
                    "segmenter": segmenter_name, "removal": removal_ops.describe(removal),
                    "gaze_kernel": dataclasses.asdict(kernel),
                    "baseline_check": check,

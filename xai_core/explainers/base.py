@@ -68,6 +68,8 @@ class Explainer(ABC):
     cost: ClassVar[Literal["fast", "slow"]] = "fast"
     defaults: ClassVar[dict[str, Any]] = {}
     reuses_forward: ClassVar[bool] = False  # can explain from the pyramid kept by a prediction forward
+    # the engine may batch concurrent requests (other images, targets) into one call: rows never interact
+    batches_requests: ClassVar[bool] = False
     unit_range: ClassVar[bool] = False  # maps are absolute values in [0, 1] (display them on a fixed scale)
 
     def explain(self, handle: ModelHandle, x: torch.Tensor, targets: Targets, **params: Any) -> torch.Tensor:

@@ -24,6 +24,7 @@ def layer_gradients(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor,
 class GradCAM(Explainer):
     name = "gradcam"
     cost = "fast"
+    batches_requests = True
     defaults: ClassVar[dict[str, Any]] = {"layer": None}
 
     def _explain(self, handle: ModelHandle, inputs: ExplainBatch, *, layer: str | None) -> torch.Tensor:

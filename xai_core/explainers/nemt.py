@@ -17,6 +17,7 @@ class NEMt(Explainer):
     cost = "fast"
     defaults: ClassVar[dict[str, Any]] = {}
     reuses_forward = True
+    batches_requests = True
     unit_range = True
 
     def available(self, handle: ModelHandle) -> bool:

@@ -99,6 +99,7 @@ class XRAI(Explainer):
             checkpoint()
             masks = segments(x[rows[0]].mean(0).cpu().numpy())
             for row in rows:
+                checkpoint()  # segmentation and ranking do not use the model: waiting fast work runs in between
                 maps[row] = greedy_regions(attribution[row], masks, min_pixel_diff)
         result = torch.from_numpy(maps).to(handle.device)
         return result - result.amin(dim=(1, 2), keepdim=True)  # non-negative; the order of regions is kept

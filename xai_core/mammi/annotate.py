@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from xai_core.mammi.validate import VALIDATION_SETS, CachedTexts, label_terms, v
 from xai_core.models import load_model
 from xai_core.models.base import InputSpec, ModelHandle, preprocess
 from xai_core.phantom import generate_case
+from xai_core.workers import WorkerPool, check_backend, start_workers
 
 LAYERS = ("features", "output")
 ACTIVATION_KINDS = {"features": "features-relu-mean", "output": "output-sigmoid"}  # what a resume cache holds
@@ -163,9 +165,27 @@ def _batches(count: int, size: int, start: int = 0) -> Iterator[list[int]]:
         yield list(range(first, min(count, first + size)))
 
 
+_PROBE_WORKER: dict[str, Any] = {}
+
+
+def _start_probe_worker(model: str, device: str, allow_random_weights: bool, probe: str, n: int, layer: str,
+                        threads: int) -> None:
+    torch.set_num_threads(threads)
+    _PROBE_WORKER.update(handle=load_model(model, device, allow_random_weights=allow_random_weights),
+                         probe=probe_set(probe, n), layer=layer)
+
+
+def _probe_batch(indices: list[int]) -> np.ndarray:
+    handle, probe = _PROBE_WORKER["handle"], _PROBE_WORKER["probe"]
+    pixels = to_model_range(probe.load(indices, handle.card.input.size), handle)
+    return layer_activations(handle, pixels, _PROBE_WORKER["layer"]).numpy()
+
+
 def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_size: int = 64,
-                      cache: Path | None = None, progress: bool = True) -> np.ndarray:
-    """Activations of every neuron on every probe image [N, K], resumable from `cache` (saved every batch)."""
+                      cache: Path | None = None, progress: bool = True, pool: WorkerPool | None = None
+                      ) -> np.ndarray:
+    """Activations of every neuron on every probe image [N, K], resumable from `cache` (saved every batch); with
+    `pool` (workers started by `_start_probe_worker`) the batches run on its workers, in the same order."""
     n = len(probe.ids)
     done, acts = 0, None
     # a cache is only reused for the same weights: a retrained model of the same name responds differently
@@ -177,11 +197,10 @@ def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_si
         if same_kind and same_weights and list(stored["ids"]) == probe.ids[:len(stored["ids"])]:
             acts, done = stored["acts"], int(stored["done"])
     bar = tqdm(total=n, initial=done, desc=f"activations ({layer})", unit="img", disable=not progress)
-    for indices in _batches(n, batch_size, done):
-        rows = layer_activations(handle, to_model_range(probe.load(indices, handle.card.input.size), handle), layer)
+    for indices, rows in _batch_rows(handle, probe, layer, _batches(n, batch_size, done), pool):
         if acts is None:
             acts = np.zeros((n, rows.shape[1]), np.float32)
-        acts[indices] = rows.numpy()
+        acts[indices] = rows
         done = indices[-1] + 1
         if cache is not None:
             tmp = cache.with_suffix(".tmp.npz")
@@ -191,6 +210,25 @@ def probe_activations(handle: ModelHandle, probe: Probe, layer: str, *, batch_si
         bar.update(len(indices))
     bar.close()
     return acts
+
+
+def _batch_rows(handle: ModelHandle, probe: Probe, layer: str, batches: Iterator[list[int]],
+                pool: WorkerPool | None) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(indices, activations) per batch, in order; over `pool` with a bounded number of batches in flight."""
+    if pool is None:
+        for indices in batches:
+            pixels = to_model_range(probe.load(indices, handle.card.input.size), handle)
+            yield indices, layer_activations(handle, pixels, layer).numpy()
+        return
+    in_flight: deque = deque()
+    for indices in batches:
+        in_flight.append((indices, pool.submit(_probe_batch, indices)))
+        while len(in_flight) > 2 * pool.size:
+            first, future = in_flight.popleft()
+            yield first, future.result()
+    while in_flight:
+        first, future = in_flight.popleft()
+        yield first, future.result()
 
 
 # --- the pipeline ------------------------------------------------------------------------------------------------
@@ -235,18 +273,22 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
                      percentile: float = DEFAULT_PERCENTILE, beta: float = DEFAULT_BETA, cap: int = DEFAULT_CAP,
                      thumbnails: bool = True, device: str = "cpu", progress: bool = True,
                      allow_random_weights: bool = False,
-                     validation_sets: tuple[str, ...] = VALIDATION_SETS) -> dict[str, Any]:
+                     validation_sets: tuple[str, ...] = VALIDATION_SETS, backend: str = "local", workers: int = 0,
+                     address: str | None = None) -> dict[str, Any]:
     """Annotate every neuron of a layer; returns a summary (path, counts, timings, validation for the output layer:
     `output_validation`, over the run's concept set and each of `validation_sets`).
+    With `backend` "ray" the probe activations (the work that grows with `n`) run on `workers` Ray actors (0: one
+    per CPU of the cluster; xai_core.workers); the annotation written is the local one's.
 
     Resumable: probe activations are cached next to the output file and reused by a rerun with the same probe."""
     if layer not in LAYERS:
         raise ValueError(f"layer must be one of {', '.join(LAYERS)}, got '{layer}'")
+    check_backend(backend, address)
     out = Path(out) if out else default_path(model, layer, vlm, concepts)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     handle = load_model(model, device, allow_random_weights=allow_random_weights)
-    backend: ImageTextModel = CachedTexts(load_backend(vlm, device, allow_random_weights=allow_random_weights))
+    vlm_backend: ImageTextModel = CachedTexts(load_backend(vlm, device, allow_random_weights=allow_random_weights))
     terms = list(concept_set(concepts))
     if not terms:
         raise ValueError(f"the concept set '{concepts}' is empty")
@@ -256,7 +298,17 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     tick = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     cache = out.with_suffix(".activations.npz")
-    acts = probe_activations(handle, probing, layer, cache=cache, progress=progress)
+    pool = None
+    if backend == "ray":
+        worker_device = "cuda" if handle.device.type == "cuda" else "cpu"
+        pool = start_workers("ray", workers, _start_probe_worker,
+                             (model, worker_device, allow_random_weights, probe, n, layer, 1),
+                             gpus=1.0 if worker_device == "cuda" else 0.0, address=address)
+    try:
+        acts = probe_activations(handle, probing, layer, cache=cache, progress=progress, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     timings["activations"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -268,8 +320,8 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     bar = tqdm(total=len(union), desc="representatives", unit="img", disable=not progress)
     for indices in _batches(len(union), 64):
         ids = [union[i] for i in indices]
-        pixels = probing.load(ids, max(backend.image_size, THUMBNAIL_SIZE))
-        for i, row in zip(ids, backend.encode_images(pixels), strict=True):
+        pixels = probing.load(ids, max(vlm_backend.image_size, THUMBNAIL_SIZE))
+        for i, row in zip(ids, vlm_backend.encode_images(pixels), strict=True):
             embeddings[i] = row
         thumbs.update({probing.ids[i]: _thumbnail(p) for i, p in zip(ids, pixels, strict=True) if i in shown})
         bar.update(len(ids))
@@ -277,7 +329,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     timings["representatives"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    text = backend.encode_texts([CONCEPT_PROMPT.format(c) for c in terms] + [BASE_PROMPT])
+    text = vlm_backend.encode_texts([CONCEPT_PROMPT.format(c) for c in terms] + [BASE_PROMPT])
     concept_embeddings, base = text[:-1], text[-1]
     labels = list(handle.card.labels)
     weights = head_weights(handle, layer, acts.shape[1])
@@ -298,7 +350,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
             histogram={"counts": counts.tolist(), "edges": edges.tolist()},
             weights={label: float(weights[j, k]) for j, label in enumerate(labels)} if weights is not None else {}))
         if layer == "output" and found.concepts:  # in the VLM's own text space: not independent of it
-            label_text = backend.encode_texts([CONCEPT_PROMPT.format(sorted(label_terms(labels[k]))[0])])[0]
+            label_text = vlm_backend.encode_texts([CONCEPT_PROMPT.format(sorted(label_terms(labels[k]))[0])])[0]
             similarity.append(float(concept_embeddings[terms.index(found.concepts[0])] @ label_text))
     timings["matching"] = time.perf_counter() - tick
 
@@ -306,7 +358,7 @@ def annotate_neurons(model: str = "demo", layer: str = "features", vlm: str = "d
     if layer == "output":
         tick = time.perf_counter()
         sets, skipped = validation_concept_sets(concepts, terms, validation_sets)
-        validation = output_validation(backend, neuron_images, labels, sets, beta, similarity, skipped)
+        validation = output_validation(vlm_backend, neuron_images, labels, sets, beta, similarity, skipped)
         timings["validation"] = time.perf_counter() - tick
     meta = {"model": model, "layer": layer, "layer_path": "logits" if layer == "output" else handle.card.feature_layer,
             "vlm": vlm, "concept_set": concepts, "concepts": terms, "probe": probe, "n": len(probing.ids),
