@@ -156,6 +156,20 @@ def current_job() -> Job | None:
     return running.job if running else None
 
 
+# Inside a background job, model work between two checkpoints is kept to about this many images, so that waiting
+# interactive work gets the model within a fraction of a second (docs/benchmarks.md, "Engine under load").
+JOB_CHUNK_IMAGES = 8
+
+
+def chunk_size(batch: int) -> int:
+    """How many images to run between checkpoints: `batch` outside a job (fastest), at most `JOB_CHUNK_IMAGES` in
+    a job of background priority (the model is handed over more often, at some cost in speed)."""
+    running = _current.get()
+    if running is None or running.job.priority <= INTERACTIVE:
+        return batch
+    return max(1, min(batch, JOB_CHUNK_IMAGES))
+
+
 def checkpoint(done: int | None = None, total: int | None = None) -> None:
     """Between chunks of slow work: stop if cancelled, record progress, let higher-priority work use the model.
 

@@ -22,7 +22,7 @@ import torchvision.transforms.functional as TF
 
 from xai_core.errors import ParameterError
 from xai_core.explainers.base import ExplainBatch, Explainer, Targets, group_rows, register
-from xai_core.jobs import checkpoint
+from xai_core.jobs import checkpoint, chunk_size
 from xai_core.models import ModelHandle, target_logits
 from xai_core.models.base import use_bfloat16
 
@@ -103,6 +103,7 @@ def _integrate(handle: ModelHandle, x: torch.Tensor, targets: torch.Tensor, base
     groups = group_rows(x, baseline)  # rows with identical image and baseline; the first one is evaluated
     total = torch.zeros_like(x)
     pairs = [(g, j) for g in range(len(groups)) for j in range(steps)]  # (group, step), `batch` at a time
+    batch = chunk_size(batch)  # smaller inside a background job, so that waiting fast work is served sooner
     for start in range(0, len(pairs), batch):
         checkpoint(start, len(pairs))  # no hooks, no graph kept: other jobs may use the model here
         chunk = pairs[start:start + batch]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from xai_core.explainers.base import ExplainBatch, Explainer, capture_activations, register, upsample
-from xai_core.jobs import checkpoint
+from xai_core.jobs import checkpoint, chunk_size
 from xai_core.models import ModelHandle, target_logits
 from xai_core.models.base import use_bfloat16
 
@@ -47,9 +47,10 @@ class ScoreCAM(Explainer):
                 masks = channel_masks(channels, x.shape[-2:])
                 image = x[rows[0]:rows[0] + 1]
                 chunks = []
-                for start in range(0, len(masks), batch):
+                step = chunk_size(batch)  # smaller inside a background job: waiting fast work is served sooner
+                for start in range(0, len(masks), step):
                     checkpoint()  # the capture hook is gone and masked forwards keep no graph
-                    chunks.append(forward(image * masks[start:start + batch].unsqueeze(1)).to(x.device))
+                    chunks.append(forward(image * masks[start:start + step].unsqueeze(1)).to(x.device))
                 logits = torch.cat(chunks)
                 if cams.shape[1] == 0:
                     cams = torch.zeros((x.shape[0], *channels.shape[-2:]), device=x.device)
