@@ -192,3 +192,13 @@ def test_concurrent_fast_explanations_of_one_model_run_as_one_batch_with_the_map
     relative = 2e-2 if use_bfloat16("auto", engine.model(model).device) else 1e-5
     for i, single in enumerate(singles):
         np.testing.assert_allclose(results[i], single, atol=relative * (float(single.max()) or 1.0))
+
+
+def test_background_jobs_run_in_small_chunks_and_everything_else_at_full_batch():
+    from xai_core.jobs import JOB_CHUNK_IMAGES, chunk_size
+
+    assert chunk_size(32) == 32, "outside a job: the fastest batch"
+    with running(Job(key="fast", kind="fast", priority=INTERACTIVE), None):
+        assert chunk_size(32) == 32
+    with running(Job(key="slow", kind="slow", priority=BACKGROUND), None):
+        assert chunk_size(32) == JOB_CHUNK_IMAGES < 32 and chunk_size(4) == 4 and chunk_size(0) == 1
