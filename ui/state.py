@@ -136,25 +136,25 @@ def finding_summary(prediction: Prediction, target: str) -> dict:
     return prediction.finding(list(prediction.labels).index(target))
 
 
-def prediction_quiet(case: Radiograph, model: str) -> Prediction | None:
-    """The prediction for the header, or None when there is none (the page itself says why)."""
+def _quiet(case: Radiograph, model: str, ask):
+    """`ask(case, model)` of the engine, or None where the model cannot run or refuses (the page says why)."""
     if model_problem(model):
         return None
     try:
-        return engine().predict(case, model)
+        return ask(case, model)
     except XaiError:
         return None
+
+
+def prediction_quiet(case: Radiograph, model: str) -> Prediction | None:
+    """The prediction for the header, or None when there is none (the page itself says why)."""
+    return _quiet(case, model, engine().predict)
 
 
 def domain_quiet(case: Radiograph, model: str) -> DomainCheck | None:
     """The out-of-domain guard's answer for the case and model, or None where the model cannot run (the page says
     why)."""
-    if model_problem(model):
-        return None
-    try:
-        return engine().domain(case, model)
-    except XaiError:
-        return None
+    return _quiet(case, model, engine().domain)
 
 
 def unreliable(case: Radiograph, model: str) -> str | None:
