@@ -311,13 +311,12 @@ def _explain_options(args: argparse.Namespace) -> list[str]:
 
 
 def explain_file(args: argparse.Namespace, engine: Engine, path: Path, methods: list[str], *, index: int | None = None,
-                 printing: bool = False) -> dict[str, Any]:
+                 printing: bool = False, verdicts: dict[str, str] | None = None) -> dict[str, Any]:
     """`explain` for one file: the result JSON (maps and DICOM objects written where asked). With `index` (a batch),
     files go to a subfolder named by the image's content hash and the input is named by its position, never by its
     file name."""
     name = None if index is None else f"input {index}{path.suffix.lower()}"
     radiograph = load_radiograph(path, name=name)
-    verdicts = _verdicts(args.verdict, methods)
     source = _dicom_source(path, radiograph) if args.dicom_out else None
     _, crop = engine.prepare(radiograph, args.model)
     domain = engine.domain(radiograph, args.model)
@@ -357,7 +356,7 @@ def explain_file(args: argparse.Namespace, engine: Engine, path: Path, methods: 
     if source is not None:
         segu = {m: e["segu"] for m, e in result["methods"].items() if "segu" in e}
         dicom_dir = Path(args.dicom_out) / case if index is not None else Path(args.dicom_out)
-        result["dicom"] = _write_dicom(args, engine, radiograph, source, crop, explanations, segu, verdicts,
+        result["dicom"] = _write_dicom(args, engine, radiograph, source, crop, explanations, segu, verdicts or {},
                                        dicom_dir)
         if printing:
             for item in result["dicom"]:
@@ -376,7 +375,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise InputError("--verdict is one reviewer's judgement of one image: explain that file alone")
     if not batch and args.backend == "local":
         engine = Engine(args.device, allow_random_weights=args.allow_random_weights)
-        result = explain_file(args, engine, files[0], methods, printing=not args.json)
+        result = explain_file(args, engine, files[0], methods, printing=not args.json, verdicts=verdicts)
         if args.json:
             print_json(result)
         return 0
