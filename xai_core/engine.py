@@ -28,7 +28,7 @@ from xai_core.models.ood import DomainCheck, not_checked, stats_for
 from xai_core.models.ood import features as ood_features
 from xai_core.models.segmenters import segment
 from xai_core.nemt import handle_pyramid
-from xai_core.runtime import DEFAULT_CACHE_BYTES, PredictBatcher, ResultCache, cache_key, pick_device, tune_malloc
+from xai_core.runtime import DEFAULT_CACHE_BYTES, MicroBatcher, ResultCache, cache_key, pick_device, tune_malloc
 from xai_core.segx import Region, refine, region_for, segu
 
 
@@ -126,8 +126,8 @@ class Engine:
         self._model_locks: dict[str, PriorityLock] = {}
         self.jobs = JobTable(max_jobs)
         self._background = ThreadPoolExecutor(max_workers=background_workers, thread_name_prefix="xai-job")
-        self._batchers: dict[str, PredictBatcher] = {}
-        self._explain_batchers: dict[tuple, PredictBatcher] = {}
+        self._batchers: dict[str, MicroBatcher] = {}
+        self._explain_batchers: dict[tuple, MicroBatcher] = {}
         self._registry_lock = threading.Lock()
         self._loading_locks: dict[str, threading.Lock] = {}
 
@@ -185,13 +185,13 @@ class Engine:
         logits = logits.float().cpu()
         return [(logits[i], [t[i:i + 1].clone() for t in taps]) for i in range(len(logits))]
 
-    def _batcher(self, model: str) -> PredictBatcher:
+    def _batcher(self, model: str) -> MicroBatcher:
         batcher = self._batchers.get(model)
         if batcher is None:
             with self._registry_lock:
                 batcher = self._batchers.get(model)
                 if batcher is None:
-                    batcher = PredictBatcher(lambda x: self._forward_rows(model, x), self._max_batch,
+                    batcher = MicroBatcher(lambda x: self._forward_rows(model, x), self._max_batch,
                                               self._max_wait_s)
                     self._batchers[model] = batcher
         return batcher
@@ -316,7 +316,7 @@ class Engine:
 
 
     def _explain_batcher(self, handle: ModelHandle, explainer: Explainer, resolved: dict[str, Any],
-                         priority: int) -> PredictBatcher:
+                         priority: int) -> MicroBatcher:
         """The batcher of one (model, method, params, priority): concurrent requests, one explainer call."""
         key = (handle.card.name, explainer.name, repr(sorted(resolved.items())), priority)
         batcher = self._explain_batchers.get(key)
@@ -333,7 +333,7 @@ class Engine:
 
         with self._registry_lock:
             if key not in self._explain_batchers:
-                self._explain_batchers[key] = PredictBatcher(run_batch, self._max_batch, self._max_wait_s,
+                self._explain_batchers[key] = MicroBatcher(run_batch, self._max_batch, self._max_wait_s,
                                                              combine=list, name=f"xai-explain-{explainer.name}")
             return self._explain_batchers[key]
 

@@ -129,7 +129,7 @@ def cache_key(sha256: str, model: str, op: str, params: dict[str, Any] | None = 
     return sha256, model, op, json.dumps(params or {}, sort_keys=True, default=str)
 
 
-class PredictBatcher:
+class MicroBatcher:
     """Collects concurrent single-image requests into one batch (bounded wait) on a worker thread. `combine` makes
     the batch from the submitted items (default: stack the inputs [C, H, W] into [B, C, H, W]); `run_batch` returns
     one output per item, in order."""
