@@ -202,3 +202,11 @@ def test_background_jobs_run_in_small_chunks_and_everything_else_at_full_batch()
         assert chunk_size(32) == 32
     with running(Job(key="slow", kind="slow", priority=BACKGROUND), None):
         assert chunk_size(32) == JOB_CHUNK_IMAGES < 32 and chunk_size(4) == 4 and chunk_size(0) == 1
+
+
+def test_the_time_left_comes_from_the_expected_cost_else_from_the_progress():
+    job = Job(key="k", kind="slow", priority=BACKGROUND)
+    assert job.seconds_left(2.0) is None, "no cost known and no progress reported"
+    assert job.seconds_left(2.0, expected=5.0) == 3.0 and job.seconds_left(9.0, expected=5.0) == 0.0
+    job.total_steps, job.done_steps = 4, 1
+    assert job.seconds_left(2.0) == pytest.approx(6.0)

@@ -547,10 +547,4 @@ def slow_timing(entry: SlowJob) -> tuple[float, float | None]:
     """(seconds since this session asked, an estimate of the seconds left or None): the method's last time on this
     model in this process less the time elapsed, else what the reported progress extrapolates to."""
     elapsed = max(0.0, time.time() - entry.started)
-    expected = engine().expected_seconds(entry.model, entry.method)
-    progress = entry.job.progress
-    if expected:
-        return elapsed, max(0.0, expected - elapsed)
-    if progress:
-        return elapsed, elapsed * (1 - progress) / progress
-    return elapsed, None
+    return elapsed, entry.job.seconds_left(elapsed, engine().expected_seconds(entry.model, entry.method))

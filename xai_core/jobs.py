@@ -133,6 +133,14 @@ class Job:
             return None
         return min(1.0, self.done_steps / self.total_steps)
 
+    def seconds_left(self, elapsed: float, expected: float | None = None) -> float | None:
+        """An estimate of the seconds left after `elapsed`: the `expected` total less `elapsed`, else what the
+        reported progress extrapolates to, else None."""
+        if expected:
+            return max(0.0, expected - elapsed)
+        progress = self.progress
+        return elapsed * (1 - progress) / progress if progress else None
+
     def result(self, timeout: float | None = None) -> Any:
         """The job's result (or its exception)."""
         return self.future.result(timeout)
