@@ -50,10 +50,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # solution, by share removed, is measured in docs/testbed.md (small against ROAD's noise of 0.01 up to 80% removed).
 FAST_SOLVER = {"iterations": 40, "coarse_iterations": 40, "tol": 0.0}
 
-# the 8-neighbour weights of ROAD's linear imputation (rows: dy -1, 0, 1; columns: dx -1, 0, 1)
-_NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12],
-                            [1 / 6, 0.0, 1 / 6],
-                            [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64)
+# the 8-neighbour weights of ROAD's linear imputation: 1/6 for the 4-neighbours, 1/12 for the diagonals
+_EDGE_WEIGHT = 1 / 6
+_CORNER_WEIGHT = 1 / 12
 
 
 def _as_bchw(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -130,9 +129,19 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(b, c, h, w)
 
 
-def _neighbour_sum(z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = z.shape
-    return F.conv2d(z.reshape(b * c, 1, h, w), kernel, padding=1).reshape(b, c, h, w)
+def _neighbour_sum(z: torch.Tensor) -> torch.Tensor:
+    """The ROAD-weighted sum of each pixel's 8 in-image neighbours (zero outside), [B, C, H, W]: shifted adds, which
+    on CPU take a fifth of the time of a 3 x 3 float64 convolution and are elementwise (thread-count independent)."""
+    p = F.pad(z, (1, 1, 1, 1))
+    across = p[..., :-2] + p[..., 2:]  # left + right neighbours, rows -1 .. H
+    edges = across[..., 1:-1, :] + p[..., :-2, 1:-1] + p[..., 2:, 1:-1]
+    corners = across[..., :-2, :] + across[..., 2:, :]
+    return edges.mul_(_EDGE_WEIGHT).add_(corners, alpha=_CORNER_WEIGHT)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image inner products of [B, C, H, W] tensors, [B, 1, 1, 1]."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1)).view(-1, 1, 1, 1)
 
 
 def pyramid_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -154,37 +163,38 @@ def pyramid_fill(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
 def _cg(work: torch.Tensor, known: torch.Tensor, start: torch.Tensor, iterations: int, tol: float) -> torch.Tensor:
     """Conjugate gradients (Jacobi preconditioner) for the linear imputation of the pixels where known == 0,
-    batched, from `start`; images with nothing known keep `start`."""
+    batched, from `start`, until every image's relative residual is under `tol` (tol 0: exactly `iterations`
+    steps); images with nothing known keep `start`."""
     unknown = 1 - known
-    kernel = _NEIGHBOURS.to(device=work.device, dtype=work.dtype).view(1, 1, 3, 3)
-    weight_sum = _neighbour_sum(torch.ones_like(unknown), kernel)  # 1 inside, less at the border
+    weight_sum = _neighbour_sum(torch.ones_like(unknown[:1]))  # 1 inside, less at the border
 
     def apply(z: torch.Tensor) -> torch.Tensor:  # A z, z supported on the unknown pixels
-        return unknown * (weight_sum * z - _neighbour_sum(z, kernel))
+        return (weight_sum * z).sub_(_neighbour_sum(z)).mul_(unknown)
 
-    rhs = unknown * _neighbour_sum(work * known, kernel)
+    rhs = unknown * _neighbour_sum(work * known)
     z = start * unknown
     residual = rhs - apply(z)
     inverse_diagonal = unknown / weight_sum
     prec = inverse_diagonal * residual
-    direction = prec
-    rho = (residual * prec).sum(dim=(1, 2, 3), keepdim=True)
+    direction = prec.clone()
+    rho = _dot(residual, prec)
     # images with nothing kept have a singular system (any constant solves it): they keep the start
     solvable = known.amax(dim=(1, 2, 3), keepdim=True) > 0
     target = tol * rhs.flatten(1).norm(dim=1).view(-1, 1, 1, 1).clamp_min(1e-12)
+    active = solvable
     for _ in range(iterations):
-        active = solvable & (residual.flatten(1).norm(dim=1).view(-1, 1, 1, 1) > target)
-        if not bool(active.any()):
-            break
+        if tol > 0:
+            active = solvable & (residual.flatten(1).norm(dim=1).view(-1, 1, 1, 1) > target)
+            if not bool(active.any()):
+                break
         a_direction = apply(direction)
-        denominator = (direction * a_direction).sum(dim=(1, 2, 3), keepdim=True)
-        alpha = torch.where(active, rho / denominator.clamp_min(1e-30), torch.zeros_like(rho))
-        z = z + alpha * direction
-        residual = residual - alpha * a_direction
-        prec = inverse_diagonal * residual
-        rho_next = (residual * prec).sum(dim=(1, 2, 3), keepdim=True)
+        alpha = torch.where(active, rho / _dot(direction, a_direction).clamp_min(1e-30), torch.zeros_like(rho))
+        z.addcmul_(alpha, direction)
+        residual.addcmul_(alpha, a_direction, value=-1)
+        torch.mul(inverse_diagonal, residual, out=prec)
+        rho_next = _dot(residual, prec)
         beta = torch.where(active, rho_next / rho.clamp_min(1e-30), torch.zeros_like(rho))
-        direction = prec + beta * direction
+        direction.mul_(beta).add_(prec)
         rho = rho_next
     return torch.where(solvable, z, start) * unknown + work * known
 
@@ -304,11 +314,14 @@ def numpy_remover(method: str = DEFAULT_METHOD, *, value_range: tuple[float, flo
     map to the model's range, and noise is a fraction of the span, so this equals removal in the model's space).
     Batches of `batch` images; each call is deterministic (the same seed for every batch)."""
     full = params_of(method, **params)
+    # A tolerance test makes the solver's stopping step depend on rounding, so that solve runs in float64 (its step
+    # then never depends on how many threads summed a reduction). A fixed amount of work (tol 0, FAST_SOLVER) runs
+    # in float32, twice as fast; it differs from float64 by ~1e-5 of the pixel range.
+    dtype = np.float32 if full.get("tol", 1.0) == 0 else np.float64
 
     def apply(images: np.ndarray, removed: np.ndarray) -> np.ndarray:
-        # float64: the solver's stopping step then never depends on how many threads summed a convolution
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float64))
-        m = torch.from_numpy(np.ascontiguousarray(removed)).to(torch.float64)
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype))
+        m = torch.from_numpy(np.ascontiguousarray(removed)).to(x.dtype)
         m = m.expand(x.shape[0], *x.shape[-2:]) if m.dim() == 2 else m
         out = [remove(x[i:i + batch, None], m[i:i + batch, None], method, value_range=value_range, seed=seed, **full)
                for i in range(0, x.shape[0], batch)]
