@@ -263,6 +263,8 @@ def _grid(case, pixels: np.ndarray, model: str, target: str, methods: list[str],
                     st.error(f"{method_name(method)}: {exc}")
                     continue
             explanations[method] = explanation
+            # kept as each map arrives: leaving the page while later tiles draw keeps the maps already made
+            st.session_state["explanations"] = dict(explanations)
             _tile(case, pixels, explanation, settings, truth, finding, model)
     st.session_state["explanations"] = dict(explanations)
     if explanations:

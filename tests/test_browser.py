@@ -126,3 +126,58 @@ def test_upload_a_dicom_choose_a_finding_and_see_overlays(server, tmp_path):
         assert page.get_by_test_id("stException").count() == 0
         assert outside == [], f"requests outside the app: {outside[:5]}"
         browser.close()
+
+
+def test_a_real_radiograph_is_flagged_and_its_verdict_reopens_it_from_the_worklist(server, tmp_path, real_cxr):
+    from playwright.sync_api import expect, sync_playwright
+
+    from xai_core.models.ood import UNRELIABLE, banner
+
+    radiograph = real_cxr / "nih" / "00000001_000.png"  # a real NIH film: nothing like the phantom world
+    warning = banner().split(":")[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server, wait_until="networkidle")
+        expect(page.get_by_text("Load a radiograph to begin")).to_be_visible(timeout=60_000)
+        page.locator("input[type=file]").set_input_files(str(radiograph))
+        expect(page.get_by_text("Findings above their operating point")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(warning)).to_be_visible(timeout=60_000), "the out-of-domain banner on the Case page"
+        expect(page.get_by_text("Out-of-domain score")).to_be_visible()
+        _shot(page, tmp_path, "out-of-domain")
+
+        page.get_by_role("link", name="Explain").click()
+        expect(page.get_by_text("Finding to explain")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(warning)).to_be_visible(timeout=60_000), "the banner on the Explain page too"
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=120_000)
+        expect(page.get_by_text(UNRELIABLE).first).to_be_visible(), "each tile is marked unreliable"
+        expect(page.get_by_role("button", name="All maps (NPZ")).to_be_visible(timeout=120_000)
+
+        page.get_by_role("link", name="Review").click()
+        expect(page.get_by_text("Does this explanation look right?").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(warning)).to_be_visible()
+        form = page.get_by_test_id("stForm").first
+        expect(form.get_by_text("original")).to_be_visible(), "the verdict form shows the original..."
+        expect(form.get_by_text("overlay")).to_be_visible(), "...beside the overlay"
+        expect(form.get_by_text("probability")).to_be_visible(), "and the finding's probability"
+        expect(form.get_by_text(UNRELIABLE)).to_be_visible()
+        form.get_by_text("disagree", exact=True).click()
+        form.get_by_label("Comment").fill("heat on the clavicle")
+        form.get_by_role("button", name="Save verdict").click()
+        expect(page.get_by_test_id("stToast").first).to_be_visible(timeout=60_000), "a Saved toast"
+        expect(page.get_by_text("Saved:").first).to_be_visible()
+        expect(form.get_by_text("Latest verdict: disagree")).to_be_visible(timeout=60_000)
+
+        page.get_by_role("tab", name="Worklist").click()
+        worklist = page.get_by_role("tabpanel", name="Worklist")
+        expect(worklist.get_by_test_id("stDataFrame").first).to_be_visible(timeout=60_000)
+        expect(worklist.get_by_role("button", name="Export case report (HTML)")).to_be_visible()
+        listed = worklist.get_by_role("combobox", name="Case").input_value()
+        assert "case-" in listed and "00000001" not in listed, "a stored case (shared by all sessions) has no file name"
+        _shot(page, tmp_path, "worklist")
+        worklist.get_by_role("button", name="Open in Explain").click()
+        expect(page.get_by_text("Finding to explain")).to_be_visible(timeout=60_000), "the worklist reopens the case"
+        expect(page.get_by_text(warning)).to_be_visible(timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=120_000)
+        assert page.get_by_test_id("stException").count() == 0, "no traceback on any page"
+        browser.close()
