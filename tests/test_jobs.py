@@ -19,6 +19,7 @@ from xai_core.jobs import (
     PriorityLock,
     QueueFullError,
     checkpoint,
+    model_released,
     running,
 )
 from xai_core.models.base import use_bfloat16
@@ -60,6 +61,37 @@ def test_a_slow_job_hands_the_model_to_waiting_interactive_work_at_its_checkpoin
     assert order == ["fast", "slow resumed"]
 
 
+def test_work_that_does_not_use_the_model_lets_it_go_and_holds_it_again_at_the_same_depth():
+    lock, order = PriorityLock(anticipation=0.0), []
+    inside, fast_done = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        with running(Job(key="slow", kind="slow", priority=BACKGROUND), lock), lock.hold(BACKGROUND):
+            with model_released():
+                assert not lock.held_by_me()
+                inside.set()
+                assert fast_done.wait(30), "another job used the model while this block ran"
+                order.append("segmentation done")
+            assert lock.held_by_me() and lock._depth == 2
+        order.append("slow done")
+
+    def fast() -> None:
+        with lock.hold(INTERACTIVE):
+            order.append("fast")
+        fast_done.set()
+
+    slow_thread = threading.Thread(target=slow)
+    slow_thread.start()
+    assert inside.wait(30)
+    fast_thread = threading.Thread(target=fast)
+    fast_thread.start()
+    fast_thread.join(30)
+    slow_thread.join(30)
+    assert order == ["fast", "segmentation done", "slow done"]
+    with model_released():  # outside a job: nothing to let go
+        pass
+
+
 def test_waiters_are_served_by_priority_then_arrival_and_the_lock_is_reentrant():
     lock, order = PriorityLock(), []
     lock.acquire()
@@ -80,6 +112,33 @@ def test_waiters_are_served_by_priority_then_arrival_and_the_lock_is_reentrant()
     assert order == ["interactive", "background-1", "background-2"]
     with pytest.raises(RuntimeError, match="does not hold"):
         lock.release()
+
+
+def test_after_interactive_work_background_waits_its_pause_so_a_reviewers_next_request_goes_first():
+    lock, order = PriorityLock(anticipation=1.0), []
+    got_it = threading.Event()
+
+    def background() -> None:
+        lock.acquire(BACKGROUND)
+        order.append("background")
+        got_it.set()
+        lock.release()
+
+    lock.acquire(INTERACTIVE)  # the reviewer's predict
+    thread = threading.Thread(target=background)
+    thread.start()
+    wait_until(lambda: len(lock._waiting) == 1)
+    lock.release()
+    released = time.monotonic()
+    time.sleep(0.05)  # the reviewer's Grad-CAM comes a moment later
+    assert not got_it.is_set(), "the slow job did not take the model between the reviewer's two requests"
+    with lock.hold(INTERACTIVE):
+        order.append("interactive")
+        released = time.monotonic()
+    assert got_it.wait(10), "background work runs once the pause is over"
+    waited = time.monotonic() - released
+    thread.join(10)
+    assert order == ["interactive", "background"] and waited >= 0.9
 
 
 def test_a_cancelled_job_stops_at_its_next_checkpoint_and_releases_the_model():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from contextvars import ContextVar
@@ -22,6 +23,8 @@ from xai_core.errors import XaiError
 
 INTERACTIVE = 0  # fast work a reviewer waits for
 BACKGROUND = 10  # slow explanations, batch work
+# how long background work leaves a model alone after an interactive hold ends (see PriorityLock)
+ANTICIPATION_SECONDS = 0.05
 
 
 class Cancelled(XaiError):
@@ -33,14 +36,38 @@ class QueueFullError(XaiError):
 
 
 class PriorityLock:
-    """A re-entrant lock whose waiters are served by priority (lower first), then in arrival order."""
+    """A re-entrant lock whose waiters are served by priority (lower first), then in arrival order.
 
-    def __init__(self) -> None:
+    After an interactive hold ends, work of lower priority waits `anticipation` seconds before it takes the lock:
+    a reviewer's requests come in runs (predict, then each fast tile), and without the pause a slow job would take
+    the model back between any two of them, so each would wait for one of its chunks."""
+
+    def __init__(self, anticipation: float = ANTICIPATION_SECONDS) -> None:
         self._condition = threading.Condition()
         self._owner: int | None = None
+        self._owner_priority = INTERACTIVE
         self._depth = 0
         self._waiting: list[tuple[int, int]] = []  # (priority, ticket), kept sorted
         self._tickets = itertools.count()
+        self._anticipation = anticipation
+        self._quiet_until = 0.0  # lower priorities wait until then (monotonic seconds)
+
+    def _pause_left(self, priority: int) -> float:
+        """Seconds a waiter of this priority must still leave the lock to interactive work (0: none)."""
+        if priority <= INTERACTIVE:
+            return 0.0
+        return max(0.0, self._quiet_until - time.monotonic())
+
+    def _wait_for_turn(self, entry: tuple[int, int]) -> None:
+        """With the condition held: wait until the lock is free, `entry` is first and no pause holds it back."""
+        while True:
+            if self._owner is None and self._waiting[0] == entry:
+                pause = self._pause_left(entry[0])
+                if pause <= 0:
+                    return
+                self._condition.wait(timeout=pause)
+            else:
+                self._condition.wait()
 
     def acquire(self, priority: int = INTERACTIVE) -> None:
         """Block until this thread holds the lock."""
@@ -52,10 +79,9 @@ class PriorityLock:
             entry = (priority, next(self._tickets))
             self._waiting.append(entry)
             self._waiting.sort()
-            while self._owner is not None or self._waiting[0] != entry:
-                self._condition.wait()
+            self._wait_for_turn(entry)
             self._waiting.pop(0)
-            self._owner, self._depth = me, 1
+            self._owner, self._owner_priority, self._depth = me, priority, 1
 
     def release(self) -> None:
         """Release one level of this thread's hold."""
@@ -65,6 +91,8 @@ class PriorityLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
+                if self._owner_priority <= INTERACTIVE and self._anticipation > 0:
+                    self._quiet_until = time.monotonic() + self._anticipation
                 self._condition.notify_all()
 
     def held_by_me(self) -> bool:
@@ -87,10 +115,31 @@ class PriorityLock:
             entry = (priority, -1)  # first among its own priority: it was running
             self._waiting.append(entry)
             self._waiting.sort()
-            while self._owner is not None or self._waiting[0] != entry:
-                self._condition.wait()
+            self._wait_for_turn(entry)
             self._waiting.remove(entry)
-            self._owner, self._depth = threading.get_ident(), depth
+            self._owner, self._owner_priority, self._depth = threading.get_ident(), priority, depth
+
+    @contextlib.contextmanager
+    def released(self, priority: int) -> Iterator[None]:
+        """Run the block without this thread's hold (work that does not touch the model), then hold the lock again
+        at `priority` and the same depth; nothing happens where this thread does not hold the lock."""
+        with self._condition:
+            if self._owner != threading.get_ident():
+                held = 0
+            else:
+                held, self._owner, self._depth = self._depth, None, 0
+                self._condition.notify_all()
+        try:
+            yield
+        finally:
+            if held:
+                with self._condition:
+                    entry = (priority, -1)  # first among its own priority: it was running
+                    self._waiting.append(entry)
+                    self._waiting.sort()
+                    self._wait_for_turn(entry)
+                    self._waiting.remove(entry)
+                    self._owner, self._owner_priority, self._depth = threading.get_ident(), priority, held
 
     def __enter__(self) -> PriorityLock:
         self.acquire(INTERACTIVE)
@@ -195,6 +244,19 @@ def checkpoint(done: int | None = None, total: int | None = None) -> None:
         job.done_steps = done
     if running.lock is not None:
         running.lock.yield_to_waiters(job.priority)
+
+
+@contextlib.contextmanager
+def model_released() -> Iterator[None]:
+    """Inside a job: run the block with the model's lock let go (CPU work that does not use the model, e.g. XRAI's
+    segmentation), so other jobs use the model meanwhile; outside a job it does nothing. The block must not touch the
+    model, its hooks or a graph through it."""
+    current = _current.get()
+    if current is None or current.lock is None:
+        yield
+        return
+    with current.lock.released(current.job.priority):
+        yield
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from skimage.segmentation import felzenszwalb
 
 from xai_core.explainers.base import ExplainBatch, Explainer, register
 from xai_core.explainers.ig import integrated_gradients
-from xai_core.jobs import checkpoint
+from xai_core.jobs import checkpoint, model_released
 from xai_core.models import ModelHandle
 
 SCALES = (50, 100, 150, 250, 500, 1200)
@@ -95,11 +95,13 @@ class XRAI(Explainer):
                           for baseline in (low, high))
         attribution = (attribution / 2).max(1).values.cpu().numpy()  # channel max, as the reference
         maps = np.empty(attribution.shape, np.float32)
-        for rows in inputs.groups:  # a repeated image (several targets) is cut into segments once
-            checkpoint()
-            masks = segments(x[rows[0]].mean(0).cpu().numpy())
-            for row in rows:
-                checkpoint()  # segmentation and ranking do not use the model: waiting fast work runs in between
-                maps[row] = greedy_regions(attribution[row], masks, min_pixel_diff)
+        images = x.mean(1).cpu().numpy()
+        with model_released():  # segmentation and ranking do not use the model: other jobs use it meanwhile
+            for rows in inputs.groups:  # a repeated image (several targets) is cut into segments once
+                checkpoint()
+                masks = segments(images[rows[0]])
+                for row in rows:
+                    checkpoint()
+                    maps[row] = greedy_regions(attribution[row], masks, min_pixel_diff)
         result = torch.from_numpy(maps).to(handle.device)
         return result - result.amin(dim=(1, 2), keepdim=True)  # non-negative; the order of regions is kept
