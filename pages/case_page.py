@@ -166,9 +166,10 @@ def _findings_chart(prediction: Prediction, mark: str | None = None) -> go.Figur
         x=[r["threshold"] for r in rows], y=[r["label"] for r in rows], mode="markers",
         marker={"symbol": "line-ns-open", "size": 16, "color": "black"}, name="operating point",
     ))
-    top = 40 if mark else 10
-    figure.update_layout(xaxis={"range": [0, 1], "title": "probability"}, height=30 + top + 26 * len(rows),
-                         margin={"l": 10, "r": 10, "t": top, "b": 10}, legend={"orientation": "h"},
+    top = (40 if mark else 10) + 26  # room for the legend above the bars (below them it covers the axis)
+    figure.update_layout(xaxis={"range": [0, 1], "title": "probability"}, height=50 + top + 26 * len(rows),
+                         margin={"l": 10, "r": 10, "t": top, "b": 10},
+                         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
                          title={"text": f"Findings ({mark})", "font": {"color": "#b00020"}} if mark else None)
     return figure
 
