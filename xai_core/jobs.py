@@ -110,36 +110,35 @@ class PriorityLock:
         with self._condition:
             if self._owner != threading.get_ident() or not self._waiting or self._waiting[0][0] >= priority:
                 return
-            depth, self._owner, self._depth = self._depth, None, 0
-            self._condition.notify_all()
-            entry = (priority, -1)  # first among its own priority: it was running
-            self._waiting.append(entry)
-            self._waiting.sort()
-            self._wait_for_turn(entry)
-            self._waiting.remove(entry)
-            self._owner, self._owner_priority, self._depth = threading.get_ident(), priority, depth
+            self._take_back(priority, self._let_go())
+
+    def _let_go(self) -> int:
+        """With the condition held, by the owner: give the lock up entirely; returns the depth it was held at."""
+        depth, self._owner, self._depth = self._depth, None, 0
+        self._condition.notify_all()
+        return depth
+
+    def _take_back(self, priority: int, depth: int) -> None:
+        """With the condition held: wait, first among `priority` (the job was running), then hold at `depth`."""
+        entry = (priority, -1)
+        self._waiting.append(entry)
+        self._waiting.sort()
+        self._wait_for_turn(entry)
+        self._waiting.remove(entry)
+        self._owner, self._owner_priority, self._depth = threading.get_ident(), priority, depth
 
     @contextlib.contextmanager
     def released(self, priority: int) -> Iterator[None]:
         """Run the block without this thread's hold (work that does not touch the model), then hold the lock again
         at `priority` and the same depth; nothing happens where this thread does not hold the lock."""
         with self._condition:
-            if self._owner != threading.get_ident():
-                held = 0
-            else:
-                held, self._owner, self._depth = self._depth, None, 0
-                self._condition.notify_all()
+            held = self._let_go() if self._owner == threading.get_ident() else 0
         try:
             yield
         finally:
             if held:
                 with self._condition:
-                    entry = (priority, -1)  # first among its own priority: it was running
-                    self._waiting.append(entry)
-                    self._waiting.sort()
-                    self._wait_for_turn(entry)
-                    self._waiting.remove(entry)
-                    self._owner, self._owner_priority, self._depth = threading.get_ident(), priority, held
+                    self._take_back(priority, held)
 
     def __enter__(self) -> PriorityLock:
         self.acquire(INTERACTIVE)
