@@ -247,6 +247,7 @@ def _grid(case, pixels: np.ndarray, model: str, target: str, methods: list[str],
           finding: dict) -> None:
     """One tile per chosen method of the current model, and the download of all maps."""
     explanations: dict[str, Explanation] = {}
+    st.session_state["explanations"] = {}  # filled as each map arrives: leaving mid-grid keeps the maps made
     columns = st.columns(min(GRID_COLUMNS, len(methods)))
     for i, method in enumerate(methods):
         with columns[i % len(columns)]:
@@ -263,10 +264,8 @@ def _grid(case, pixels: np.ndarray, model: str, target: str, methods: list[str],
                     st.error(f"{method_name(method)}: {exc}")
                     continue
             explanations[method] = explanation
-            # kept as each map arrives: leaving the page while later tiles draw keeps the maps already made
             st.session_state["explanations"] = dict(explanations)
             _tile(case, pixels, explanation, settings, truth, finding, model)
-    st.session_state["explanations"] = dict(explanations)
     if explanations:
         domain = state.domain_quiet(case, model)
         npz = maps_npz({m: e.map for m, e in explanations.items()}, model=model, target=target, sha256=case.sha256,
