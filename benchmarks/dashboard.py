@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import add_json_option, write_json  # noqa: E402
 
 
-def one_run(sample_index: int) -> dict[str, float]:
+def one_run(sample_index: int) -> dict[str, Any]:
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()  # cold start: models load here
@@ -42,13 +43,31 @@ def one_run(sample_index: int) -> dict[str, float]:
 
 
 GRID = ["gradcam", "gradcampp", "nemt", "random", "ig", "scorecam"]
-CONTROLS = [("opacity", 0.35), ("colour_map", None), ("range_mode", None), ("contour", None)]
+CONTROLS = ("opacity", "colour_map", "range_mode", "contour")
+
+
+def _following(options: list, current: object) -> object:
+    return options[(options.index(current) + 1) % len(options)]
+
+
+def _changed(at, key: str) -> tuple[object, object]:
+    """A control of the Explain page and a new value for it."""
+    from xai_core.display import SCALE_MODES
+
+    if key == "opacity":
+        return at.slider(key=key), 0.35
+    if key == "contour":
+        widget = at.toggle(key=key)
+        return widget, not widget.value
+    if key == "colour_map":
+        widget = at.selectbox(key=key)
+        return widget, _following(list(widget.options), widget.value)
+    widget = at.radio(key=key)  # its labels are formatted: step through the raw values
+    return widget, _following(list(SCALE_MODES), widget.value)
 
 
 def control_changes(at) -> dict[str, float]:
     """Seconds per rerun after each control change on a grid of the six GRID tiles, every map already made."""
-    from xai_core.display import SCALE_MODES
-
     at.session_state["methods"] = GRID
     at.run()
     for method in ("ig", "scorecam"):
@@ -61,14 +80,8 @@ def control_changes(at) -> dict[str, float]:
         at.run()
     assert not at.exception and len(at.get("plotly_chart")) == len(GRID), "six overlays drawn"
     seconds = {}
-    for key, value in CONTROLS:
-        widget = at.slider(key=key) if key == "opacity" else (at.toggle(key=key) if key == "contour" else None)
-        if widget is None:  # the next option (the radio's labels are formatted: step through its raw values)
-            widget = at.selectbox(key=key) if key == "colour_map" else at.radio(key=key)
-            options = list(widget.options) if key == "colour_map" else list(SCALE_MODES)
-            value = options[(options.index(widget.value) + 1) % len(options)]
-        elif key == "contour":
-            value = not widget.value
+    for key in CONTROLS:
+        widget, value = _changed(at, key)
         start = time.perf_counter()
         widget.set_value(value).run()
         seconds[key] = time.perf_counter() - start
