@@ -89,10 +89,13 @@ def test_per_finding_calibration_with_a_pooled_fallback_for_too_few_false_positi
     assert ((p > 0) & (p < 1)).all()
     mass_rows = np.array(labels) == "Mass"
     assert p[mass_rows & correct].mean() > 0.8 and p[mass_rows & ~correct].mean() < 0.3
-    # Nodule and a finding never seen on val both use the pooled model
+    # Nodule and a finding never seen on val both use the pooled model; Nodule with its own offset on the logit
     row = scores[-1:]
     pooled = certainty.certainties(calibration, ["Effusion"], row)[0]
-    assert certainty.certainties(calibration, ["Nodule"], row)[0] == pooled
+    offsets = calibration["pooled"]["label_offsets"]
+    assert set(offsets) == {"Mass", "Nodule"} and "Effusion" not in offsets
+    nodule_logit = np.log(pooled / (1 - pooled)) + offsets["Nodule"]
+    assert certainty.certainties(calibration, ["Nodule"], row)[0] == pytest.approx(1 / (1 + np.exp(-nodule_logit)))
 
     good = dict(zip(("ciou", "cauitc", "inside_mass"), [0.7, 0.7, 0.7], strict=True))
     bad = dict(zip(("ciou", "cauitc", "inside_mass"), [0.1, 0.1, 0.1], strict=True))
@@ -291,3 +294,21 @@ def test_refine_view_gives_certainty_only_for_reported_findings(tmp_path, monkey
     assert 0 < calibrated["certainty"] < 1 and calibrated["calibration_source"] == "own"
     assert {k: calibrated[k] for k in ("ciou", "cauitc", "inside_mass")} == {
         k: scores[k] for k in ("ciou", "cauitc", "inside_mass")}
+
+
+def test_pooled_offsets_follow_how_often_each_finding_is_wrong():
+    rng = np.random.default_rng(5)
+    # the same score distribution for both findings; Atelectasis is wrong 1 time in 30, Nodule 1 time in 3
+    rows, correct, labels = [], [], []
+    for label, n_true, n_false in (("Atelectasis", 58, 2), ("Nodule", 40, 20)):
+        for right in [True] * n_true + [False] * n_false:
+            rows.append(rng.uniform(0.2, 0.8, 3))
+            correct.append(right)
+            labels.append(label)
+    calibration = certainty.fit_calibration(np.array(rows), np.array(correct), labels, min_false=50)
+    assert calibration["fallback_labels"] == ["Atelectasis", "Nodule"]
+    offsets = calibration["pooled"]["label_offsets"]
+    assert offsets["Atelectasis"] > offsets["Nodule"]
+    same = np.full((2, 3), 0.5)
+    p = certainty.certainties(calibration, ["Atelectasis", "Nodule"], same)
+    assert p[0] > 0.85 > 0.75 > p[1]

@@ -4,7 +4,9 @@ keep the calibrations.
 
 A calibration is a logistic regression from the three scores (standardised) to "the finding is right", fitted on
 the positive findings of one model, method and segmenter on `val`: one per finding with enough true and false
-positives, the pooled one for the others (listed in `fallback_labels`). A finding's verdict threshold maximises
+positives, the pooled one for the others (listed in `fallback_labels`). The pooled one has an offset per finding
+(shrunk towards the pooled intercept), so a finding that is rarely wrong on `val` keeps a higher certainty than one
+that often is. A finding's verdict threshold maximises
 Youden's J on its own points (the pooled points for a pooled finding). Calibrations live in
 `$XAI_DATA_DIR/segu-calibrations.json` (made here) and `assets/models/segu-calibrations.json` (shipped with the
 bundled models); the data directory's is read first, and one made for other weights is never used.
@@ -33,9 +35,10 @@ LESION_SEGMENTER = "demo-lesion"
 SEGU_PERCENT = 5.0  # the paper's p for cIoU; calibrations are made and applied at this p
 MIN_TRUE = 10  # a finding gets its own calibration from this many true and MIN_FALSE false positives on val
 MIN_FALSE = 10
+CALIBRATION_CASES = 3000  # val cases of a calibration: enough for the frequent false positives to get their own
 REGULARISATION_C = 1.0  # sklearn's C (inverse L2 strength) on standardised scores
 FILE_NAME = "segu-calibrations.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DATA_NOTE = "SegU calibrations made here by `python -m xai_core segu --calibrate`."
 SHIPPED_NOTE = ("SegU calibrations of the bundled models, made by `python -m xai_core segu --calibrate --ship` "
                 "(per model, method and segmenter).")
@@ -85,18 +88,33 @@ def score_matrix(rows: list[dict[str, float]]) -> np.ndarray:
     return np.array([[row[name] for name in SEGU_SCORES] for row in rows], np.float64).reshape(-1, len(SEGU_SCORES))
 
 
-def _logistic(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _logistic(x: np.ndarray, y: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """A logistic regression on the standardised scores; with `labels`, plus one offset per finding (a one-hot
+    term under the same L2 penalty, so a finding with few points stays near the pooled intercept)."""
     mean = x.mean(0)
     scale = x.std(0)
     scale = np.where(scale > 1e-12, scale, 1.0)
-    model = LogisticRegression(C=REGULARISATION_C, max_iter=1000).fit((x - mean) / scale, y)
-    return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": model.coef_[0].tolist(),
-            "intercept": float(model.intercept_[0])}
+    features = (x - mean) / scale
+    names = sorted({str(label) for label in labels}) if labels is not None else []
+    if names:
+        features = np.hstack([features, _one_hot(labels, names)])
+    model = LogisticRegression(C=REGULARISATION_C, max_iter=1000).fit(features, y)
+    coef = model.coef_[0]
+    params: dict[str, Any] = {"mean": mean.tolist(), "scale": scale.tolist(), "coef": coef[:x.shape[1]].tolist(),
+                              "intercept": float(model.intercept_[0])}
+    if names:
+        params["label_offsets"] = dict(zip(names, coef[x.shape[1]:].tolist(), strict=True))
+    return params
 
 
-def _probability(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
+def _one_hot(labels: np.ndarray, names: list[str]) -> np.ndarray:
+    return (np.asarray(labels, dtype=object)[:, None] == np.asarray(names, dtype=object)[None, :]).astype(np.float64)
+
+
+def _probability(params: dict[str, Any], x: np.ndarray, label: str | None = None) -> np.ndarray:
     z = ((x - np.asarray(params["mean"])) / np.asarray(params["scale"])) @ np.asarray(params["coef"])
-    return expit(z + params["intercept"])
+    offset = params.get("label_offsets", {}).get(label, 0.0) if label is not None else 0.0
+    return expit(z + params["intercept"] + offset)
 
 
 def _youden(p: np.ndarray, y: np.ndarray) -> float:
@@ -118,8 +136,9 @@ def fit_calibration(scores: np.ndarray, correct: np.ndarray, labels: list[str], 
     if y.all() or not y.any():
         raise CalibrationError(f"calibration needs both true and false positives (got {int(y.sum())} true, "
                                f"{int((~y).sum())} false)")
-    pooled = _logistic(x, y)
-    pooled.update(threshold=_youden(_probability(pooled, x), y), n_true=int(y.sum()), n_false=int((~y).sum()))
+    pooled = _logistic(x, y, names)
+    pooled_probability = np.array([_probability(pooled, x[i:i + 1], str(names[i]))[0] for i in range(len(x))])
+    pooled.update(threshold=_youden(pooled_probability, y), n_true=int(y.sum()), n_false=int((~y).sum()))
     per_label: dict[str, dict[str, Any]] = {}
     for label in sorted({str(name) for name in names}):
         own = names == label
@@ -148,7 +167,7 @@ def certainties(calibration: dict[str, Any], labels: list[str], scores: np.ndarr
     x = np.asarray(scores, np.float64).reshape(-1, len(SEGU_SCORES))
     out = np.full(len(x), np.nan)
     for i, label in enumerate(labels):
-        out[i] = _probability(_label_model(calibration, label)[0], x[i:i + 1])[0]
+        out[i] = _probability(_label_model(calibration, label)[0], x[i:i + 1], label)[0]
     return out
 
 
@@ -162,7 +181,7 @@ def fallback_note(calibration: dict[str, Any], label: str) -> str:
         return f"{label} had no positive findings in {data}: its certainty comes from the pooled calibration."
     return (f"{label} had {entry['n_true']} true and {entry['n_false']} false positives in {data}, fewer than the "
             f"{calibration['min_true']} true and {calibration['min_false']} false its own calibration needs: its "
-            f"certainty comes from the pooled calibration.")
+            f"certainty comes from the pooled calibration, with an offset for {label}.")
 
 
 def calibrated_certainty(calibration: dict[str, Any] | None, label: str, scores: dict[str, float],
@@ -174,7 +193,7 @@ def calibrated_certainty(calibration: dict[str, Any] | None, label: str, scores:
     if calibration is None:
         return {"certainty": float("nan"), "calibrated": False, "calibration_note": note}
     params, threshold, source = _label_model(calibration, label)
-    probability = float(_probability(params, score_matrix([scores]))[0])
+    probability = float(_probability(params, score_matrix([scores]), label)[0])
     out: dict[str, Any] = {"certainty": probability, "calibrated": True, "threshold": threshold,
                            "calibration_source": source, "calibration_file": calibration.get("file"),
                            "calibration_note": fallback_note(calibration, label)}
@@ -214,7 +233,7 @@ def score_aurocs(scores: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
 def calibration_command(model: str, method: str, segmenter: str) -> str:
     """The command that makes a calibration in the data directory."""
     return (f"python -m xai_core segu --model {model} --method {method} --segmenter {segmenter} --data phantom:val "
-            f"--n 600 --calibrate")
+            f"--n {CALIBRATION_CASES} --calibrate")
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from pydicom.dataset import Dataset
@@ -495,7 +496,11 @@ def _cmd_segu(args: argparse.Namespace) -> int:
             label = handle.card.labels[i]
             scores = engine.segu_scores(radiograph, args.model, args.method, label, segmenter=segmenter,
                                         percent=SEGU_PERCENT)
-            rows.append({**scores, "label": label, "correct": label in case.labels, "tag": case.shortcut})
+            rows.append({"case": index, **scores, "label": label, "correct": label in case.labels,
+                         "tag": case.shortcut, "probability": float(prediction.probabilities[i])})
+    if args.rows:
+        Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.rows, index=False)
     scores = score_matrix(rows)
     correct = np.array([row["correct"] for row in rows], bool)
     labels = [row["label"] for row in rows]
@@ -922,6 +927,9 @@ def build_parser() -> argparse.ArgumentParser:
     segu.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH",
                       help="phantom cases with the burned-in tag at this strength (0: independent of the label); "
                            "adds the lesion- vs tag-driven figures")
+    segu.add_argument("--rows", default=None, metavar="CSV",
+                      help="also write one row per positive finding (case index, SegU scores, label, right or not, "
+                           "tag, probability) to this CSV")
     segu.add_argument("--json", action="store_true", help="no progress bar; JSON only")
     _add_common(segu)
     segu.set_defaults(run=_cmd_segu)
