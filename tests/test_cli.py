@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from tests.conftest import ROOT
@@ -107,14 +108,19 @@ def test_segu_calibration_command(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("XAI_DATA_DIR", str(tmp_path))
     committed = MANIFEST.read_bytes()
+    rows_csv = tmp_path / "rows" / "val.csv"
     code = main(["segu", "--model", "demo", "--data", "phantom:val", "--n", "24", "--method", "gradcam",
-                 "--calibrate", "--json", "--device", "cpu"])
+                 "--calibrate", "--rows", str(rows_csv), "--json", "--device", "cpu"])
     out = capsys.readouterr()
+    rows = pd.read_csv(rows_csv)
+    assert {"case", "ciou", "cauitc", "inside_mass", "label", "correct", "tag", "probability"} <= set(rows.columns)
+    assert rows.case.between(0, 23).all() and rows.probability.between(0, 1).all() and not rows.tag.any()
     if code != 0:
         assert "both true and false positives" in out.err  # 24 cases may hold no false positive: said clearly
         return
     data = json.loads(out.out)
-    assert data["n_positive_findings"] > 0 and 0 <= data["calibration"]["auroc"] <= 1
+    assert data["n_positive_findings"] == len(rows) > 0 and 0 <= data["calibration"]["auroc"] <= 1
+    assert data["calibration"]["n_false"] == int((~rows.correct).sum())
     assert {"ci_low", "ci_high", "n_true", "n_false"} <= set(data["calibration"]) and data["calibration"]["in_sample"]
     assert {"per_label", "within_label_auroc"} <= set(data["by_label"]) and set(data["scores"]) == {
         "ciou", "cauitc", "inside_mass"}
