@@ -6,10 +6,10 @@ A calibration is a logistic regression from the three scores (standardised) to "
 the positive findings of one model, method and segmenter on `val`: one per finding with enough true and false
 positives, the pooled one for the others (listed in `fallback_labels`). The pooled one has an offset per finding
 (shrunk towards the pooled intercept), so a finding that is rarely wrong on `val` keeps a higher certainty than one
-that often is. A finding's verdict threshold maximises
-Youden's J on its own points (the pooled points for a pooled finding). Calibrations live in
-`$XAI_DATA_DIR/segu-calibrations.json` (made here) and `assets/models/segu-calibrations.json` (shipped with the
-bundled models); the data directory's is read first, and one made for other weights is never used.
+that often is. A finding's verdict threshold maximises Youden's J on its own points (the pooled points for a
+pooled finding). Calibrations live in `$XAI_DATA_DIR/segu-calibrations.json` (made here) and
+`assets/models/segu-calibrations.json` (shipped with the bundled models); the data directory's is read first, and
+one made for other weights is never used.
 """
 
 from __future__ import annotations
