@@ -120,7 +120,8 @@ def test_segu_calibration_command(tmp_path, monkeypatch, capsys):
         return
     data = json.loads(out.out)
     assert data["n_positive_findings"] == len(rows) > 0 and 0 <= data["calibration"]["auroc"] <= 1
-    assert data["calibration"]["n_false"] == int((~rows.correct).sum())
+    scored = rows[rows[["ciou", "cauitc", "inside_mass"]].notna().all(axis=1)]  # an undefined score is left out
+    assert data["calibration"]["n_false"] == int((~scored.correct).sum())
     assert {"ci_low", "ci_high", "n_true", "n_false"} <= set(data["calibration"]) and data["calibration"]["in_sample"]
     assert {"per_label", "within_label_auroc"} <= set(data["by_label"]) and set(data["scores"]) == {
         "ciou", "cauitc", "inside_mass"}
