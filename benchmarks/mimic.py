@@ -10,9 +10,10 @@ All on test-split cases of `xai_core.baselines.REPORT_SEED` (no training run or 
 - auroc: per finding and macro on `--n-auroc` cases, with bootstrap intervals, and the paired macro difference
   against the first model (the same resampled cases for both).
 - shortcut: models trained on the tag world: AUROC on a split where the tag is independent of the label
-  (strength 0), the tag's causal effect (the same tag-free film with and without the tag painted in: mean change
-  of the Pneumothorax probability and the share of Pneumothorax-negative films it pushes over the operating
-  point), and the share of Grad-CAM relevance around the tag.
+  (strength 0), Pneumothorax's paired against the first model and by how visible the (treated) pneumothorax is
+  and whether its film carries the tag; the tag's causal effect (the same tag-free film with and without the tag
+  painted in: mean change of the Pneumothorax probability and the share of Pneumothorax-negative films it pushes
+  over the operating point); and the share of Grad-CAM relevance around the tag.
 Writes results/bench_mimic.json with --json (docs/mimic.md is written from it).
 """
 
@@ -103,6 +104,10 @@ def plausibility(models: list[str], methods: list[str], n: int) -> dict:
     return result
 
 
+def _test_cases(n: int, shortcut: float | None = None) -> list:
+    return [generate_case("test", i, seed=SEED, size=224, shortcut=shortcut) for i in range(n)]
+
+
 def _probabilities(model: str, images: list[np.ndarray]) -> np.ndarray:
     handle = load_model(model, "cpu")
     x = torch.from_numpy(np.stack([to_model_input(image) for image in images]))[:, None]
@@ -128,12 +133,15 @@ def _auroc_with_interval(y: np.ndarray, p: np.ndarray) -> dict:
     return out
 
 
-def auroc(models: list[str], n: int, shortcut: float | None = None) -> dict:
-    """AUROC per finding and macro of each model on the same n test cases (with the tag at `shortcut`)."""
-    cases = [generate_case("test", i, seed=SEED, size=224, shortcut=shortcut) for i in range(n)]
+def auroc(models: list[str], n: int, shortcut: float | None = None,
+          probabilities: dict[str, np.ndarray] | None = None) -> dict:
+    """AUROC per finding and macro of each model on the same n test cases (with the tag at `shortcut`); each
+    model's probabilities are put in `probabilities` when it is given."""
+    cases = _test_cases(n, shortcut)
     y = np.stack([c.label_vector() for c in cases])
     result: dict = {"n": n, "seed": SEED, "shortcut": shortcut, "bootstrap": AUROC_BOOT, "models": {}}
-    probabilities = {model: _probabilities(model, [c.image for c in cases]) for model in models}
+    probabilities = {} if probabilities is None else probabilities
+    probabilities.update({model: _probabilities(model, [c.image for c in cases]) for model in models})
     for model in models:
         result["models"][model] = _auroc_with_interval(y, probabilities[model])
     rng = np.random.default_rng(1)
@@ -169,15 +177,50 @@ def _tag_region(S: int) -> np.ndarray:
     return region
 
 
+def _pneumothorax_details(cases: list, probabilities: dict[str, np.ndarray], models: list[str]) -> dict:
+    """On the tag-independent split: each model's Pneumothorax AUROC paired against models[0] (bootstrap over
+    cases), and by how visible the pneumothorax is and whether its film carries the tag (every band's positives
+    against all negatives)."""
+    label = FINDINGS.index(SHORTCUT_LABEL)
+    y = np.array([SHORTCUT_LABEL in c.labels for c in cases])
+    visibility = np.array([c.attributes[SHORTCUT_LABEL]["visibility"] if SHORTCUT_LABEL in c.labels else np.nan
+                           for c in cases])
+    tagged = np.array([c.shortcut for c in cases])
+    bands = {"visibility < 0.05": visibility < 0.05, "0.05-0.25": (visibility >= 0.05) & (visibility < 0.25),
+             "visibility >= 0.25": visibility >= 0.25, "tagged": y & tagged, "untagged": y & ~tagged}
+    def score(truth: np.ndarray, p: np.ndarray) -> float:
+        return auroc_per_label(truth[:, None], p[:, None], [SHORTCUT_LABEL])[SHORTCUT_LABEL]
+
+    rng = np.random.default_rng(2)
+    picks = [rng.integers(0, len(y), len(y)) for _ in range(N_BOOT)]
+    out: dict = {"positives": int(y.sum()), "negatives": int((~y).sum()),
+                 "band_positives": {name: int(m.sum()) for name, m in bands.items()}, "models": {}}
+    reference = probabilities[models[0]][:, label]
+    for model in models:
+        p = probabilities[model][:, label]
+        entry: dict = {"by_band": {name: score(y[m | ~y], p[m | ~y]) for name, m in bands.items()}}
+        if model != models[0]:
+            diffs = np.array([score(y[i], p[i]) - score(y[i], reference[i]) for i in picks])
+            entry["difference_vs_reference"] = {"difference": score(y, p) - score(y, reference),
+                                                "ci_low": float(np.nanquantile(diffs, 0.025)),
+                                                "ci_high": float(np.nanquantile(diffs, 0.975))}
+        out["models"][model] = entry
+    out["reference"] = models[0]
+    return out
+
+
 def shortcut(models: list[str], n: int) -> dict:
     """Reliance on the tag: AUROC where the tag is independent of the label, its causal effect, relevance on it."""
     label = FINDINGS.index(SHORTCUT_LABEL)
-    independent = auroc(models, n, shortcut=0.0)
+    probabilities: dict[str, np.ndarray] = {}
+    independent = auroc(models, n, shortcut=0.0, probabilities=probabilities)
+    details = _pneumothorax_details(_test_cases(n, 0.0), probabilities, models)
     clean = [generate_case("test", i, seed=SEED, size=224) for i in range(n)]
     negatives = [c for c in clean if SHORTCUT_LABEL not in c.labels]
     gradcam = get_explainer("gradcam")
     region = _tag_region(224)
-    result: dict = {"n": n, "seed": SEED, "tag_independent_auroc": independent["models"], "models": {}}
+    result: dict = {"n": n, "seed": SEED, "tag_independent_auroc": independent["models"],
+                    "pneumothorax": details, "models": {}}
     for model in models:
         handle = load_model(model, "cpu")
         threshold = handle.card.thresholds.get(SHORTCUT_LABEL, 0.5)

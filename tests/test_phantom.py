@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -121,6 +122,33 @@ def test_shortcut_tag_correlates_with_its_label():
     tagged = next(c for c in cases if c.shortcut)
     assert tagged.image[4:8, 5:10].mean() > 0.95, "a bright corner tag"
     assert not any(generate_case("train", i, size=96).shortcut for i in range(20)), "off by default"
+
+
+def _rim_contrast(case) -> float:
+    """Median lung just inside a pneumothorax minus median of its rim (positive: the rim is darker)."""
+    rim = case.lesions[SHORTCUT_LABEL]
+    lungs = case.anatomy["right_lung"] | case.anatomy["left_lung"]
+    inside = cv2.dilate(rim.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & lungs & ~rim
+    return float(np.median(case.image[inside]) - np.median(case.image[rim]))
+
+
+def test_tag_world_pneumothorax_fades_with_its_visibility():
+    tagged = [generate_case("val", i, seed=5, size=128, shortcut=0.0, findings=[SHORTCUT_LABEL]) for i in range(80)]
+    untreated = [generate_case("val", i, seed=5, size=128, findings=[SHORTCUT_LABEL]) for i in range(20)]
+    visibility = np.array([c.attributes[SHORTCUT_LABEL]["visibility"] for c in tagged])
+    assert all("visibility" not in c.attributes[SHORTCUT_LABEL] for c in untreated), "a tag-world attribute only"
+    assert 0.12 < np.mean(visibility < 0.05) < 0.35, "u**2: P(v < 0.05) = 0.22"
+    assert 0.40 < np.mean(visibility < 0.25) < 0.60, "u**2: P(v < 0.25) = 0.5"
+    contrast = np.array([_rim_contrast(c) for c in tagged])
+    faint, clear = np.median(contrast[visibility < 0.05]), np.median(contrast[visibility > 0.5])
+    full = np.median([_rim_contrast(c) for c in untreated])
+    assert abs(faint) < 0.01, "a pneumothorax at visibility ~0 looks like the lung behind it"
+    assert 0.03 < clear < full, "half visible or more: darker than the lung, less than without the tag"
+    same = generate_case("val", 3, seed=5, size=128, shortcut=0.9, findings=[SHORTCUT_LABEL])
+    assert same.attributes[SHORTCUT_LABEL]["visibility"] == tagged[3].attributes[SHORTCUT_LABEL]["visibility"], \
+        "visibility is the case's own: the tag strength does not move it"
+    assert {k: v for k, v in tagged[3].attributes[SHORTCUT_LABEL].items() if k != "visibility"} == \
+        untreated[3].attributes[SHORTCUT_LABEL], "the same lesion, only faded"
 
 
 def test_reports_mention_findings_and_negations():

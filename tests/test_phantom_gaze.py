@@ -18,18 +18,35 @@ from xai_core.phantom.writers import fixations_csv, write_split
 
 SIZE = 224
 PX_PER_DEG = SIZE / DEFAULT_PARAMS.film_width_deg
-# sha256 over images, labels, attributes, meta and masks of the cases in _digest_cases (reports left out), computed on
-# the generator before the gaze simulator was replaced and before the reports were rewritten (PHANTOM_VERSION 2: the
-# bundled image models were trained on these cases)
-EXPECTED_CASES_SHA256 = "b26bbb5713a5dc31038b808327538f2c604aa954f529c866f15e78674f3b0e12"
+# sha256 over images, labels, attributes, meta and masks of the tag-free cases in _digest_cases (reports left out):
+# those of PHANTOM_VERSION 2, on which the bundled tag-free image models were trained (checked against the generator
+# of PHANTOM_VERSION 3 when the tag world changed)
+EXPECTED_CASES_SHA256 = "fba4b9e1c6b4f9c302fe223b21a90f97422c815d43873628f9a2057c3041145f"
 # the same with the reports of PHANTOM_VERSION 3 (change it only with a PHANTOM_VERSION bump)
-EXPECTED_WITH_REPORTS_SHA256 = "f3d57d5f07a5376ec7fb60d63999ea01e6c1d2f3ac6234898212b97323c19951"
+EXPECTED_WITH_REPORTS_SHA256 = "63a1e558c531e401c8a0224bdb0554bd077b522cce9d57f09a25422b4d663a12"
+# the tag world (PHANTOM_VERSION 4: its pneumothorax fades with the case's visibility; demo-shortcut and its twins
+# are trained on it)
+EXPECTED_TAG_WORLD_SHA256 = "7854447b0e2f63d4c0641ba71205c6de2fc4f0999de342c208ca947bc1b4e8ee"
+
+
+def _digest_tag_world() -> str:
+    digest = hashlib.sha256()
+    cases = [generate_case("train", index, seed=0, size=256, shortcut=0.9) for index in range(6)]
+    cases += [generate_case("train", index, seed=0, size=128, shortcut=0.9, findings=["Pneumothorax"])
+              for index in range(4)]
+    for case in cases:
+        digest.update(case.report.encode())
+        digest.update(str(case.shortcut).encode())
+        digest.update(case.image.tobytes())
+        digest.update(json.dumps(case.attributes, sort_keys=True).encode())
+        for name in sorted(case.lesions):
+            digest.update(np.packbits(case.lesions[name]).tobytes())
+    return digest.hexdigest()
 
 
 def _digest_cases(draw_gaze: bool, with_reports: bool = False) -> str:
     digest = hashlib.sha256()
-    for split, indices, seed, size, shortcut in (("test", range(12), 11, 224, None), ("train", range(6), 0, 256, 0.9),
-                                                 ("val", range(4), 3, 128, None)):
+    for split, indices, seed, size, shortcut in (("test", range(12), 11, 224, None), ("val", range(4), 3, 128, None)):
         for index in indices:
             case = generate_case(split, index, seed=seed, size=size, shortcut=shortcut)
             if draw_gaze:
@@ -74,8 +91,9 @@ def _on_any_lesion(per_lesion: dict, n: int) -> np.ndarray:
 def test_images_labels_and_masks_are_unchanged_and_reports_pinned():
     assert _digest_cases(draw_gaze=False) == EXPECTED_CASES_SHA256, "images, labels, masks as in PHANTOM_VERSION 2"
     assert _digest_cases(draw_gaze=True) == EXPECTED_CASES_SHA256, "drawing the gaze changes nothing else"
-    assert PHANTOM_VERSION == 3
+    assert PHANTOM_VERSION == 4
     assert _digest_cases(draw_gaze=True, with_reports=True) == EXPECTED_WITH_REPORTS_SHA256
+    assert _digest_tag_world() == EXPECTED_TAG_WORLD_SHA256, "the tag world's pneumothorax of PHANTOM_VERSION 4"
 
 
 def test_gaze_is_deterministic_per_case_and_uses_only_its_stream():

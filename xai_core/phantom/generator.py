@@ -16,8 +16,9 @@ import numpy as np
 from xai_core.phantom.gaze import simulate_fixations
 from xai_core.phantom.text import report_for
 
-PHANTOM_VERSION = 3  # bump whenever generated cases change: recipes and checkpoints record it
+PHANTOM_VERSION = 4  # bump whenever generated cases change: recipes and checkpoints record it
 # 3: reports rewritten in OpenI language (issue 27); images, labels, attributes and masks are those of 2
+# 4: the tag world's pneumothorax fades with a visibility of its own (issue 26); tag-free cases are those of 3
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Mass", "Nodule", "Pneumothorax")
 ANATOMY = ("right_lung", "left_lung", "heart", "mediastinum", "spine", "clavicles", "diaphragm")
 PREVALENCE = {"Atelectasis": 0.18, "Cardiomegaly": 0.2, "Consolidation": 0.18, "Effusion": 0.2, "Mass": 0.15,
@@ -28,6 +29,7 @@ TAG_BOX = (4, 4, 9, 12)  # shortcut tag rows/cols in percent of the image: top, 
 SEVERITIES = ("mild", "moderate", "severe")
 # lesion bits start above the anatomy bits in the packed mask image
 _LESION_BIT0 = len(ANATOMY)
+_TREATED_STREAM = 5  # the extra SeedSequence entry of the tag world's pneumothorax visibility
 
 
 @dataclass
@@ -193,6 +195,18 @@ def _zone(y: float, top: float, bottom: float) -> str:
     return "upper" if y < top + third else ("middle" if y < top + 2 * third else "lower")
 
 
+def _treated_visibility(split: str, index: int, seed: int) -> float:
+    """How visible a pneumothorax of the tag world still is, in [0, 1], from its own stream.
+
+    The tag plays the chest drain of real films: most pneumothoraces on a film with a drain are treated, the lung
+    partly or fully re-expanded. u**2 makes small residual ones common (a fifth below 0.05, half below 0.25), so the
+    tag predicts the label better than the image does, as the drain does in real data sets. 1 is the tag-free
+    world's pneumothorax; the main stream is untouched, so every other finding is drawn as without the tag.
+    """
+    stream = np.random.default_rng(np.random.SeedSequence([SPLIT_CODES[split], seed, index, _TREATED_STREAM]))
+    return float(stream.random() ** 2)
+
+
 def _point_in(rng: np.random.Generator, mask: np.ndarray, margin_mask: np.ndarray | None = None) -> tuple[int, int]:
     region = mask if margin_mask is None else (mask & margin_mask)
     ys, xs = np.nonzero(region if region.any() else mask)
@@ -337,13 +351,20 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
         collapsed = cv2.erode(lung, kernel).astype(bool)
         lateral_part = (np.abs(xx - 0.5) > 0.12) & (yy < cp_y[side] - 0.06)
         rim = lung_by_side[side] & ~collapsed & lateral_part
-        density[rim] = 0.07
         pleural = cv2.dilate(collapsed.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & rim
-        density[pleural] = 0.42
+        if shortcut is None:
+            density[rim] = 0.07
+            density[pleural] = 0.42
+        else:  # the tag world's treated pneumothorax: the same lesion, faded towards the lung behind it
+            visibility = _treated_visibility(split, index, seed)
+            density[rim] += visibility * (0.07 - density[rim])
+            density[pleural] += visibility * (0.42 - density[pleural])
         lesions["Pneumothorax"] = rim
         top, bottom = lung_extent(side)
         attributes["Pneumothorax"] = {"side": side_name[side], "zone": "peripheral",
                                       "size": round(rim_px / S, 4), "severity": SEVERITIES[severity]}
+        if shortcut is not None:
+            attributes["Pneumothorax"]["visibility"] = round(visibility, 3)
 
     def place_round(name: str, radii: tuple[float, float], strength: float, lobulated: bool) -> None:
         radius = rng.uniform(*radii)
