@@ -1,0 +1,42 @@
+"""benchmarks/mimic.py's shortcut detail on hand-made cases with known AUROCs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from benchmarks import mimic
+from xai_core.phantom import FINDINGS, SHORTCUT_LABEL
+
+
+def _case(visibility: float | None, tagged: bool) -> SimpleNamespace:
+    positive = visibility is not None
+    return SimpleNamespace(labels=[SHORTCUT_LABEL] if positive else [], shortcut=tagged,
+                           attributes={SHORTCUT_LABEL: {"visibility": visibility}} if positive else {})
+
+
+def _probabilities(scores: list[float]) -> np.ndarray:
+    p = np.full((len(scores), len(FINDINGS)), 0.5)
+    p[:, FINDINGS.index(SHORTCUT_LABEL)] = scores
+    return p
+
+
+def test_pneumothorax_bands_and_paired_difference_have_known_answers():
+    cases = [_case(0.01, True), _case(0.1, False), _case(0.5, True), _case(0.9, False),
+             _case(None, True), _case(None, False), _case(None, True), _case(None, False)]
+    # the tag-reliant model ranks tagged negatives above faint positives; the other one ranks by the lesion
+    shortcut = _probabilities([0.6, 0.3, 0.8, 0.9, 0.7, 0.1, 0.65, 0.2])
+    lesion = _probabilities([0.15, 0.4, 0.8, 0.9, 0.12, 0.11, 0.13, 0.14])
+    out = mimic._pneumothorax_details(cases, {"shortcut": shortcut, "lesion": lesion}, ["shortcut", "lesion"])
+    assert out["positives"] == 4 and out["negatives"] == 4 and out["reference"] == "shortcut"
+    assert out["band_positives"] == {"visibility < 0.05": 1, "0.05-0.25": 1, "visibility >= 0.25": 2,
+                                     "tagged": 2, "untagged": 2}
+    assert out["models"]["shortcut"]["by_band"] == pytest.approx(
+        {"visibility < 0.05": 0.5, "0.05-0.25": 0.5, "visibility >= 0.25": 1.0, "tagged": 0.75, "untagged": 0.75})
+    assert set(out["models"]["lesion"]["by_band"].values()) == {1.0}
+    assert "difference_vs_reference" not in out["models"]["shortcut"]
+    paired = out["models"]["lesion"]["difference_vs_reference"]
+    assert paired["difference"] == pytest.approx(0.25), "1.0 - 12/16"
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
