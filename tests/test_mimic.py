@@ -31,17 +31,35 @@ def test_training_gradcam_is_the_products_gradcam():
     x = _batch(2, size=224)
     targets = torch.tensor([FINDINGS.index("Effusion"), FINDINGS.index("Nodule")])
     trainable = copy.deepcopy(handle.module).requires_grad_(True)  # bundled models load frozen
-    logits, cam = mimic.differentiable_gradcam(trainable, x, targets)
+    logits, cam = mimic.differentiable_cam(trainable, x, targets)
     product = get_explainer("gradcam").explain(handle, x, targets)
     torch.testing.assert_close(upsample(cam.detach(), x.shape[-2:]).clamp_min(0), product, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(logits.detach(), handle.module(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_hirescam_map_is_the_logits_share_per_position():
+    torch.manual_seed(0)
+    model = build_demo_densenet(len(FINDINGS), **TINY)
+    with torch.no_grad():
+        model.classifier.weight.abs_()  # every position's share positive, so the map's ReLU keeps them all
+    x = _batch(2)
+    targets = torch.tensor([0, 3])
+    logits, cam = mimic.differentiable_cam(model, x, targets, "hirescam")
+    bias = model.classifier.bias[model.outputs[targets]]
+    torch.testing.assert_close(cam.sum((1, 2)), logits.gather(1, targets[:, None])[:, 0] - bias, rtol=1e-4, atol=1e-5)
+    _, gradcam = mimic.differentiable_cam(model, x, targets, "gradcam")
+    assert not torch.allclose(gradcam, cam), "Grad-CAM weighs channels by their averaged gradient instead"
+    with pytest.raises(InputError, match="training explanation"):
+        mimic.differentiable_cam(model, x, targets, "xrai")
+    with pytest.raises(InputError, match="training explanation"):
+        mimic.MimicRecipe(explanation="xrai").checked()
 
 
 def test_gaze_term_reaches_every_part_of_the_classifier():
     torch.manual_seed(0)
     model = build_demo_densenet(len(FINDINGS), **TINY)
     x = _batch(2)
-    _, cam = mimic.differentiable_gradcam(model, x, torch.tensor([0, 1]))
+    _, cam = mimic.differentiable_cam(model, x, torch.tensor([0, 1]))
     gaze = torch.rand(2, *cam.shape[1:])
     gaze = gaze / gaze.sum((1, 2), keepdim=True)
     mimic.gaze_kl(gaze, cam).mean().backward()
@@ -108,6 +126,7 @@ def test_a_tiny_run_records_its_variant(tmp_path, monkeypatch, variant, members)
     entry = json.loads((tmp_path / "manifest.json").read_text())["models"][f"tiny-{variant}"]
     assert entry["sha256"] == record["sha256"]
     assert entry["mimic"]["variant"] == variant and entry["mimic"]["members"] == members
+    assert entry["mimic"]["explanation"] == "gradcam@features.norm5, double backprop"
     assert entry["family"] == "classifier" and set(entry["thresholds"]) == set(FINDINGS)
     if members > 1:
         assert len(entry["metrics"]["member_test_macro_auroc"]) == members

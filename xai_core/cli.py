@@ -69,6 +69,7 @@ from xai_core.segx import SEGU_SCORES, CalibrationError, by_label, calibrate
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
 from xai_core.training.clip import ClipRecipe, train_clip
+from xai_core.training.mimic import EXPLANATIONS as MIMIC_EXPLANATIONS
 from xai_core.training.mimic import VARIANTS as MIMIC_VARIANTS
 from xai_core.training.mimic import MimicRecipe, train_mimic
 from xai_core.training.nemt import EPOCH_CASES, NEMtRecipe, train_nemt
@@ -181,6 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              base=None if args.from_scratch else args.model, members=members,
                              steps=args.steps or MimicRecipe.steps, batch=args.batch, seed=args.seed,
                              beta=MimicRecipe.beta if args.beta is None else args.beta, shortcut=args.shortcut,
+                             explanation=args.explanation,
                              **_sizes(args, "val_n", "test_n", "data_seed"))
         record = train_mimic(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
@@ -854,6 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--members", type=int, default=None,
                        help="mimic: ensemble size K (default: 1; 2 for the discriminator variant)")
     train.add_argument("--beta", type=float, default=None, help="mimic: weight of the explanation term")
+    train.add_argument("--explanation", choices=list(MIMIC_EXPLANATIONS), default=MimicRecipe.explanation,
+                       help="mimic: the map the explanation term acts on: gradcam (the product's Grad-CAM, default) "
+                            "or hirescam (gradient times activation per position: the logit's exact share there)")
     train.add_argument("--from-scratch", action="store_true",
                        help="mimic: random initial members (the reference's setting) instead of --model's weights")
     train.add_argument("--epochs", type=float, default=None,

@@ -42,6 +42,7 @@ from xai_core.training.classifier import ClassifierRecipe, evaluate, save_classi
 from xai_core.training.common import PhantomStream, run_training
 
 VARIANTS = ("gaze", "discriminator", "control")
+EXPLANATIONS = ("gradcam", "hirescam")  # the training explanation the gaze and discriminator terms act on
 EPS = 1e-7
 
 
@@ -63,6 +64,7 @@ class MimicRecipe:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     beta: float = 0.5  # weight of the explanation term
+    explanation: str = "gradcam"  # the map the term acts on (EXPLANATIONS)
     every: int = 2  # discriminator: its term on every `every`-th step (the reference: every 2 epochs)
     map_size: int = 56  # grid of the training explanation and gaze heatmaps
     disc_hidden: int = 128
@@ -83,6 +85,8 @@ class MimicRecipe:
         """The recipe, or an InputError saying what is inconsistent."""
         if self.variant not in VARIANTS:
             raise InputError(f"unknown MIMIC variant '{self.variant}'; known: {', '.join(VARIANTS)}")
+        if self.explanation not in EXPLANATIONS:
+            raise InputError(f"unknown training explanation '{self.explanation}'; known: {', '.join(EXPLANATIONS)}")
         if self.variant == "discriminator" and self.members < 2:
             raise InputError("the discriminator variant needs at least 2 members (--members)")
         if self.variant != "discriminator" and self.members != 1:
@@ -92,15 +96,24 @@ class MimicRecipe:
         return self
 
 
-def differentiable_gradcam(model: DenseNetLogits, x: torch.Tensor, targets: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [B, L] and the Grad-CAM maps [B, h, w] at `features.norm5` (the demo card's cam_layer), both
-    differentiable in the weights (double backprop)."""
+def differentiable_cam(model: DenseNetLogits, x: torch.Tensor, targets: torch.Tensor, method: str = "gradcam"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, L] and the class-activation maps [B, h, w] at `features.norm5` (the demo card's cam_layer), both
+    differentiable in the weights (double backprop).
+
+    `gradcam`: each channel weighted by its spatially averaged gradient (the product's Grad-CAM). `hirescam`: each
+    position's activations times their own gradients (Draelos & Carin 2020); under this global-average-pooled
+    linear head the map at a position is that position's exact share of the logit, so a feature cannot move the
+    logit while staying out of the map, as a sparse channel can under Grad-CAM's averaged weights.
+    """
+    if method not in EXPLANATIONS:
+        raise InputError(f"unknown training explanation '{method}'; known: {', '.join(EXPLANATIONS)}")
     activations = model.features(x)
     logits = model.classifier(F.adaptive_avg_pool2d(F.relu(activations), 1).flatten(1)).index_select(1, model.outputs)
     scores = logits.gather(1, targets.view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(scores, activations, create_graph=True)
-    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * activations).sum(1))
+    weights = grads.mean(dim=(2, 3), keepdim=True) if method == "gradcam" else grads
+    cam = F.relu((weights * activations).sum(1))
     return logits, cam
 
 
@@ -203,7 +216,7 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
         if recipe.variant == "control":
             logits, cam = member(x), None
         else:
-            logits, cam = differentiable_gradcam(member, x, targets)
+            logits, cam = differentiable_cam(member, x, targets, recipe.explanation)
             cam = F.interpolate(cam.unsqueeze(1), size=(recipe.map_size,) * 2, mode="bilinear",
                                 align_corners=False).squeeze(1)
         total = total + F.binary_cross_entropy_with_logits(logits, y)
@@ -279,6 +292,6 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
     }
     mimic = {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
-             "explanation": "gradcam@features.norm5, double backprop"}
+             "explanation": f"{recipe.explanation}@features.norm5, double backprop"}
     return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
                            seconds, dev, out_dir, extra={"mimic": mimic})
