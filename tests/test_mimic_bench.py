@@ -1,4 +1,4 @@
-"""benchmarks/mimic.py's shortcut detail on hand-made cases with known AUROCs."""
+"""benchmarks/mimic.py's shortcut detail and scripts/mimic_tables.py on hand-made cases with known AUROCs."""
 
 from __future__ import annotations
 
@@ -40,3 +40,23 @@ def test_pneumothorax_bands_and_paired_difference_have_known_answers():
     paired = out["models"]["lesion"]["difference_vs_reference"]
     assert paired["difference"] == pytest.approx(0.25), "1.0 - 12/16"
     assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+
+
+def test_docs_tables_render_every_model_and_band():
+    from scripts import mimic_tables
+
+    cases = [_case(0.01, True), _case(0.9, False), _case(None, True), _case(None, False)]
+    probabilities = {"a": _probabilities([0.6, 0.9, 0.7, 0.1]), "b": _probabilities([0.5, 0.9, 0.2, 0.1])}
+    details = mimic._pneumothorax_details(cases, probabilities, ["a", "b"])
+    interval = {"mean": 0.25, "ci_low": 0.2, "ci_high": 0.3, "n": 2}
+    auroc = {"Pneumothorax": {"auroc": 0.75, "ci_low": 0.5, "ci_high": 1.0}, "macro": {"auroc": 0.9}}
+    reliance = {"tag_effect_mean": interval, "tag_pushes_over_threshold": 0.5, "negatives": 2,
+                "gradcam_share_on_tag": interval, "tag_region_area_share": 0.032}
+    result = {"shortcut": {"seed": 11, "n": 4, "pneumothorax": details,
+                           "tag_independent_auroc": {"a": auroc, "b": auroc}, "models": {"a": reliance, "b": reliance}}}
+    text = mimic_tables.tables(result)
+    assert "2 Pneumothorax positives, 2 negatives" in text
+    assert "| `a` | 0.750 [0.500, 1.000] | reference | 0.900 | +0.250 [+0.200, +0.300] (n 2) | 50.0% |" in text
+    assert "| `b` | 0.750 [0.500, 1.000] | +0.250 [" in text, "b ranks both positives above both negatives"
+    assert "visibility < 0.05 (1) | 0.05-0.25 (0) | visibility >= 0.25 (1) | tagged (1) | untagged (1) |" in text
+    assert "| `a` | 0.500 | - | 1.000 | 0.500 | 1.000 |" in text, "an empty band shows -"

@@ -1,0 +1,72 @@
+"""Markdown tables of the shortcut part of `benchmarks/mimic.py --json`, for docs/mimic.md.
+
+    python scripts/mimic_tables.py results/bench_mimic_shortcut.json > /tmp/tables.md
+
+The reliance table (tag-independent AUROC, paired difference, the tag's causal effect, Grad-CAM near the tag) and
+the Pneumothorax table by visibility and tag. Reads only; prints to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def _interval(entry: dict, key: str, digits: int = 3, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return (f"{entry[key]:{sign}.{digits}f} [{entry['ci_low']:{sign}.{digits}f}, "
+            f"{entry['ci_high']:{sign}.{digits}f}]")
+
+
+def _auroc(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def tables(result: dict) -> str:
+    """The shortcut part's tables as Markdown."""
+    part = result["shortcut"]
+    details = part["pneumothorax"]
+    lines = [f"Seed {part['seed']}, {part['n']} test cases with the tag independent of the label "
+             f"({details['positives']} Pneumothorax positives, {details['negatives']} negatives):", "",
+             _row(["model", "Pneumothorax AUROC", "paired difference vs " + f"`{details['reference']}`",
+                   "macro AUROC", "tag's effect on P(Pneumothorax), negatives", "negatives the tag pushes over the "
+                   "operating point", "Grad-CAM share near the tag (area share)"]),
+             _row(["---"] * 7)]
+    for model, reliance in part["models"].items():
+        auroc = part["tag_independent_auroc"][model]
+        paired = details["models"][model].get("difference_vs_reference")
+        share = reliance["gradcam_share_on_tag"]
+        lines.append(_row([
+            f"`{model}`", _interval(auroc["Pneumothorax"], "auroc"),
+            _interval(paired, "difference", signed=True) if paired else "reference",
+            f"{auroc['macro']['auroc']:.3f}",
+            f"{reliance['tag_effect_mean']['mean']:+.3f} [{reliance['tag_effect_mean']['ci_low']:+.3f}, "
+            f"{reliance['tag_effect_mean']['ci_high']:+.3f}] (n {reliance['negatives']})",
+            f"{100 * reliance['tag_pushes_over_threshold']:.1f}%",
+            f"{share['mean']:.3f} [{share['ci_low']:.3f}, {share['ci_high']:.3f}] (n {share['n']}; area "
+            f"{reliance['tag_region_area_share']:.3f})"]))
+    bands = details["band_positives"]
+    lines += ["", "Pneumothorax AUROC of each group of positives against all negatives:", "",
+              _row(["model", *(f"{band} ({count})" for band, count in bands.items())]),
+              _row(["---"] * (len(bands) + 1))]
+    for model, entry in details["models"].items():
+        lines.append(_row([f"`{model}`", *(_auroc(entry["by_band"][band]) for band in bands)]))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("result", type=Path, help="a benchmarks/mimic.py --json file with the shortcut part")
+    args = parser.parse_args(argv)
+    print(tables(json.loads(args.result.read_text())), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
