@@ -1,9 +1,10 @@
-"""Markdown tables of the shortcut part of `benchmarks/mimic.py --json`, for docs/mimic.md.
+"""Markdown tables of the shortcut and plausibility parts of `benchmarks/mimic.py --json`, for docs/mimic.md.
 
     python scripts/mimic_tables.py results/bench_mimic_shortcut.json > /tmp/tables.md
 
-The reliance table (tag-independent AUROC, paired difference, the tag's causal effect, Grad-CAM near the tag) and
-the Pneumothorax table by visibility and tag. Reads only; prints to stdout.
+Shortcut: the reliance table (tag-independent AUROC, paired difference, the tag's causal effect, Grad-CAM near the
+tag) and the Pneumothorax table by visibility and tag. Plausibility: pooled and per-finding gaze agreement. Reads
+only; prints to stdout.
 """
 
 from __future__ import annotations
@@ -60,11 +61,50 @@ def tables(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plausibility_tables(result: dict) -> str:
+    """The plausibility part's pooled and per-finding tables as Markdown, one pair per method."""
+    part = result["plausibility"]
+    models = list(part["models"])
+    lines: list[str] = []
+    for method in part["methods"]:
+        lines += [f"{method}, {part['n_cases']} test cases of seed {part['seed']}:", "",
+                  _row(["model", "gaze KL (lower better)", "NSS", "CC", "SIM", "relevance mass", "KL change",
+                        "NSS change"]), _row(["---"] * 8)]
+        for model in models:
+            entry = part["models"][model][method]
+            cells = [f"`{model}`"] + [f"{entry['pooled'][m]['mean']:.3f} [{entry['pooled'][m]['ci_low']:.3f}, "
+                                      f"{entry['pooled'][m]['ci_high']:.3f}]"
+                                      for m in ("gaze_kl", "gaze_nss", "gaze_cc", "gaze_sim", "relevance_mass")]
+            change = entry["change_vs_reference"]
+            for metric in ("gaze_kl", "gaze_nss"):
+                c = change[metric] if change else None
+                cells.append(f"{100 * c['change']:+.0f}% [{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]"
+                             if c else "reference")
+            lines.append(_row(cells))
+        findings = sorted(part["models"][models[0]][method]["by_finding"])
+        lines += ["", f"Per finding ({method}; gaze KL / NSS / relevance mass, means):", "",
+                  _row(["finding (n)", *(f"`{m}`" for m in models)]), _row(["---"] * (len(models) + 1))]
+        for finding in findings:
+            n = part["models"][models[0]][method]["by_finding"][finding]["gaze_kl"]["n"]
+            cells = [f"{finding} ({n})"]
+            for model in models:
+                by = part["models"][model][method]["by_finding"][finding]
+                cells.append(f"{by['gaze_kl']['mean']:.2f} / {by['gaze_nss']['mean']:.2f} / "
+                             f"{by['relevance_mass']['mean']:.3f}")
+            lines.append(_row(cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="a benchmarks/mimic.py --json file with the shortcut part")
     args = parser.parse_args(argv)
-    print(tables(json.loads(args.result.read_text())), end="")
+    result = json.loads(args.result.read_text())
+    if "shortcut" in result:
+        print(tables(result), end="")
+    if "plausibility" in result:
+        print(plausibility_tables(result), end="")
     return 0
 
 

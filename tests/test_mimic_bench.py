@@ -60,3 +60,22 @@ def test_docs_tables_render_every_model_and_band():
     assert "| `b` | 0.750 [0.500, 1.000] | +0.250 [" in text, "b ranks both positives above both negatives"
     assert "visibility < 0.05 (1) | 0.05-0.25 (0) | visibility >= 0.25 (1) | tagged (1) | untagged (1) |" in text
     assert "| `a` | 0.500 | - | 1.000 | 0.500 | 1.000 |" in text, "an empty band shows -"
+
+
+def test_plausibility_tables_show_the_reference_and_relative_changes():
+    from scripts import mimic_tables
+
+    def pooled(kl: float) -> dict:
+        cell = {"mean": kl, "ci_low": kl - 0.1, "ci_high": kl + 0.1, "n": 3}
+        return {m: cell for m in ("gaze_kl", "gaze_nss", "gaze_cc", "gaze_sim", "relevance_mass")}
+
+    change = {"change": -0.5, "ci_low": -0.6, "ci_high": -0.4}
+    part = {"methods": ["gradcam"], "n_cases": 3, "seed": 11, "models": {
+        "base": {"gradcam": {"pooled": pooled(1.0), "by_finding": {"Nodule": pooled(1.0)},
+                             "change_vs_reference": None}},
+        "guided": {"gradcam": {"pooled": pooled(0.5), "by_finding": {"Nodule": pooled(0.5)},
+                               "change_vs_reference": {"gaze_kl": change, "gaze_nss": change}}}}}
+    text = mimic_tables.plausibility_tables({"plausibility": part})
+    assert "| `base` | 1.000 [0.900, 1.100] |" in text and "| reference | reference |" in text
+    assert text.count("-50% [-60, -40]") == 2
+    assert "| Nodule (3) | 1.00 / 1.00 / 1.000 | 0.50 / 0.50 / 0.500 |" in text
