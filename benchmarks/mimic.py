@@ -134,10 +134,10 @@ def _auroc_with_interval(y: np.ndarray, p: np.ndarray) -> dict:
 
 
 def auroc(models: list[str], n: int, shortcut: float | None = None,
-          probabilities: dict[str, np.ndarray] | None = None) -> dict:
-    """AUROC per finding and macro of each model on the same n test cases (with the tag at `shortcut`); each
-    model's probabilities are put in `probabilities` when it is given."""
-    cases = _test_cases(n, shortcut)
+          probabilities: dict[str, np.ndarray] | None = None, cases: list | None = None) -> dict:
+    """AUROC per finding and macro of each model on the same n test cases (with the tag at `shortcut`, or `cases`
+    already made that way); each model's probabilities are put in `probabilities` when it is given."""
+    cases = _test_cases(n, shortcut) if cases is None else cases
     y = np.stack([c.label_vector() for c in cases])
     result: dict = {"n": n, "seed": SEED, "shortcut": shortcut, "bootstrap": AUROC_BOOT, "models": {}}
     probabilities = {} if probabilities is None else probabilities
@@ -177,10 +177,10 @@ def _tag_region(S: int) -> np.ndarray:
     return region
 
 
-def _pneumothorax_details(cases: list, probabilities: dict[str, np.ndarray], models: list[str]) -> dict:
+def pneumothorax_details(cases: list, probabilities: dict[str, np.ndarray], models: list[str]) -> dict:
     """On the tag-independent split: each model's Pneumothorax AUROC paired against models[0] (bootstrap over
     cases), and by how visible the pneumothorax is and whether its film carries the tag (every band's positives
-    against all negatives)."""
+    against all negatives; visibility as the case's attribute records it, to 3 decimals)."""
     label = FINDINGS.index(SHORTCUT_LABEL)
     y = np.array([SHORTCUT_LABEL in c.labels for c in cases])
     visibility = np.array([c.attributes[SHORTCUT_LABEL]["visibility"] if SHORTCUT_LABEL in c.labels else np.nan
@@ -188,6 +188,7 @@ def _pneumothorax_details(cases: list, probabilities: dict[str, np.ndarray], mod
     tagged = np.array([c.shortcut for c in cases])
     bands = {"visibility < 0.05": visibility < 0.05, "0.05-0.25": (visibility >= 0.05) & (visibility < 0.25),
              "visibility >= 0.25": visibility >= 0.25, "tagged": y & tagged, "untagged": y & ~tagged}
+
     def score(truth: np.ndarray, p: np.ndarray) -> float:
         return auroc_per_label(truth[:, None], p[:, None], [SHORTCUT_LABEL])[SHORTCUT_LABEL]
 
@@ -213,8 +214,9 @@ def shortcut(models: list[str], n: int) -> dict:
     """Reliance on the tag: AUROC where the tag is independent of the label, its causal effect, relevance on it."""
     label = FINDINGS.index(SHORTCUT_LABEL)
     probabilities: dict[str, np.ndarray] = {}
-    independent = auroc(models, n, shortcut=0.0, probabilities=probabilities)
-    details = _pneumothorax_details(_test_cases(n, 0.0), probabilities, models)
+    cases = _test_cases(n, 0.0)
+    independent = auroc(models, n, shortcut=0.0, probabilities=probabilities, cases=cases)
+    details = pneumothorax_details(cases, probabilities, models)
     clean = [generate_case("test", i, seed=SEED, size=224) for i in range(n)]
     negatives = [c for c in clean if SHORTCUT_LABEL not in c.labels]
     gradcam = get_explainer("gradcam")

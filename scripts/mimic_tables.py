@@ -97,6 +97,7 @@ def plausibility_tables(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the tables of one benchmark JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="a benchmarks/mimic.py --json file with the shortcut part")
     args = parser.parse_args(argv)

@@ -235,3 +235,17 @@ def test_evaluate_names_the_removal_method_and_its_baseline_check(tmp_path):
     with pytest.raises(SystemExit) as refused:
         main(["evaluate", "--n", "1", "--out", str(tmp_path / "bad"), "--removal", "paint"])
     assert refused.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_train_mimic_explanation_option_reaches_the_recipe(monkeypatch):
+    from xai_core import cli
+    from xai_core.cli import build_parser
+
+    recipes = []
+    monkeypatch.setattr(cli, "train_mimic", lambda recipe, **_: recipes.append(recipe) or
+                        {"file": "x.pt", "sha256": "0", "train_seconds": 0.0, "metrics": {}})
+    assert cli.main(["train", "mimic", "--explanation", "hirescam", "--steps", "1"]) == 0
+    assert recipes[0].explanation == "hirescam" and recipes[0].variant == "gaze"
+    assert build_parser().parse_args(["train", "mimic"]).explanation == "gradcam"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "mimic", "--explanation", "xrai"])

@@ -24,12 +24,12 @@ def _probabilities(scores: list[float]) -> np.ndarray:
 
 
 def test_pneumothorax_bands_and_paired_difference_have_known_answers():
-    cases = [_case(0.01, True), _case(0.1, False), _case(0.5, True), _case(0.9, False),
+    cases = [_case(0.01, True), _case(0.05, False), _case(0.25, True), _case(0.9, False),  # band edges included
              _case(None, True), _case(None, False), _case(None, True), _case(None, False)]
     # the tag-reliant model ranks tagged negatives above faint positives; the other one ranks by the lesion
     shortcut = _probabilities([0.6, 0.3, 0.8, 0.9, 0.7, 0.1, 0.65, 0.2])
     lesion = _probabilities([0.15, 0.4, 0.8, 0.9, 0.12, 0.11, 0.13, 0.14])
-    out = mimic._pneumothorax_details(cases, {"shortcut": shortcut, "lesion": lesion}, ["shortcut", "lesion"])
+    out = mimic.pneumothorax_details(cases, {"shortcut": shortcut, "lesion": lesion}, ["shortcut", "lesion"])
     assert out["positives"] == 4 and out["negatives"] == 4 and out["reference"] == "shortcut"
     assert out["band_positives"] == {"visibility < 0.05": 1, "0.05-0.25": 1, "visibility >= 0.25": 2,
                                      "tagged": 2, "untagged": 2}
@@ -47,7 +47,7 @@ def test_docs_tables_render_every_model_and_band():
 
     cases = [_case(0.01, True), _case(0.9, False), _case(None, True), _case(None, False)]
     probabilities = {"a": _probabilities([0.6, 0.9, 0.7, 0.1]), "b": _probabilities([0.5, 0.9, 0.2, 0.1])}
-    details = mimic._pneumothorax_details(cases, probabilities, ["a", "b"])
+    details = mimic.pneumothorax_details(cases, probabilities, ["a", "b"])
     interval = {"mean": 0.25, "ci_low": 0.2, "ci_high": 0.3, "n": 2}
     auroc = {"Pneumothorax": {"auroc": 0.75, "ci_low": 0.5, "ci_high": 1.0}, "macro": {"auroc": 0.9}}
     reliance = {"tag_effect_mean": interval, "tag_pushes_over_threshold": 0.5, "negatives": 2,

@@ -20,13 +20,26 @@ SIZE = 224
 PX_PER_DEG = SIZE / DEFAULT_PARAMS.film_width_deg
 # sha256 over images, labels, attributes, meta and masks of the tag-free cases in _digest_cases (reports left out):
 # those of PHANTOM_VERSION 2, on which the bundled tag-free image models were trained (checked against the generator
-# of PHANTOM_VERSION 3 when the tag world changed)
+# of PHANTOM_VERSION 3, commit 4a0309e, when the tag world changed)
 EXPECTED_CASES_SHA256 = "fba4b9e1c6b4f9c302fe223b21a90f97422c815d43873628f9a2057c3041145f"
 # the same with the reports of PHANTOM_VERSION 3 (change it only with a PHANTOM_VERSION bump)
 EXPECTED_WITH_REPORTS_SHA256 = "63a1e558c531e401c8a0224bdb0554bd077b522cce9d57f09a25422b4d663a12"
+# tag-free pneumothoraces, computed with the generator of PHANTOM_VERSION 3 (commit 4a0309e): the tag world's change
+# must not reach them
+EXPECTED_TAG_FREE_PNEUMOTHORAX_SHA256 = "ce6a3fa3f272779382ae1dbbcb9a6a283cc0ad42c95d821081e51714c18b804f"
 # the tag world (PHANTOM_VERSION 4: its pneumothorax fades with the case's visibility; demo-shortcut and its twins
 # are trained on it)
 EXPECTED_TAG_WORLD_SHA256 = "7854447b0e2f63d4c0641ba71205c6de2fc4f0999de342c208ca947bc1b4e8ee"
+
+
+def _digest_tag_free_pneumothorax() -> str:
+    digest = hashlib.sha256()
+    for index in range(4):
+        case = generate_case("train", index, seed=0, size=128, findings=["Pneumothorax"])
+        digest.update(case.image.tobytes())
+        digest.update(json.dumps(case.attributes, sort_keys=True).encode())
+        digest.update(np.packbits(case.lesions["Pneumothorax"]).tobytes())
+    return digest.hexdigest()
 
 
 def _digest_tag_world() -> str:
@@ -93,6 +106,7 @@ def test_images_labels_and_masks_are_unchanged_and_reports_pinned():
     assert _digest_cases(draw_gaze=True) == EXPECTED_CASES_SHA256, "drawing the gaze changes nothing else"
     assert PHANTOM_VERSION == 4
     assert _digest_cases(draw_gaze=True, with_reports=True) == EXPECTED_WITH_REPORTS_SHA256
+    assert _digest_tag_free_pneumothorax() == EXPECTED_TAG_FREE_PNEUMOTHORAX_SHA256, "the tag-free pneumothorax"
     assert _digest_tag_world() == EXPECTED_TAG_WORLD_SHA256, "the tag world's pneumothorax of PHANTOM_VERSION 4"
 
 

@@ -358,7 +358,7 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
         else:  # the tag world's treated pneumothorax: the same lesion, faded towards the lung behind it
             visibility = _treated_visibility(split, index, seed)
             density[rim] += visibility * (0.07 - density[rim])
-            density[pleural] += visibility * (0.42 - density[pleural])
+            density[pleural] += visibility * (0.42 - density[pleural])  # the line lies in the rim: from its value
         lesions["Pneumothorax"] = rim
         top, bottom = lung_extent(side)
         attributes["Pneumothorax"] = {"side": side_name[side], "zone": "peripheral",

@@ -102,9 +102,8 @@ def differentiable_cam(model: DenseNetLogits, x: torch.Tensor, targets: torch.Te
     differentiable in the weights (double backprop).
 
     `gradcam`: each channel weighted by its spatially averaged gradient (the product's Grad-CAM). `hirescam`: each
-    position's activations times their own gradients (Draelos & Carin 2020); under this global-average-pooled
-    linear head the map at a position is that position's exact share of the logit, so a feature cannot move the
-    logit while staying out of the map, as a sparse channel can under Grad-CAM's averaged weights.
+    position's activations times their own gradients (Draelos & Carin 2020): under this average-pooled linear head,
+    before the ReLU, the map sums to the logit less its bias, each position holding its own share.
     """
     if method not in EXPLANATIONS:
         raise InputError(f"unknown training explanation '{method}'; known: {', '.join(EXPLANATIONS)}")
