@@ -217,7 +217,7 @@ def shortcut(models: list[str], n: int) -> dict:
     cases = _test_cases(n, 0.0)
     independent = auroc(models, n, shortcut=0.0, probabilities=probabilities, cases=cases)
     details = pneumothorax_details(cases, probabilities, models)
-    clean = [generate_case("test", i, seed=SEED, size=224) for i in range(n)]
+    clean = _test_cases(n)
     negatives = [c for c in clean if SHORTCUT_LABEL not in c.labels]
     gradcam = get_explainer("gradcam")
     region = _tag_region(224)

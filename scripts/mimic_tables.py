@@ -15,10 +15,9 @@ import math
 from pathlib import Path
 
 
-def _interval(entry: dict, key: str, digits: int = 3, signed: bool = False) -> str:
+def _interval(entry: dict, key: str, signed: bool = False) -> str:
     sign = "+" if signed else ""
-    return (f"{entry[key]:{sign}.{digits}f} [{entry['ci_low']:{sign}.{digits}f}, "
-            f"{entry['ci_high']:{sign}.{digits}f}]")
+    return f"{entry[key]:{sign}.3f} [{entry['ci_low']:{sign}.3f}, {entry['ci_high']:{sign}.3f}]"
 
 
 def _auroc(value: float) -> str:
@@ -47,11 +46,9 @@ def tables(result: dict) -> str:
             f"`{model}`", _interval(auroc["Pneumothorax"], "auroc"),
             _interval(paired, "difference", signed=True) if paired else "reference",
             f"{auroc['macro']['auroc']:.3f}",
-            f"{reliance['tag_effect_mean']['mean']:+.3f} [{reliance['tag_effect_mean']['ci_low']:+.3f}, "
-            f"{reliance['tag_effect_mean']['ci_high']:+.3f}] (n {reliance['negatives']})",
+            f"{_interval(reliance['tag_effect_mean'], 'mean', signed=True)} (n {reliance['negatives']})",
             f"{100 * reliance['tag_pushes_over_threshold']:.1f}%",
-            f"{share['mean']:.3f} [{share['ci_low']:.3f}, {share['ci_high']:.3f}] (n {share['n']}; area "
-            f"{reliance['tag_region_area_share']:.3f})"]))
+            f"{_interval(share, 'mean')} (n {share['n']}; area {reliance['tag_region_area_share']:.3f})"]))
     bands = details["band_positives"]
     lines += ["", "Pneumothorax AUROC of each group of positives against all negatives:", "",
               _row(["model", *(f"{band} ({count})" for band, count in bands.items())]),
@@ -72,8 +69,7 @@ def plausibility_tables(result: dict) -> str:
                         "NSS change"]), _row(["---"] * 8)]
         for model in models:
             entry = part["models"][model][method]
-            cells = [f"`{model}`"] + [f"{entry['pooled'][m]['mean']:.3f} [{entry['pooled'][m]['ci_low']:.3f}, "
-                                      f"{entry['pooled'][m]['ci_high']:.3f}]"
+            cells = [f"`{model}`"] + [_interval(entry["pooled"][m], "mean")
                                       for m in ("gaze_kl", "gaze_nss", "gaze_cc", "gaze_sim", "relevance_mass")]
             change = entry["change_vs_reference"]
             for metric in ("gaze_kl", "gaze_nss"):

@@ -352,11 +352,11 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
         lateral_part = (np.abs(xx - 0.5) > 0.12) & (yy < cp_y[side] - 0.06)
         rim = lung_by_side[side] & ~collapsed & lateral_part
         pleural = cv2.dilate(collapsed.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & rim
+        visibility = 1.0 if shortcut is None else _treated_visibility(split, index, seed)
         if shortcut is None:
             density[rim] = 0.07
             density[pleural] = 0.42
         else:  # the tag world's treated pneumothorax: the same lesion, faded towards the lung behind it
-            visibility = _treated_visibility(split, index, seed)
             density[rim] += visibility * (0.07 - density[rim])
             density[pleural] += visibility * (0.42 - density[pleural])  # the line lies in the rim: from its value
         lesions["Pneumothorax"] = rim
