@@ -94,7 +94,9 @@ def test_normalised_maps_span_zero_to_one():
 
 
 @pytest.mark.parametrize("changes", [{"variant": "nope"}, {"variant": "discriminator", "members": 1},
-                                     {"variant": "gaze", "members": 2}, {"steps": 0}, {"beta": -1.0}])
+                                     {"variant": "gaze", "members": 2}, {"steps": 0}, {"beta": -1.0},
+                                     {"variant": "discriminator", "members": 2, "explanation": "occlusion"},
+                                     {"variant": "control", "explanation": "input-gradient"}])
 def test_inconsistent_recipes_are_refused(changes):
     with pytest.raises(InputError):
         mimic.MimicRecipe(**changes).checked()
@@ -114,19 +116,81 @@ def test_gaze_transform_adds_a_normalised_heatmap_and_a_positive_target():
         assert again["target"] == item["target"]
 
 
-@pytest.mark.parametrize("variant,members", [("gaze", 1), ("discriminator", 2), ("control", 1)])
-def test_a_tiny_run_records_its_variant(tmp_path, monkeypatch, variant, members):
+class _PatchModel(torch.nn.Module):
+    """Two logits: the mean of the top-left 4 x 4 patch times 2, and the whole image's mean times 3 (per 1000)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([2 * x[:, 0, :4, :4].mean((1, 2)), 3 * x[:, 0].mean((1, 2))], 1) / 1000
+
+
+def test_off_path_input_gradient_share_is_the_squared_gradient_off_the_path():
+    x = torch.rand(2, 1, 8, 8)
+    off_path = torch.zeros(2, 1, 8, 8)
+    off_path[0, 0, :4, :4] = 1  # the patch the first logit reads
+    off_path[1, 0, 4:, 4:] = 1  # a corner the first logit ignores
+    signs = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # the first logit only: its gradient is 2/16 on the patch
+    _, share = mimic.off_path_share(_PatchModel(), x, off_path, signs)
+    torch.testing.assert_close(share, torch.tensor([1.0, 0.0]))
+    signs = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # the second: the same everywhere, so the share is the area
+    _, share = mimic.off_path_share(_PatchModel(), x, off_path, signs)
+    torch.testing.assert_close(share, torch.tensor([0.25, 0.25]))
+
+
+def test_off_path_occlusion_counts_only_the_evidence_off_the_path():
+    x = torch.full((3, 1, 8, 8), -500.0)
+    x[:, 0, :4, :4] = 900.0  # a bright patch, read by the first logit
+    off_path = torch.zeros(3, 1, 8, 8)
+    off_path[1, 0, :4, :4] = 1  # removes the patch
+    off_path[2, 0, 6:, :] = 1  # removes two rows of background the imputation restores
+    _, change = mimic.off_path_occlusion(_PatchModel(), x, off_path, seed=0)
+    assert float(change[0]) == 0.0  # nothing removed
+    assert float(change[1]) > 10 * float(change[2]) and float(change[1]) > 1e-3
+
+
+def test_gaze_transform_marks_the_film_off_the_readers_path():
+    transform = mimic.GazeTransform(map_size=28, kernel="mimic", seed=0, path_radius=2.0)
+    case = generate_case("train", 0, seed=3, size=96, shortcut=0.9)
+    item = transform(case, {"x": torch.zeros(1, 96, 96)}, "train", 0)
+    off_path = item["off_path"][0].bool()
+    fixations = np.asarray(case.fixations, np.float64)
+    x, y = fixations[:, 2].astype(int), fixations[:, 3].astype(int)
+    assert not off_path[y, x].any()  # every fixation is on the path
+    assert off_path[0, 0] and off_path[-1, -1]  # the film's corners, where the reader never looks
+    assert 0.2 < float(off_path.float().mean()) < 0.9
+    assert "off_path" not in mimic.GazeTransform(28, "mimic", 0)(case, {"x": torch.zeros(1, 96, 96)}, "train", 0)
+
+
+@pytest.mark.parametrize("explanation", ["input-gradient", "occlusion"])
+def test_off_path_terms_act_on_every_film_and_reach_the_weights(explanation):
+    torch.manual_seed(0)
+    model = build_demo_densenet(len(FINDINGS), **TINY)
+    ensemble = mimic.MimicEnsemble([model], None)
+    off_path = torch.zeros(2, 1, 96, 96)
+    off_path[:, :, :, 48:] = 1
+    batch = {"x": _batch(2), "y": torch.zeros(2, len(FINDINGS)), "target": torch.tensor([0, 1]),
+             "has_target": torch.tensor([False, False]), "off_path": off_path}  # normal films count too
+    recipe = mimic.MimicRecipe(explanation=explanation, base=None, architecture=TINY).checked()
+    loss, parts = mimic.mimic_loss(ensemble, batch, recipe, 0, torch.device("cpu"))
+    assert parts["off_path"] > 0
+    loss.backward()
+    assert model.features.conv0.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant,members,explanation", [("gaze", 1, "gradcam"), ("discriminator", 2, "gradcam"),
+                                                         ("control", 1, "gradcam"), ("gaze", 1, "occlusion")])
+def test_a_tiny_run_records_its_variant(tmp_path, monkeypatch, variant, members, explanation):
     monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
     recipe = mimic.MimicRecipe(name=f"tiny-{variant}", variant=variant, base=None, members=members, steps=2, batch=4,
                                size=64, map_size=8, val_n=8, test_n=8, architecture=TINY, every=1,
-                               removal_augment=None)
+                               removal_augment=None, explanation=explanation)
     record = mimic.train_mimic(recipe, device="cpu", checkpoint_dir=tmp_path / "runs", progress=False,
                                out_dir=tmp_path)
     assert (tmp_path / f"tiny-{variant}.pt").is_file()
     entry = json.loads((tmp_path / "manifest.json").read_text())["models"][f"tiny-{variant}"]
     assert entry["sha256"] == record["sha256"]
     assert entry["mimic"]["variant"] == variant and entry["mimic"]["members"] == members
-    assert entry["mimic"]["explanation"] == "gradcam@features.norm5, double backprop"
+    where = "input" if explanation == "occlusion" else "features.norm5"
+    assert entry["mimic"]["explanation"] == f"{explanation}@{where}, double backprop"
     assert entry["family"] == "classifier" and set(entry["thresholds"]) == set(FINDINGS)
     if members > 1:
         assert len(entry["metrics"]["member_test_macro_auroc"]) == members

@@ -222,7 +222,7 @@ def test_a_tiny_lesion_segmenter_trains_records_and_becomes_the_segu_region(tmp_
         load_model("demo-lesion")
     assert certainty.default_segmenter("demo") == "demo-anatomy", "anatomy until demo-lesion's weights exist"
 
-    recipe = SegmenterRecipe.for_target("lesion", steps=2, batch=2, test_n=4, size=64)
+    recipe = SegmenterRecipe.for_target("lesion", steps=2, batch=2, test_n=4, size=64, shortcut=0.0)
     assert recipe.name == "demo-lesion" and recipe.labels == ["lesion"]
     record = train_segmenter(recipe, device="cpu", checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
     stored = json.loads((tmp_path / "manifest.json").read_text())["models"]["demo-lesion"]
@@ -230,6 +230,9 @@ def test_a_tiny_lesion_segmenter_trains_records_and_becomes_the_segu_region(tmp_
     dice = stored["metrics"]["test_dice"]
     assert {"overall", "per_finding", "nodule", "larger_than_nodule", "lesion_free_cases"} <= set(dice)
     assert set(dice["per_finding"]) >= {"Nodule", "Mass", "Effusion"}
+    # trained on the tag world (faded pneumothoraces); measured on it and on the tag-free world the bar uses
+    assert stored["data"]["train"]["shortcut"] == 0.0 and dice["tag_world_shortcut"] == 0.0
+    assert set(dice["tag_world"]) == set(dice) - {"tag_world", "tag_world_shortcut"}
     assert (tmp_path / "demo-lesion.pt").is_file()
 
     assert certainty.default_segmenter("demo") == "demo-lesion"
@@ -256,8 +259,10 @@ def test_train_segmenter_command_picks_the_lesion_recipe(monkeypatch, capsys):
     assert cli.main(["train", "segmenter", "--name", "demo-lesion", "--steps", "3"]) == 0
     assert cli.main(["train", "segmenter", "--target", "lesion"]) == 0
     assert cli.main(["train", "segmenter"]) == 0
-    assert [(r.name, r.target, r.steps) for r in recipes] == [
-        ("demo-lesion", "lesion", 3), ("demo-lesion", "lesion", 1200), ("demo-anatomy", "anatomy", 400)]
+    assert cli.main(["train", "segmenter", "--name", "demo-lesion", "--shortcut", "0"]) == 0
+    assert [(r.name, r.target, r.steps, r.shortcut) for r in recipes] == [
+        ("demo-lesion", "lesion", 3, None), ("demo-lesion", "lesion", 1200, None),
+        ("demo-anatomy", "anatomy", 400, None), ("demo-lesion", "lesion", 1200, 0.0)]
     capsys.readouterr()
 
 

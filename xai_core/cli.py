@@ -168,7 +168,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.what == "segmenter":
         target = args.target or ("lesion" if args.name == "demo-lesion" else "anatomy")
         recipe = SegmenterRecipe.for_target(target, name=args.name, steps=args.steps, seed=args.seed,
-                                            **_sizes(args, "test_n", "data_seed"))
+                                            shortcut=args.shortcut, **_sizes(args, "test_n", "data_seed"))
         record = train_segmenter(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     elif args.what == "nemt":
         steps = args.steps or (round(args.epochs * EPOCH_CASES / args.batch) if args.epochs else NEMtRecipe.steps)
@@ -858,7 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--beta", type=float, default=None, help="mimic: weight of the explanation term")
     train.add_argument("--explanation", choices=list(MIMIC_EXPLANATIONS), default=MimicRecipe.explanation,
                        help="mimic: the map the explanation term acts on: gradcam (the product's Grad-CAM, default) "
-                            "or hirescam (gradient times activation per position: the logit's exact share there)")
+                            "or hirescam (gradient times activation per position: the logit's exact share there) at "
+                            "the last feature map; input-gradient (gaze variant): the share of the input gradient's "
+                            "energy off the reader's path, on every film")
     train.add_argument("--from-scratch", action="store_true",
                        help="mimic: random initial members (the reference's setting) instead of --model's weights")
     train.add_argument("--epochs", type=float, default=None,

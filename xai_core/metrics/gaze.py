@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from xai_core.errors import InputError, UnknownNameError
 
@@ -173,6 +173,19 @@ def gaze_heatmap(fixations: np.ndarray, shape: tuple[int, int], sigma: float | N
     heat = gaussian_filter(heat, blur)
     total = heat.sum()
     return heat / total if total > 0 else heat
+
+
+def reader_path(points: np.ndarray, shape: tuple[int, int], radius: float) -> np.ndarray:
+    """Boolean mask of the pixels within `radius` px of a fixation (`points` [N, 2+], x and y on the grid first):
+    the part of the film the reader came near. All False where no fixation falls on the grid."""
+    h, w = shape
+    seeds = np.ones(shape, bool)
+    for x, y in np.atleast_2d(np.asarray(points, np.float64))[:, :2]:
+        if 0 <= x < w and 0 <= y < h:
+            seeds[int(y), int(x)] = False
+    if seeds.all():
+        return np.zeros(shape, bool)
+    return distance_transform_edt(seeds) <= radius
 
 
 def _has_mass(a: np.ndarray) -> bool:

@@ -6,7 +6,13 @@ Variants (`MimicRecipe.variant`):
   members minimise classification loss - beta * discriminator loss (a gradient reversal layer, so one optimiser
   trains the discriminator to tell the members apart and the members to fool it), every `every` steps.
 - `gaze`: our addition. One classifier; in training only, beta * KL(gaze heatmap || normalised Grad-CAM) on the
-  image's positive finding, since the phantom world has a radiologist-like gaze for every training case.
+  image's positive finding, since the phantom world has a radiologist-like gaze for every training case. With
+  `explanation="input-gradient"` the term acts on the input instead, on every film (with or without a finding):
+  beta * the share of the input gradient's energy that lies off the reader's path (farther than `path_radius`
+  kernel sigmas from every fixation), in the spirit of "right for the right reasons" (Ross et al. 2017). With
+  `explanation="occlusion"`, also on every film: beta * the occlusion attribution of the off-path region (the mean
+  squared change of the findings' probabilities when that region is removed with the product's removal, ROAD's
+  imputation), so that what the reader never came near carries no evidence.
 - `control`: the same fine-tune with no explanation term, so that a gain is not the extra training.
 
 The explanation is differentiable in the weights (the Grad-CAM gradients are taken with `create_graph=True`), so
@@ -29,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from xai_core import removal
 from xai_core.errors import InputError
-from xai_core.metrics.gaze import NOMINAL_SOURCE_PX, gaze_heatmap
+from xai_core.metrics.gaze import NOMINAL_SOURCE_PX, gaze_heatmap, reader_path, resolve_gaze_kernel
 from xai_core.models import load_model
 from xai_core.models.bundled import MODELS_DIR
 from xai_core.models.densenet import DenseNetLogits, build_demo_densenet
@@ -42,7 +49,10 @@ from xai_core.training.classifier import ClassifierRecipe, evaluate, save_classi
 from xai_core.training.common import PhantomStream, run_training
 
 VARIANTS = ("gaze", "discriminator", "control")
-EXPLANATIONS = ("gradcam", "hirescam")  # the training explanation the gaze and discriminator terms act on
+# the training explanation the explanation term acts on; the off-path ones (input-gradient, occlusion): the gaze
+# variant only, on every film
+EXPLANATIONS = ("gradcam", "hirescam", "input-gradient", "occlusion")
+OFF_PATH_EXPLANATIONS = ("input-gradient", "occlusion")
 EPS = 1e-7
 
 
@@ -67,6 +77,7 @@ class MimicRecipe:
     explanation: str = "gradcam"  # the map the term acts on (EXPLANATIONS)
     every: int = 2  # discriminator: its term on every `every`-th step (the reference: every 2 epochs)
     map_size: int = 56  # grid of the training explanation and gaze heatmaps
+    path_radius: float = 2.0  # off-path explanations: the reader's path, in gaze-kernel sigmas around each fixation
     disc_hidden: int = 128
     seed: int = 0
     data_seed: int = 2  # a stretch of the train split neither the base classifier (0) nor NEMt (1) saw
@@ -89,6 +100,8 @@ class MimicRecipe:
             raise InputError(f"unknown training explanation '{self.explanation}'; known: {', '.join(EXPLANATIONS)}")
         if self.variant == "discriminator" and self.members < 2:
             raise InputError("the discriminator variant needs at least 2 members (--members)")
+        if self.explanation in OFF_PATH_EXPLANATIONS and self.variant != "gaze":
+            raise InputError(f"the {self.explanation} explanation is a gaze-variant term (--variant gaze)")
         if self.variant != "discriminator" and self.members != 1:
             raise InputError(f"the {self.variant} variant trains one classifier (--members 1)")
         if self.steps < 1 or self.batch < 1 or self.beta < 0 or self.every < 1:
@@ -114,6 +127,35 @@ def differentiable_cam(model: DenseNetLogits, x: torch.Tensor, targets: torch.Te
     weights = grads.mean(dim=(2, 3), keepdim=True) if method == "gradcam" else grads
     cam = F.relu((weights * activations).sum(1))
     return logits, cam
+
+
+def off_path_share(model: DenseNetLogits, x: torch.Tensor, off_path: torch.Tensor, signs: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, L] and, per image [B], the share of the input gradient's energy on the `off_path` pixels
+    ([B, 1, H, W], 1 where the reader never came near), differentiable in the weights (double backprop).
+
+    The gradient is that of the logits projected on random signs `signs` [B, L] (+-1): its expected square at a pixel
+    is the sum over findings of each logit's squared gradient there, at the cost of one backward pass. The share's
+    denominator is held constant, so the term lowers the energy off the path and cannot be met by raising it on the
+    path."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (grads,) = torch.autograd.grad((logits * signs).sum(), x, create_graph=True)
+    energy = grads.pow(2).flatten(1)
+    total = energy.sum(1).detach().clamp_min(torch.finfo(energy.dtype).tiny)
+    return logits, (energy * off_path.flatten(1)).sum(1) / total
+
+
+def off_path_occlusion(model: DenseNetLogits, x: torch.Tensor, off_path: torch.Tensor, seed: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, L] and, per image [B], the occlusion attribution of the `off_path` pixels ([B, 1, H, W]): the mean
+    squared change of the findings' probabilities when those pixels are removed (ROAD's noisy imputation, the
+    product's default removal, with the fast solver), differentiable in the weights through both passes."""
+    logits = model(x)
+    with torch.no_grad():
+        removed = removal.remove(x, off_path, removal.DEFAULT_METHOD, seed=seed, **removal.FAST_SOLVER)
+    change = torch.sigmoid(model(removed)) - torch.sigmoid(logits)
+    return logits, change.pow(2).mean(1)
 
 
 def normalised(maps: torch.Tensor) -> torch.Tensor:
@@ -164,11 +206,15 @@ class MimicEnsemble(nn.Module):
 
 
 class GazeTransform:
-    """Adds the case's gaze heatmap on the training grid (`gaze` [m, m], sum 1) and a deterministic target: one of
-    its positive findings (`target`, `has_target`), or a random label for a normal film."""
+    """Adds the case's gaze heatmap on the training grid (`gaze` [m, m], sum 1), a deterministic target: one of
+    its positive findings (`target`, `has_target`), or a random label for a normal film, and with a `path_radius`
+    (kernel sigmas) the pixels off the reader's path (`off_path` [1, H, W], 1 farther than that from every
+    fixation)."""
 
-    def __init__(self, map_size: int, kernel: str, seed: int, inner: RemovalTransform | None = None) -> None:
+    def __init__(self, map_size: int, kernel: str, seed: int, inner: RemovalTransform | None = None,
+                 path_radius: float | None = None) -> None:
         self.map_size, self.kernel, self.seed, self.inner = map_size, kernel, seed, inner
+        self.path_radius = path_radius
 
     def __call__(self, case: PhantomCase, item: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         if self.inner is not None:
@@ -180,6 +226,9 @@ class GazeTransform:
         heat = torch.from_numpy(heat.astype(np.float32))[None, None]
         heat = F.adaptive_avg_pool2d(heat, self.map_size)[0, 0]
         item["gaze"] = heat / heat.sum().clamp_min(EPS)
+        if self.path_radius is not None:
+            radius = self.path_radius * resolve_gaze_kernel(self.kernel).scaled(size, NOMINAL_SOURCE_PX).sigma
+            item["off_path"] = torch.from_numpy(~reader_path(points, (size, size), radius))[None].float()
         digest = hashlib.sha256(f"{self.seed}|{split}|{index}".encode()).digest()
         choice = int.from_bytes(digest[:4], "little")
         positives = [FINDINGS.index(name) for name in case.labels]
@@ -214,6 +263,12 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
     for member in ensemble.members:
         if recipe.variant == "control":
             logits, cam = member(x), None
+        elif recipe.explanation == "input-gradient":
+            signs = torch.randint(0, 2, (len(x), len(FINDINGS)), generator=torch.Generator().manual_seed(
+                recipe.seed * 1_000_003 + step)).to(device, x.dtype) * 2 - 1
+            logits, cam = off_path_share(member, x, batch["off_path"].to(device), signs)
+        elif recipe.explanation == "occlusion":
+            logits, cam = off_path_occlusion(member, x, batch["off_path"].to(device), recipe.seed * 1_000_003 + step)
         else:
             logits, cam = differentiable_cam(member, x, targets, recipe.explanation)
             cam = F.interpolate(cam.unsqueeze(1), size=(recipe.map_size,) * 2, mode="bilinear",
@@ -221,7 +276,11 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
         total = total + F.binary_cross_entropy_with_logits(logits, y)
         maps.append(cam)
     parts["bce"] = float(total.detach()) / len(ensemble.members)
-    if recipe.variant == "gaze" and has_target.any():
+    if recipe.explanation in OFF_PATH_EXPLANATIONS and recipe.variant == "gaze":
+        off_path = maps[0].mean()  # every film: the reader's path covers the films without a finding too
+        total = total + recipe.beta * off_path
+        parts["off_path"] = float(off_path.detach())
+    elif recipe.variant == "gaze" and has_target.any():
         kl = gaze_kl(batch["gaze"].to(device)[has_target], maps[0][has_target]).mean()
         total = total + recipe.beta * kl
         parts["kl"] = float(kl.detach())
@@ -262,7 +321,9 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         inner = RemovalTransform(augment, recipe.data_seed) if augment else None
         stream = PhantomStream("train", step * recipe.batch, (recipe.steps - step) * recipe.batch,
                                seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
-                               transform=GazeTransform(recipe.map_size, recipe.gaze_kernel, recipe.seed, inner))
+                               transform=GazeTransform(recipe.map_size, recipe.gaze_kernel, recipe.seed, inner,
+                                                       recipe.path_radius
+                                                       if recipe.explanation in OFF_PATH_EXPLANATIONS else None))
         return DataLoader(stream, batch_size=recipe.batch, num_workers=1, prefetch_factor=4)
 
     def step_loss(batch: dict) -> torch.Tensor:
@@ -290,7 +351,8 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         "val": {"split": "val", "seed": 0, "indices": [0, recipe.val_n]},
         "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
     }
+    where = "input" if recipe.explanation in OFF_PATH_EXPLANATIONS else "features.norm5"
     mimic = {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
-             "explanation": f"{recipe.explanation}@features.norm5, double backprop"}
+             "explanation": f"{recipe.explanation}@{where}, double backprop"}
     return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
                            seconds, dev, out_dir, extra={"mimic": mimic})

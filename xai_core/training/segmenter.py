@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ class SegmenterRecipe:
     data_seed: int = 0
     size: int = 224
     test_n: int = 300
+    # the phantom world of the training films: None, tag-free; a strength, the tag world (whose pneumothoraces are
+    # treated and fade, phantom.md), so that the segmenter learns faint lesions too (0: tag independent of labels)
+    shortcut: float | None = None
     phantom_version: int = PHANTOM_VERSION
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
 
@@ -77,10 +80,12 @@ def add_lesion_targets(case: PhantomCase, item: dict[str, Any], split: str, inde
 
 def segmenter_stream(recipe: SegmenterRecipe, split: str, start: int, count: int, *,
                      parts: bool = False) -> PhantomStream:
-    """Phantom cases with the recipe's target masks (`anatomy` or `lesion`, see `add_lesion_targets`)."""
+    """Phantom cases of the recipe's world with its target masks (`anatomy` or `lesion`, see
+    `add_lesion_targets`)."""
     if recipe.target == "anatomy":
-        return PhantomStream(split, start, count, seed=recipe.data_seed, size=recipe.size, with_anatomy=True)
-    return PhantomStream(split, start, count, seed=recipe.data_seed, size=recipe.size,
+        return PhantomStream(split, start, count, seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
+                             with_anatomy=True)
+    return PhantomStream(split, start, count, seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
                          transform=functools.partial(add_lesion_targets, parts=parts))
 
 
@@ -188,6 +193,9 @@ def train_segmenter(recipe: SegmenterRecipe, *, device: str = "auto", checkpoint
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                            asdict(recipe), checkpoint_dir, progress)
     dice_test = dice_scores(model, recipe, dev)
+    if recipe.shortcut is not None:  # the bar's world too: tag-free films, every lesion at full contrast
+        dice_test = {**dice_scores(model, replace(recipe, shortcut=None), dev),
+                     "tag_world": dice_test, "tag_world_shortcut": recipe.shortcut}
     weights = out_dir / f"{recipe.name}.pt"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
@@ -199,7 +207,8 @@ def train_segmenter(recipe: SegmenterRecipe, *, device: str = "auto", checkpoint
         "labels": recipe.labels,
         "input": {"channels": 1, "size": recipe.size, "value_range": [-1024.0, 1024.0]},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
-        "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "masks": masks},
+        "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch], "masks": masks,
+                           "shortcut": recipe.shortcut},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},
         "recipe": asdict(recipe),
         "device": str(dev),
