@@ -317,3 +317,25 @@ def test_pooled_offsets_follow_how_often_each_finding_is_wrong():
     same = np.full((2, 3), 0.5)
     p = certainty.certainties(calibration, ["Atelectasis", "Nodule"], same)
     assert p[0] > 0.85 > 0.75 > p[1]
+
+
+def test_lesion_targets_leave_out_a_pneumothorax_too_faint_to_see():
+    from xai_core.phantom import FINDINGS, generate_case
+    from xai_core.training.segmenter import add_lesion_targets
+
+    faint = visible = None
+    for index in range(400):
+        case = generate_case("train", index, seed=0, size=64, shortcut=0.0)
+        if set(case.labels) == {"Pneumothorax"}:
+            v = case.attributes["Pneumothorax"]["visibility"]
+            faint = faint or (case if v < 0.1 else None)
+            visible = visible or (case if v >= 0.1 else None)
+        if faint and visible:
+            break
+    assert faint and visible, "the tag world has pneumothoraces on both sides of the cut"
+    p = FINDINGS.index("Pneumothorax")
+    for case, kept in ((faint, False), (visible, True)):
+        item = add_lesion_targets(case, {}, "train", 0, parts=True, visible_from=0.1)
+        assert bool(item["lesion"].any()) is kept and bool(item["lesion_parts"][p].any()) is kept
+        everything = add_lesion_targets(case, {}, "train", 0, visible_from=0.0)
+        assert torch.equal(everything["lesion"][0].bool(), torch.from_numpy(case.lesions["Pneumothorax"]))

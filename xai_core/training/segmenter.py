@@ -45,6 +45,9 @@ class SegmenterRecipe:
     # the phantom world of the training films: None, tag-free; a strength, the tag world (whose pneumothoraces are
     # treated and fade, phantom.md), so that the segmenter learns faint lesions too (0: tag independent of labels)
     shortcut: float | None = None
+    # lesion: a lesion fainter than this (the tag world's treated pneumothoraces carry a `visibility`) is no target,
+    # as an annotator draws only what can be seen; tag-free lesions are all at visibility 1
+    visible_from: float = 0.1
     phantom_version: int = PHANTOM_VERSION
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
 
@@ -67,11 +70,16 @@ class SegmenterRecipe:
 
 
 def add_lesion_targets(case: PhantomCase, item: dict[str, Any], split: str, index: int, *,
-                       parts: bool = False) -> dict[str, Any]:
-    """A `PhantomStream` transform: `lesion` [1, H, W], the union of the case's lesion masks (every finding), and
-    with `parts` each finding's own mask as `lesion_parts` [len(FINDINGS), H, W] (bool; empty where absent)."""
+                       parts: bool = False, visible_from: float = 0.0) -> dict[str, Any]:
+    """A `PhantomStream` transform: `lesion` [1, H, W], the union of the case's visible lesion masks (every finding;
+    a lesion whose `visibility` attribute is below `visible_from` counts as none), and with `parts` each finding's
+    own mask as `lesion_parts` [len(FINDINGS), H, W] (bool; empty where absent)."""
     empty = np.zeros(case.image.shape, bool)
-    masks = np.stack([case.lesions.get(name, empty) for name in FINDINGS])
+
+    def visible(name: str) -> bool:
+        return case.attributes.get(name, {}).get("visibility", 1.0) >= visible_from
+
+    masks = np.stack([case.lesions[name] if name in case.lesions and visible(name) else empty for name in FINDINGS])
     item["lesion"] = torch.from_numpy(masks.any(0)[None].astype(np.float32))
     if parts:
         item["lesion_parts"] = torch.from_numpy(masks)
@@ -86,7 +94,8 @@ def segmenter_stream(recipe: SegmenterRecipe, split: str, start: int, count: int
         return PhantomStream(split, start, count, seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
                              with_anatomy=True)
     return PhantomStream(split, start, count, seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
-                         transform=functools.partial(add_lesion_targets, parts=parts))
+                         transform=functools.partial(add_lesion_targets, parts=parts,
+                                                     visible_from=recipe.visible_from))
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -193,7 +202,8 @@ def train_segmenter(recipe: SegmenterRecipe, *, device: str = "auto", checkpoint
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                            asdict(recipe), checkpoint_dir, progress)
     dice_test = dice_scores(model, recipe, dev)
-    if recipe.shortcut is not None:  # the bar's world too: tag-free films, every lesion at full contrast
+    if recipe.shortcut is not None:  # the bar's world too: tag-free films, every lesion at full contrast (the tag
+        # world's figures count a pneumothorax fainter than `visible_from` as no lesion, as its training targets do)
         dice_test = {**dice_scores(model, replace(recipe, shortcut=None), dev),
                      "tag_world": dice_test, "tag_world_shortcut": recipe.shortcut}
     weights = out_dir / f"{recipe.name}.pt"
