@@ -859,8 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--explanation", choices=list(MIMIC_EXPLANATIONS), default=MimicRecipe.explanation,
                        help="mimic: the map the explanation term acts on: gradcam (the product's Grad-CAM, default) "
                             "or hirescam (gradient times activation per position: the logit's exact share there) at "
-                            "the last feature map; input-gradient (gaze variant): the share of the input gradient's "
-                            "energy off the reader's path, on every film")
+                            "the last feature map; occlusion (gaze variant): how much the findings' probabilities "
+                            "change when what the reader never came near is removed, on every film")
     train.add_argument("--from-scratch", action="store_true",
                        help="mimic: random initial members (the reference's setting) instead of --model's weights")
     train.add_argument("--epochs", type=float, default=None,

@@ -7,12 +7,10 @@ Variants (`MimicRecipe.variant`):
   trains the discriminator to tell the members apart and the members to fool it), every `every` steps.
 - `gaze`: our addition. One classifier; in training only, beta * KL(gaze heatmap || normalised Grad-CAM) on the
   image's positive finding, since the phantom world has a radiologist-like gaze for every training case. With
-  `explanation="input-gradient"` the term acts on the input instead, on every film (with or without a finding):
-  beta * the share of the input gradient's energy that lies off the reader's path (farther than `path_radius`
-  kernel sigmas from every fixation), in the spirit of "right for the right reasons" (Ross et al. 2017). With
-  `explanation="occlusion"`, also on every film: beta * the occlusion attribution of the off-path region (the mean
-  squared change of the findings' probabilities when that region is removed with the product's removal, ROAD's
-  imputation), so that what the reader never came near carries no evidence.
+  `explanation="occlusion"` the term acts on the input instead, on every film (with or without a finding): beta *
+  the occlusion attribution of the region off the reader's path (farther than `path_radius` kernel sigmas from
+  every fixation): the mean squared change of the findings' probabilities when that region is removed with the
+  product's removal (ROAD's imputation), so that what the reader never came near carries no evidence.
 - `control`: the same fine-tune with no explanation term, so that a gain is not the extra training.
 
 The explanation is differentiable in the weights (the Grad-CAM gradients are taken with `create_graph=True`), so
@@ -49,10 +47,10 @@ from xai_core.training.classifier import ClassifierRecipe, evaluate, save_classi
 from xai_core.training.common import PhantomStream, run_training
 
 VARIANTS = ("gaze", "discriminator", "control")
-# the training explanation the explanation term acts on; the off-path ones (input-gradient, occlusion): the gaze
-# variant only, on every film
-EXPLANATIONS = ("gradcam", "hirescam", "input-gradient", "occlusion")
-OFF_PATH_EXPLANATIONS = ("input-gradient", "occlusion")
+# the training explanation the explanation term acts on; the off-path one (occlusion): the gaze variant only, on
+# every film
+EXPLANATIONS = ("gradcam", "hirescam", "occlusion")
+OFF_PATH_EXPLANATIONS = ("occlusion",)
 EPS = 1e-7
 
 
@@ -127,23 +125,6 @@ def differentiable_cam(model: DenseNetLogits, x: torch.Tensor, targets: torch.Te
     weights = grads.mean(dim=(2, 3), keepdim=True) if method == "gradcam" else grads
     cam = F.relu((weights * activations).sum(1))
     return logits, cam
-
-
-def off_path_share(model: DenseNetLogits, x: torch.Tensor, off_path: torch.Tensor, signs: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [B, L] and, per image [B], the share of the input gradient's energy on the `off_path` pixels
-    ([B, 1, H, W], 1 where the reader never came near), differentiable in the weights (double backprop).
-
-    The gradient is that of the logits projected on random signs `signs` [B, L] (+-1): its expected square at a pixel
-    is the sum over findings of each logit's squared gradient there, at the cost of one backward pass. The share's
-    denominator is held constant, so the term lowers the energy off the path and cannot be met by raising it on the
-    path."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    (grads,) = torch.autograd.grad((logits * signs).sum(), x, create_graph=True)
-    energy = grads.pow(2).flatten(1)
-    total = energy.sum(1).detach().clamp_min(torch.finfo(energy.dtype).tiny)
-    return logits, (energy * off_path.flatten(1)).sum(1) / total
 
 
 def off_path_occlusion(model: DenseNetLogits, x: torch.Tensor, off_path: torch.Tensor, seed: int
@@ -263,10 +244,6 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
     for member in ensemble.members:
         if recipe.variant == "control":
             logits, cam = member(x), None
-        elif recipe.explanation == "input-gradient":
-            signs = torch.randint(0, 2, (len(x), len(FINDINGS)), generator=torch.Generator().manual_seed(
-                recipe.seed * 1_000_003 + step)).to(device, x.dtype) * 2 - 1
-            logits, cam = off_path_share(member, x, batch["off_path"].to(device), signs)
         elif recipe.explanation == "occlusion":
             logits, cam = off_path_occlusion(member, x, batch["off_path"].to(device), recipe.seed * 1_000_003 + step)
         else:
