@@ -857,10 +857,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mimic: ensemble size K (default: 1; 2 for the discriminator variant)")
     train.add_argument("--beta", type=float, default=None, help="mimic: weight of the explanation term")
     train.add_argument("--explanation", choices=list(MIMIC_EXPLANATIONS), default=MimicRecipe.explanation,
-                       help="mimic: the map the explanation term acts on: gradcam (the product's Grad-CAM, default) "
-                            "or hirescam (gradient times activation per position: the logit's exact share there) at "
-                            "the last feature map; occlusion (gaze variant): how much the findings' probabilities "
-                            "change when what the reader never came near is removed, on every film")
+                       help="mimic: the explanation the term acts on: gradcam (the product's Grad-CAM, default) or "
+                            "hirescam (gradient times activation per position: the logit's exact share there), both "
+                            "at the last feature map; or occlusion (gaze variant only): how much the findings' "
+                            "probabilities change when what the reader never came near is removed, on every film")
     train.add_argument("--from-scratch", action="store_true",
                        help="mimic: random initial members (the reference's setting) instead of --model's weights")
     train.add_argument("--epochs", type=float, default=None,
@@ -871,7 +871,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")
     train.add_argument("--data-seed", type=int, default=None, help="phantom data seed (default: the recipe's)")
-    train.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH")
+    train.add_argument("--shortcut", type=float, default=None, metavar="STRENGTH",
+                       help="train on the tag world: the tag correlated with Pneumothorax at this strength (0..1; "
+                            "0: independent of the labels, whose pneumothoraces still fade)")
     train.add_argument("--target", choices=["anatomy", "lesion"], default=None,
                        help="segmenter: anatomy (demo-anatomy) or lesion (demo-lesion: one mask, every finding's "
                             "lesions); default: lesion for --name demo-lesion, else anatomy")
