@@ -175,8 +175,8 @@ def test_a_folder_reads_the_images_egd_rows_and_carries_the_source_size(tmp_path
 
 
 def test_reader_path_is_the_disc_around_each_fixation():
-    path = reader_path(np.array([[10.0, 5.0, 0.3], [60.0, 60.0, 0.1], [500.0, 5.0, 1.0]]), (40, 80), radius=3)
+    path = reader_path(np.array([[10.0, 5.0, 0.3], [60.0, 30.0, 0.1], [500.0, 5.0, 1.0]]), (40, 80), radius=3)
     yy, xx = np.mgrid[:40, :80]
-    expected = ((xx - 10) ** 2 + (yy - 5) ** 2 <= 9) | ((xx - 60) ** 2 + (yy - 60) ** 2 <= 9)
+    expected = ((xx - 10) ** 2 + (yy - 5) ** 2 <= 9) | ((xx - 60) ** 2 + (yy - 30) ** 2 <= 9)
     np.testing.assert_array_equal(path, expected)  # the fixation off the grid adds nothing
     assert not reader_path(np.zeros((0, 3)), (8, 8), radius=3).any()

@@ -98,6 +98,8 @@ class MimicRecipe:
             raise InputError(f"unknown training explanation '{self.explanation}'; known: {', '.join(EXPLANATIONS)}")
         if self.variant == "discriminator" and self.members < 2:
             raise InputError("the discriminator variant needs at least 2 members (--members)")
+        if self.path_radius <= 0:
+            raise InputError("path_radius must be positive (gaze-kernel sigmas around each fixation)")
         if self.explanation in OFF_PATH_EXPLANATIONS and self.variant != "gaze":
             raise InputError(f"the {self.explanation} explanation is a gaze-variant term (--variant gaze)")
         if self.variant != "discriminator" and self.members != 1:
@@ -131,11 +133,13 @@ def off_path_occlusion(model: DenseNetLogits, x: torch.Tensor, off_path: torch.T
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [B, L] and, per image [B], the occlusion attribution of the `off_path` pixels ([B, 1, H, W]): the mean
     squared change of the findings' probabilities when those pixels are removed (ROAD's noisy imputation, the
-    product's default removal, with the fast solver), differentiable in the weights through both passes."""
-    logits = model(x)
+    product's default removal, with the fast solver), differentiable in the weights through both. The films and
+    their removed versions go through the model as one batch, so that in training mode batch normalisation uses the
+    same statistics for both and the change is the removal's alone."""
     with torch.no_grad():
         removed = removal.remove(x, off_path, removal.DEFAULT_METHOD, seed=seed, **removal.FAST_SOLVER)
-    change = torch.sigmoid(model(removed)) - torch.sigmoid(logits)
+    logits, logits_removed = model(torch.cat([x, removed])).split(len(x))
+    change = torch.sigmoid(logits_removed) - torch.sigmoid(logits)
     return logits, change.pow(2).mean(1)
 
 
@@ -209,7 +213,9 @@ class GazeTransform:
         item["gaze"] = heat / heat.sum().clamp_min(EPS)
         if self.path_radius is not None:
             radius = self.path_radius * resolve_gaze_kernel(self.kernel).scaled(size, NOMINAL_SOURCE_PX).sigma
-            item["off_path"] = torch.from_numpy(~reader_path(points, (size, size), radius))[None].float()
+            path = reader_path(points, (size, size), radius)
+            # a film without a fixation on it has no path to keep: nothing is off it, and the term leaves it alone
+            item["off_path"] = torch.from_numpy(~path if path.any() else path)[None].float()
         digest = hashlib.sha256(f"{self.seed}|{split}|{index}".encode()).digest()
         choice = int.from_bytes(digest[:4], "little")
         positives = [FINDINGS.index(name) for name in case.labels]
@@ -244,7 +250,7 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
     for member in ensemble.members:
         if recipe.variant == "control":
             logits, cam = member(x), None
-        elif recipe.explanation == "occlusion":
+        elif recipe.explanation in OFF_PATH_EXPLANATIONS:
             logits, cam = off_path_occlusion(member, x, batch["off_path"].to(device), recipe.seed * 1_000_003 + step)
         else:
             logits, cam = differentiable_cam(member, x, targets, recipe.explanation)
@@ -328,8 +334,9 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         "val": {"split": "val", "seed": 0, "indices": [0, recipe.val_n]},
         "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
     }
-    where = "input" if recipe.explanation in OFF_PATH_EXPLANATIONS else "features.norm5"
+    how = ("input, two forward passes" if recipe.explanation in OFF_PATH_EXPLANATIONS
+           else "features.norm5, double backprop")
     mimic = {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
-             "explanation": f"{recipe.explanation}@{where}, double backprop"}
+             "explanation": f"{recipe.explanation}@{how}"}
     return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
                            seconds, dev, out_dir, extra={"mimic": mimic})

@@ -54,6 +54,10 @@ class SegmenterRecipe:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ParameterError(f"unknown segmenter target '{self.target}'; use {' or '.join(TARGETS)}")
+        if self.shortcut is not None and not 0 <= self.shortcut <= 1:
+            raise ParameterError(f"the shortcut strength must lie in [0, 1] (got {self.shortcut})")
+        if not 0 <= self.visible_from <= 1:
+            raise ParameterError(f"visible_from must lie in [0, 1] (got {self.visible_from})")
 
     @classmethod
     def for_target(cls, target: str, **overrides: Any) -> SegmenterRecipe:
