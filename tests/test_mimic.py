@@ -187,7 +187,7 @@ def test_a_tiny_run_records_its_variant(tmp_path, monkeypatch, variant, members,
     assert entry["sha256"] == record["sha256"]
     assert entry["mimic"]["variant"] == variant and entry["mimic"]["members"] == members
     how = "input, two forward passes" if explanation == "occlusion" else "features.norm5, double backprop"
-    assert entry["mimic"]["explanation"] == f"{explanation}@{how}"
+    assert entry["mimic"]["explanation"] == (None if variant == "control" else f"{explanation}@{how}")
     assert entry["family"] == "classifier" and set(entry["thresholds"]) == set(FINDINGS)
     if members > 1:
         assert len(entry["metrics"]["member_test_macro_auroc"]) == members

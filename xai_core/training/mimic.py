@@ -337,6 +337,6 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
     how = ("input, two forward passes" if recipe.explanation in OFF_PATH_EXPLANATIONS
            else "features.norm5, double backprop")
     mimic = {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
-             "explanation": f"{recipe.explanation}@{how}"}
+             "explanation": None if recipe.variant == "control" else f"{recipe.explanation}@{how}"}
     return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
                            seconds, dev, out_dir, extra={"mimic": mimic})
