@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import numpy as np
@@ -138,7 +137,7 @@ def test_off_path_occlusion_counts_only_the_evidence_off_the_path():
     assert float(change[2]) < 1e-4  # background imputed as background
 
 
-def test_gaze_transform_marks_the_film_off_the_readers_path():
+def test_gaze_transform_marks_the_film_off_the_readers_path(monkeypatch):
     transform = mimic.GazeTransform(map_size=28, kernel="mimic", seed=0, path_radius=2.0)
     case = generate_case("train", 0, seed=3, size=96, shortcut=0.9)
     item = transform(case, {"x": torch.zeros(1, 96, 96)}, "train", 0)
@@ -149,8 +148,8 @@ def test_gaze_transform_marks_the_film_off_the_readers_path():
     assert off_path[0, 0] and off_path[-1, -1]  # the film's corners, where the reader never looks
     assert 0.2 < float(off_path.float().mean()) < 0.9
     assert "off_path" not in mimic.GazeTransform(28, "mimic", 0)(case, {"x": torch.zeros(1, 96, 96)}, "train", 0)
-    off_grid = dataclasses.replace(case, _fixations=np.array([[0.0, 300.0, 1000.0, 1000.0]]))  # none on the film
-    item = transform(off_grid, {"x": torch.zeros(1, 96, 96)}, "train", 0)
+    monkeypatch.setattr(mimic, "reader_path", lambda points, shape, radius: np.zeros(shape, bool))  # no fixation
+    item = transform(case, {"x": torch.zeros(1, 96, 96)}, "train", 0)  # on the film: reader_path says so
     assert not item["off_path"].any(), "without a path, nothing is off it"
 
 

@@ -47,10 +47,9 @@ from xai_core.training.classifier import ClassifierRecipe, evaluate, save_classi
 from xai_core.training.common import PhantomStream, run_training
 
 VARIANTS = ("gaze", "discriminator", "control")
-# the training explanation the explanation term acts on; the off-path one (occlusion): the gaze variant only, on
-# every film
+# the training explanation the explanation term acts on: maps at the last feature map (gradcam, hirescam), or the
+# occlusion of what lies off the reader's path (the gaze variant only, on every film)
 EXPLANATIONS = ("gradcam", "hirescam", "occlusion")
-OFF_PATH_EXPLANATIONS = ("occlusion",)
 EPS = 1e-7
 
 
@@ -75,7 +74,7 @@ class MimicRecipe:
     explanation: str = "gradcam"  # the map the term acts on (EXPLANATIONS)
     every: int = 2  # discriminator: its term on every `every`-th step (the reference: every 2 epochs)
     map_size: int = 56  # grid of the training explanation and gaze heatmaps
-    path_radius: float = 2.0  # off-path explanations: the reader's path, in gaze-kernel sigmas around each fixation
+    path_radius: float = 2.0  # occlusion: the reader's path, in gaze-kernel sigmas around each fixation
     disc_hidden: int = 128
     seed: int = 0
     data_seed: int = 2  # a stretch of the train split neither the base classifier (0) nor NEMt (1) saw
@@ -90,6 +89,12 @@ class MimicRecipe:
         "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32})
     removal_augment: dict[str, Any] | None = field(default_factory=lambda: RemovalAugment().as_dict())
 
+    @property
+    def acts_on_input(self) -> bool:
+        """Whether the explanation term is the occlusion of what lies off the reader's path (else a map at the last
+        feature map)."""
+        return self.explanation == "occlusion"
+
     def checked(self) -> MimicRecipe:
         """The recipe, or an InputError saying what is inconsistent."""
         if self.variant not in VARIANTS:
@@ -100,7 +105,7 @@ class MimicRecipe:
             raise InputError("the discriminator variant needs at least 2 members (--members)")
         if self.path_radius <= 0:
             raise InputError("path_radius must be positive (gaze-kernel sigmas around each fixation)")
-        if self.explanation in OFF_PATH_EXPLANATIONS and self.variant != "gaze":
+        if self.acts_on_input and self.variant != "gaze":
             raise InputError(f"the {self.explanation} explanation is a gaze-variant term (--variant gaze)")
         if self.variant != "discriminator" and self.members != 1:
             raise InputError(f"the {self.variant} variant trains one classifier (--members 1)")
@@ -246,11 +251,11 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
     targets, has_target = batch["target"].to(device), batch["has_target"].to(device)
     parts: dict[str, float] = {}
     total = torch.zeros((), device=device)
-    maps = []
+    maps = []  # per member: its map [B, m, m], or with the occlusion term its off-path change per film [B]
     for member in ensemble.members:
         if recipe.variant == "control":
             logits, cam = member(x), None
-        elif recipe.explanation in OFF_PATH_EXPLANATIONS:
+        elif recipe.acts_on_input:
             logits, cam = off_path_occlusion(member, x, batch["off_path"].to(device), recipe.seed * 1_000_003 + step)
         else:
             logits, cam = differentiable_cam(member, x, targets, recipe.explanation)
@@ -259,8 +264,8 @@ def mimic_loss(ensemble: MimicEnsemble, batch: dict[str, Any], recipe: MimicReci
         total = total + F.binary_cross_entropy_with_logits(logits, y)
         maps.append(cam)
     parts["bce"] = float(total.detach()) / len(ensemble.members)
-    if recipe.explanation in OFF_PATH_EXPLANATIONS and recipe.variant == "gaze":
-        off_path = maps[0].mean()  # every film: the reader's path covers the films without a finding too
+    if recipe.acts_on_input:  # a gaze-variant term (checked), on every film, with or without a finding
+        off_path = maps[0].mean()
         total = total + recipe.beta * off_path
         parts["off_path"] = float(off_path.detach())
     elif recipe.variant == "gaze" and has_target.any():
@@ -305,8 +310,7 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         stream = PhantomStream("train", step * recipe.batch, (recipe.steps - step) * recipe.batch,
                                seed=recipe.data_seed, size=recipe.size, shortcut=recipe.shortcut,
                                transform=GazeTransform(recipe.map_size, recipe.gaze_kernel, recipe.seed, inner,
-                                                       recipe.path_radius
-                                                       if recipe.explanation in OFF_PATH_EXPLANATIONS else None))
+                                                       recipe.path_radius if recipe.acts_on_input else None))
         return DataLoader(stream, batch_size=recipe.batch, num_workers=1, prefetch_factor=4)
 
     def step_loss(batch: dict) -> torch.Tensor:
@@ -334,8 +338,7 @@ def train_mimic(recipe: MimicRecipe, *, device: str = "auto", checkpoint_dir: st
         "val": {"split": "val", "seed": 0, "indices": [0, recipe.val_n]},
         "test": {"split": "test", "seed": 0, "indices": [0, recipe.test_n]},
     }
-    how = ("input, two forward passes" if recipe.explanation in OFF_PATH_EXPLANATIONS
-           else "features.norm5, double backprop")
+    how = "input, two forward passes" if recipe.acts_on_input else "features.norm5, double backprop"
     mimic = {"variant": recipe.variant, "members": recipe.members, "beta": recipe.beta,
              "explanation": None if recipe.variant == "control" else f"{recipe.explanation}@{how}"}
     return save_classifier(model, recipe.name, recipe.architecture, recipe.size, asdict(recipe), data, metrics,
