@@ -191,3 +191,27 @@ def test_finding_key_ignores_wording_and_keeps_sides():
     assert finding_key([], {}) == ""
     left, right = ({"Nodule": {"side": side}} for side in ("left", "right"))
     assert finding_key(["Nodule"], left) != finding_key(["Nodule"], right)
+
+
+def test_a_contradiction_is_false_for_the_case_in_both_directions():
+    from xai_core.phantom.text import contradiction
+
+    kinds = set()
+    for i in range(200):
+        case = generate_case("train", i, size=64)
+        rng = np.random.default_rng(i)
+        sentence = contradiction(rng, case.labels)
+        negated = [name for name in FINDINGS if sentence in NEGATIVE[name]]
+        if negated:
+            assert negated[0] in case.labels, ("a negation only of a present finding", case.labels, sentence)
+            kinds.add("negation")
+            continue
+        stated = [name for name in FINDINGS
+                  if any(_template_pattern(t).match(sentence) for t in POSITIVE[name] + IMPRESSION[name])]
+        assert stated and not set(stated) & set(case.labels), ("a statement of an absent finding", case.labels,
+                                                               sentence)
+        kinds.add("statement")
+    assert kinds == {"negation", "statement"}
+    assert contradiction(np.random.default_rng(3), ["Nodule"]) == contradiction(np.random.default_rng(3), ["Nodule"])
+    all_present = list(FINDINGS)
+    assert all(contradiction(np.random.default_rng(s), all_present) in sum(NEGATIVE.values(), ()) for s in range(20))

@@ -12,7 +12,7 @@ import torch
 from xai_core import certainty
 from xai_core.errors import MissingWeightsError, ModelError
 from xai_core.models import bundled
-from xai_core.segx import CalibrationError, region_for, segu
+from xai_core.segx import CalibrationError, region_for, segu, shortcut_figures
 
 
 def hand_made() -> tuple[np.ndarray, np.ndarray]:
@@ -339,3 +339,30 @@ def test_lesion_targets_leave_out_a_pneumothorax_too_faint_to_see():
         assert bool(item["lesion"].any()) is kept and bool(item["lesion_parts"][p].any()) is kept
         everything = add_lesion_targets(case, {}, "train", 0, visible_from=0.0)
         assert torch.equal(everything["lesion"][0].bool(), torch.from_numpy(case.lesions["Pneumothorax"]))
+
+
+def test_shortcut_figures_split_calls_by_what_drove_them():
+    def row(label, correct, tag, without_tag=None, score=0.5):
+        out = {"label": label, "correct": correct, "tag": tag, "ciou": score, "cauitc": score, "inside_mass": score}
+        return out if without_tag is None else {**out, "without_tag": without_tag}
+
+    rows = [row("Pneumothorax", True, False),  # untagged true positive: lesion-driven
+            row("Pneumothorax", True, True, True),  # tagged, the call stands without the tag: lesion-driven
+            row("Pneumothorax", True, True, False),  # tagged, the call goes with the tag: tag-reliant, not counted
+            row("Pneumothorax", False, True, False),  # tag-driven false positive
+            row("Pneumothorax", False, True, False),
+            row("Pneumothorax", False, True, True),  # a false call that stands without the tag: not tag-driven
+            row("Pneumothorax", False, False),  # untagged false positive
+            row("Nodule", True, True, None)]  # another finding: ignored
+    certainty = np.array([0.9, 0.8, 0.1, 0.3, 0.2, 0.95, 0.5, 0.0])
+    scores = np.column_stack([certainty] * 3)
+    out = shortcut_figures(certainty, scores, rows, "Pneumothorax")
+    assert (out["n_lesion_driven"], out["n_tag_driven"], out["n_tag_reliant_true"]) == (2, 2, 1)
+    assert (out["n_false_standing_without_tag"], out["n_false_untagged"]) == (1, 1)
+    assert out["auroc"] == {"certainty": 1.0, "ciou": 1.0, "cauitc": 1.0, "inside_mass": 1.0}
+    assert out["certainty_ci"] == [1.0, 1.0] or out["certainty_ci"][0] <= 1.0 <= out["certainty_ci"][1]
+    presence = out["by_presence"]  # 3 true (0.9, 0.8, 0.1) against 3 tagged false (0.3, 0.2, 0.95)
+    assert (presence["n_true"], presence["n_false_tagged"]) == (3, 3)
+    assert presence["auroc"]["certainty"] == pytest.approx(4 / 9), "0.9 and 0.8 beat 0.3 and 0.2; 0.1 beats none"
+    lone = shortcut_figures(certainty[:3], scores[:3], rows[:3], "Pneumothorax")
+    assert np.isnan(lone["auroc"]["certainty"]) and lone["certainty_ci"] is None, "no tag-driven call: undefined"

@@ -143,4 +143,64 @@ def test_clip_training_chooses_prompts_on_val_and_records_them(tmp_path, monkeyp
     assert "concept_prompts" not in record["recipe"], "report text only"
     assert record["recipe"]["text_sources"] == record["data"]["train"]["text_sources"] == list(TEXT_SOURCES)
     assert record["data"]["train"]["text"] == "report views only"
+    assert record["recipe"]["hard_negatives"] and "contradiction" in record["data"]["train"]["hard_negatives"]
     assert CONCEPT_PROMPT in record["data"]["train"]["held_out_prompts"]
+
+
+def test_a_hard_negative_enters_only_its_own_films_softmax():
+    from xai_core.training.clip import contrastive_loss
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    words = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    false_words = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    keys, scale = ["", "Nodule:right", "", "Mass:left"], torch.tensor(10.0)
+    to_text, to_image = contrastive_targets(keys)
+    logits = scale * image @ words.T
+    plain = (torch.nn.functional.cross_entropy(logits, to_text)
+             + torch.nn.functional.cross_entropy(logits.T, to_image)) / 2
+    assert torch.allclose(contrastive_loss(image, words, keys, scale), plain)
+    own = torch.cat([logits, scale * (image * false_words).sum(-1, keepdim=True)], dim=1)
+    expected = (-(to_text * own.log_softmax(1)[:, :4]).sum(1).mean()
+                + torch.nn.functional.cross_entropy(logits.T, to_image)) / 2
+    with_false = contrastive_loss(image, words, keys, scale, false_words)
+    assert torch.allclose(with_false, expected) and with_false > plain
+    far = contrastive_loss(image, words, keys, scale, -image)  # a false sentence opposite its film costs little
+    near = contrastive_loss(image, words, keys, scale, image)  # one that reads like its film costs most
+    assert plain < far < near
+
+
+def test_hard_negatives_are_report_text_false_for_the_case_and_seeded_by_it():
+    from xai_core.phantom import generate_case
+    from xai_core.training.clip import hard_negative, key_labels, prompt_leaks
+
+    assert key_labels("Cardiomegaly:central|Nodule:right") == ["Cardiomegaly", "Nodule"] and key_labels("") == []
+    texts = []
+    for i in range(100):
+        case = generate_case("train", i, size=64)
+        key = common.encode_case(case, with_report=True)["finding_key"]
+        text = hard_negative(key, case.case_id)
+        assert text == hard_negative(key, case.case_id), "seeded by the case: resumed runs see the same"
+        assert text not in case.report
+        texts.append(text)
+    assert prompt_leaks(texts) == [] and len(set(texts)) > 50
+
+
+def test_side_words_are_left_out_of_some_training_texts_and_nothing_else_is():
+    from xai_core.phantom import generate_case
+    from xai_core.training.clip import SIDE_WORDS, report_view, without_sides
+
+    assert without_sides("IMPRESSION: Left pleural effusion. FINDINGS: A small right-sided pneumothorax.") == \
+        "IMPRESSION: Pleural effusion. FINDINGS: A small pneumothorax."
+    dropped, sided = 0, 0
+    for i in range(300):
+        case = generate_case("train", i, size=64)
+        view, text = report_view(case.report, case.case_id), training_text(case.report, case.case_id, 0.3)
+        assert training_text(case.report, case.case_id) == view, "no dropping by default"
+        sided += bool(SIDE_WORDS.search(view))
+        if text != view:
+            dropped += 1
+            assert text == without_sides(view) and not SIDE_WORDS.search(text)
+            assert text.lower().split() == [w for w in view.lower().split()
+                                            if w not in ("left", "right", "left-sided", "right-sided")]
+    assert 0.2 < dropped / sided < 0.4, (dropped, sided)

@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from pydicom.dataset import Dataset
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from xai_core import auth, baselines, removal
@@ -65,7 +64,7 @@ from xai_core.phantom.samples import write_samples
 from xai_core.phantom.writers import contact_sheet, write_split
 from xai_core.runtime import pick_device
 from xai_core.samples import real_samples, real_samples_dir
-from xai_core.segx import SEGU_SCORES, CalibrationError, by_label, calibrate
+from xai_core.segx import CalibrationError, by_label, calibrate, shortcut_figures
 from xai_core.store import CaseStore, backup_store, case_name
 from xai_core.training.classifier import ClassifierRecipe, train_classifier
 from xai_core.training.clip import ClipRecipe, train_clip
@@ -466,20 +465,11 @@ def _phantom_split(data: str) -> str:
     return split
 
 
-def _shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """SegU on the shortcut label's positives: lesion-driven (the finding is there) vs tag-driven (no finding, the
-    burned-in tag is): AUROC of the certainty and of each raw score (NaN where one group is empty)."""
-    keep = np.array([row["label"] == SHORTCUT_LABEL and (row["correct"] or row["tag"]) for row in rows], bool)
-    lesion_driven = np.array([row["correct"] for row in rows], bool)[keep]
-    values = {"certainty": certainty[keep], **{name: scores[keep, i] for i, name in enumerate(SEGU_SCORES)}}
-
-    def auroc(x: np.ndarray) -> float:
-        defined = np.isfinite(x)
-        y = lesion_driven[defined]
-        return float(roc_auc_score(y, x[defined])) if y.any() and not y.all() else float("nan")
-
-    return {"label": SHORTCUT_LABEL, "n_lesion_driven": int(lesion_driven.sum()),
-            "n_tag_driven": int((~lesion_driven).sum()), "auroc": {k: auroc(v) for k, v in values.items()}}
+def _without_tag(engine: Engine, model: str, split: str, index: int, args: argparse.Namespace, label: str) -> bool:
+    """Whether `model` still calls `label` on the case's film with its tag left out."""
+    case = generate_case(split, index, seed=args.seed, size=256, shortcut=args.shortcut, burn_tag=False)
+    prediction = engine.predict(Radiograph.from_array(case.image, source_name=case.case_id), model)
+    return bool(prediction.positive[list(engine.model(model).card.labels).index(label)])
 
 
 def _cmd_segu(args: argparse.Namespace) -> int:
@@ -500,6 +490,8 @@ def _cmd_segu(args: argparse.Namespace) -> int:
                                         percent=SEGU_PERCENT)
             rows.append({"case": index, **scores, "label": label, "correct": label in case.labels,
                          "tag": case.shortcut, "probability": float(prediction.probabilities[i])})
+            if case.shortcut and label == SHORTCUT_LABEL:
+                rows[-1]["without_tag"] = _without_tag(engine, args.model, split, index, args, label)
     if args.rows:
         Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.rows, index=False)
@@ -532,7 +524,7 @@ def _cmd_segu(args: argparse.Namespace) -> int:
         "notes": [note for label in sorted(set(labels)) if (note := fallback_note(calibration, label))],
     }
     if args.shortcut is not None:
-        result["shortcut"] = _shortcut_figures(certainty, scores, rows)
+        result["shortcut"] = shortcut_figures(certainty, scores, rows, SHORTCUT_LABEL)
     if args.calibrate:
         figures = {key: result[key] for key in ("scores", "table4", "mean_certainty")}
         figures["calibration"] = {k: v for k, v in result["calibration"].items() if k != "file"}

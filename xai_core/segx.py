@@ -145,6 +145,42 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
             "threshold": float(min(thresholds[best], 1.0)), "n_true": int(y.sum()), "n_false": int((~y).sum())}
 
 
+def shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict], shortcut_label: str) -> dict:
+    """SegU on `shortcut_label`'s positives, lesion-driven against tag-driven: AUROC of the certainty (with a
+    bootstrap interval) and of each raw score; NaN where a group is empty. What drove a call is read from the film
+    without its tag (`without_tag`): lesion-driven, the finding is there and the call stands without the tag;
+    tag-driven, the finding is not there and the call goes with the tag. The split by presence alone (every true
+    positive against every tagged false one, whatever drove it) is kept as `by_presence`."""
+    label = np.array([row["label"] == shortcut_label for row in rows], bool)
+    correct = np.array([row["correct"] for row in rows], bool)
+    tag = np.array([row["tag"] for row in rows], bool)
+    stands = np.array([row.get("without_tag", not row["tag"]) for row in rows], bool)
+    lesion_driven, tag_driven = label & correct & stands, label & ~correct & tag & ~stands
+    values = {"certainty": certainty, **{name: scores[:, i] for i, name in enumerate(SEGU_SCORES)}}
+
+    def aurocs(positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
+        out = {}
+        for name, x in values.items():
+            keep = (positive | negative) & np.isfinite(x)
+            y = positive[keep]
+            out[name] = float(roc_auc_score(y, x[keep])) if y.any() and not y.all() else float("nan")
+        return out
+
+    defined = np.isfinite(certainty)
+    interval = (calibrate(certainty[lesion_driven | tag_driven], lesion_driven[lesion_driven | tag_driven])
+                if min((lesion_driven & defined).sum(), (tag_driven & defined).sum()) >= 2 else None)
+    return {"label": shortcut_label, "n_lesion_driven": int(lesion_driven.sum()),
+            "n_tag_driven": int(tag_driven.sum()),
+            "n_tag_reliant_true": int((label & correct & ~stands).sum()),
+            "n_false_standing_without_tag": int((label & ~correct & tag & stands).sum()),
+            "n_false_untagged": int((label & ~correct & ~tag).sum()),
+            "auroc": aurocs(lesion_driven, tag_driven),
+            "certainty_ci": None if interval is None else [interval["ci_low"], interval["ci_high"]],
+            "by_presence": {"n_true": int((label & correct).sum()),
+                            "n_false_tagged": int((label & ~correct & tag).sum()),
+                            "auroc": aurocs(label & correct, label & ~correct & tag)}}
+
+
 def by_label(certainty: np.ndarray, correct: np.ndarray, labels: list[str]) -> dict[str, object]:
     """True vs false positives compared within each finding: per label the counts, mean certainties and AUROC,
     and the within-label AUROC (the chance that a true positive is more certain than a false positive of the same

@@ -215,8 +215,11 @@ def _point_in(rng: np.random.Generator, mask: np.ndarray, margin_mask: np.ndarra
 
 
 def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: int = 256,
-                  shortcut: float | None = None, findings: list[str] | None = None) -> PhantomCase:
-    """One synthetic PA chest radiograph; the same arguments always give the same case, bit for bit."""
+                  shortcut: float | None = None, findings: list[str] | None = None,
+                  burn_tag: bool = True) -> PhantomCase:
+    """One synthetic PA chest radiograph; the same arguments always give the same case, bit for bit.
+    `burn_tag=False`: the counterfactual film of the tag world, drawn as always but with its tag left out (the same
+    pixels elsewhere); `shortcut` is then False and `meta["tag_withheld"]` says whether a tag was drawn."""
     rng = case_rng(split, index, seed)
     canvas = _Canvas(size)
     S = size
@@ -458,6 +461,8 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     noise *= rng.uniform(0.01, 0.025)
     image += noise
     np.clip(image, 0, 1, out=image)
+    tag_withheld = has_tag and not burn_tag
+    has_tag = has_tag and burn_tag
     if has_tag:  # burned in by the detector: after positioning and exposure
         image[TAG_BOX[0] * S // 100:TAG_BOX[2] * S // 100, TAG_BOX[1] * S // 100:TAG_BOX[3] * S // 100] = 0.98
 
@@ -473,4 +478,5 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
     return PhantomCase(case_id=case_id, image=image, anatomy=anatomy, labels=labels, lesions=lesion_masks,
                        attributes={k: attributes[k] for k in labels}, report=report, _gaze_rng=gaze_rng,
                        shortcut=has_tag, meta={"ctr": round(float(ctr), 3), "rotation_deg": round(float(angle), 2),
-                                                 "tag_box_percent": TAG_BOX if has_tag else None})
+                                                 "tag_box_percent": TAG_BOX if has_tag else None,
+                                                 "tag_withheld": tag_withheld})

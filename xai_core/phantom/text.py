@@ -328,6 +328,27 @@ def report_for(rng: np.random.Generator, labels: list[str], attributes: dict[str
     return f"FINDINGS: {findings} IMPRESSION: {impression}"
 
 
+# Sizes (in the generator's normalised units) to word a statement about a finding the case does not have.
+INVENTED_SIZE = {"Cardiomegaly": (0.35, 0.45), "Effusion": (0.01, 0.04), "Pneumothorax": (0.03, 0.07),
+                 "Nodule": (0.02, 0.045), "Mass": (0.09, 0.16), "Consolidation": (0.004, 0.02),
+                 "Atelectasis": (0.005, 0.015)}
+
+
+def contradiction(rng: np.random.Generator, labels: list[str]) -> str:
+    """A report sentence that is false for a case with these findings: half the time (always, for a normal case) a
+    statement of a finding it does not have, worded with an invented side, zone, size and severity; otherwise the
+    negation of one of its findings ("No pneumothorax."). Hard negatives for image-text training."""
+    absent = tuple(name for name in NEGATIVE if name not in labels)
+    if labels and (not absent or rng.random() < 0.5):
+        return _pick(rng, NEGATIVE[_pick(rng, tuple(labels))])
+    name = _pick(rng, absent)
+    attrs = {"side": "central" if name == "Cardiomegaly" else _pick(rng, ("left", "right")),
+             "zone": _pick(rng, tuple(ZONE_PLACES)), "severity": _pick(rng, ("mild", "moderate", "severe")),
+             "size": float(rng.uniform(*INVENTED_SIZE[name]))}
+    template = _pick(rng, POSITIVE[name] + IMPRESSION[name])
+    return _fill(template, _slots(rng, name, attrs, float(rng.uniform(0.55, 0.65))))
+
+
 def finding_key(labels: list[str], attributes: dict[str, dict[str, Any]]) -> str:
     """What a report says, independent of its wording: each finding with its side ("Effusion:left|Nodule:right";
     "" for a normal case). Contrastive training matches image and text by it."""

@@ -34,6 +34,7 @@ from xai_core.models.vlm import (
     zero_shot_scores,
 )
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
+from xai_core.phantom.text import contradiction
 from xai_core.runtime import pick_device
 from xai_core.training.common import PhantomStream, auroc_per_label, record_model, run_training
 
@@ -44,6 +45,9 @@ TEXT_SOURCES = (
     "a random subset of its sentences (30%)",
     "one of its sentences (30%)",
 )
+# With `hard_negatives`, the one other text a case gets (also checked by `check_training_texts`).
+HARD_NEGATIVE_SOURCE = ("one report sentence false for the case, scored against its film only "
+                        "(xai_core.phantom.text.contradiction)")
 # No training text may contain these: MAMMI's concept and base prompts and the held-out paraphrases it is validated on.
 FORBIDDEN_PROMPTS = (CONCEPT_PROMPT, BASE_PROMPT, *HELD_OUT_PROMPTS)
 
@@ -61,6 +65,8 @@ class ClipRecipe:
     phantom_version: int = PHANTOM_VERSION
     text_sources: list[str] = field(default_factory=lambda: list(TEXT_SOURCES))
     architecture: dict[str, Any] = field(default_factory=lambda: DEFAULT_CLIP_ARCHITECTURE)
+    hard_negatives: bool = True  # each film also scored against a sentence that is false for it
+    drop_sides: float = 0.3  # the share of training texts with their side words left out (`without_sides`)
 
 
 def impression_first(report: str) -> str:
@@ -96,9 +102,42 @@ def report_view(report: str, case_id: str = "") -> str:
     return sentences[int(rng.integers(len(sentences)))]
 
 
-def training_text(report: str, case_id: str) -> str:
-    """The training text of one case: a view of its report (`report_view`), checked by `check_training_texts`."""
+SIDE_WORDS = re.compile(r"\b(?:left|right)(?:-sided)?\s+", re.IGNORECASE)
+SENTENCE_START = re.compile(r"^[a-z]|(?<=: )[a-z]")  # a sentence's first letter, or a section header's next one
+
+
+def without_sides(text: str) -> str:
+    """A text with its side words left out ("Small left pleural effusion." -> "Small pleural effusion."): still true
+    of the film, and a statement of a finding that names no side (reports name the side of nearly every finding they
+    affirm, and the phrases without one are their negations)."""
+    sentences = [SIDE_WORDS.sub("", sentence) for sentence in SENTENCE_END.split(text)]
+    return " ".join(SENTENCE_START.sub(lambda m: m[0].upper(), sentence) for sentence in sentences)
+
+
+def training_text(report: str, case_id: str, drop_sides: float = 0.0) -> str:
+    """The training text of one case: a view of its report (`report_view`), its side words left out with
+    probability `drop_sides` (`without_sides`), checked by `check_training_texts`."""
     text = report_view(report, case_id)
+    if drop_sides and case_rng("sides", case_id).random() < drop_sides:
+        text = without_sides(text)
+    check_training_texts([text])
+    return text
+
+
+def case_rng(tag: str, case_id: str) -> np.random.Generator:
+    """A generator seeded by a case (and what it draws), so resumed runs see the same texts."""
+    return np.random.default_rng(int(hashlib.sha256(f"{tag}|{case_id}".encode()).hexdigest()[:12], 16))
+
+
+def key_labels(key: str) -> list[str]:
+    """The findings of a `finding_key` ("Effusion:left|Nodule:right" -> ["Effusion", "Nodule"])."""
+    return [part.split(":", 1)[0] for part in key.split("|") if part]
+
+
+def hard_negative(key: str, case_id: str) -> str:
+    """The hard-negative text of one case: a report sentence false for its findings (`contradiction`), checked by
+    `check_training_texts`."""
+    text = contradiction(case_rng("contradiction", case_id), key_labels(key))
     check_training_texts([text])
     return text
 
@@ -119,6 +158,21 @@ def check_training_texts(texts: Iterable[str], templates: Iterable[str] = FORBID
     if leaks:
         text, template = leaks[0]
         raise ValueError(f"{len(leaks)} training text(s) contain a held-out prompt, e.g. '{template}' in '{text}'")
+
+
+def contrastive_loss(image: torch.Tensor, words: torch.Tensor, keys: list[str], scale: torch.Tensor,
+                     false_words: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric soft-target InfoNCE on unit embeddings. With `false_words` (one a film, [B, D]), each film's
+    image-to-text softmax also holds its own false sentence, as a column it must not pick (NegCLIP's hard
+    negatives, restricted to the film it contradicts: a sentence false for one film is true for many others)."""
+    logits = scale * image @ words.T
+    to_text, to_image = contrastive_targets(keys)
+    to_text, to_image = to_text.to(logits.device), to_image.to(logits.device)
+    image_logits = logits
+    if false_words is not None:
+        image_logits = torch.cat([logits, scale * (image * false_words).sum(-1, keepdim=True)], dim=1)
+        to_text = torch.cat([to_text, torch.zeros_like(to_text[:, :1])], dim=1)
+    return (F.cross_entropy(image_logits, to_text) + F.cross_entropy(logits.T, to_image)) / 2
 
 
 def contrastive_targets(keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,11 +241,13 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     def step_loss(batch: dict) -> torch.Tensor:
         image = F.normalize(model.encode_image(_pixels(batch).to(dev)), dim=-1)
-        texts = [training_text(r, i) for r, i in zip(batch["report"], batch["case_id"], strict=True)]
-        words = F.normalize(model.encode_text(tokenize(texts, context).to(dev)), dim=-1)
-        logits = model.logit_scale.exp() * image @ words.T
-        to_text, to_image = contrastive_targets(list(batch["finding_key"]))
-        return (F.cross_entropy(logits, to_text.to(dev)) + F.cross_entropy(logits.T, to_image.to(dev))) / 2
+        texts = [training_text(r, i, recipe.drop_sides) for r, i in zip(batch["report"], batch["case_id"], strict=True)]
+        keys = list(batch["finding_key"])
+        if recipe.hard_negatives:
+            texts += [hard_negative(k, i) for k, i in zip(keys, batch["case_id"], strict=True)]
+        embedded = F.normalize(model.encode_text(tokenize(texts, context).to(dev)), dim=-1)
+        words, false_words = embedded[:len(keys)], (embedded[len(keys):] if recipe.hard_negatives else None)
+        return contrastive_loss(image, words, keys, model.logit_scale.exp(), false_words)
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                            asdict(recipe), checkpoint_dir, progress)
@@ -212,6 +268,7 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch],
                            "text": "report views only", "text_sources": list(recipe.text_sources),
+                           "hard_negatives": HARD_NEGATIVE_SOURCE if recipe.hard_negatives else None,
                            "held_out_prompts": list(FORBIDDEN_PROMPTS)},
                  "val": {"split": "val", "indices": [0, recipe.test_n], "use": "prompt choice"},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},
