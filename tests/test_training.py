@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -186,21 +187,25 @@ def test_hard_negatives_are_report_text_false_for_the_case_and_seeded_by_it():
     assert prompt_leaks(texts) == [] and len(set(texts)) > 50
 
 
-def test_side_words_are_left_out_of_some_training_texts_and_nothing_else_is():
+def test_the_modifiers_of_findings_are_left_out_of_some_training_texts_and_nothing_else_is():
     from xai_core.phantom import generate_case
-    from xai_core.training.clip import SIDE_WORDS, report_view, without_sides
+    from xai_core.phantom.text import MODIFIERS, without_modifiers
+    from xai_core.training.clip import report_view
 
-    assert without_sides("IMPRESSION: Left pleural effusion. FINDINGS: A small right-sided pneumothorax.") == \
-        "IMPRESSION: Pleural effusion. FINDINGS: A small pneumothorax."
-    dropped, sided = 0, 0
+    assert without_modifiers("IMPRESSION: Large left pleural effusion. FINDINGS: A small right-sided pneumothorax. "
+                             "Dense consolidation in the right upper lung zone. The heart is markedly enlarged. "
+                             "No pleural effusion.") == \
+        "IMPRESSION: Pleural effusion. FINDINGS: A pneumothorax. Consolidation. The heart is enlarged. " \
+        "No pleural effusion."
+    dropped, qualified = 0, 0
     for i in range(300):
         case = generate_case("train", i, size=64)
         view, text = report_view(case.report, case.case_id), training_text(case.report, case.case_id, 0.3)
         assert training_text(case.report, case.case_id) == view, "no dropping by default"
-        sided += bool(SIDE_WORDS.search(view))
+        qualified += bool(MODIFIERS.search(view))
         if text != view:
             dropped += 1
-            assert text == without_sides(view) and not SIDE_WORDS.search(text)
-            assert text.lower().split() == [w for w in view.lower().split()
-                                            if w not in ("left", "right", "left-sided", "right-sided")]
-    assert 0.2 < dropped / sided < 0.4, (dropped, sided)
+            assert text == without_modifiers(view) and not MODIFIERS.search(text)
+            words = re.findall(r"[a-z0-9-]+", text.lower())
+            assert set(words) < set(re.findall(r"[a-z0-9-]+", view.lower())), "words are only left out"
+    assert 0.2 < dropped / qualified < 0.4, (dropped, qualified)

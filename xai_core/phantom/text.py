@@ -14,6 +14,7 @@ paraphrases (`xai_core.training.clip.check_training_texts` enforces this on the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,6 +327,26 @@ def report_for(rng: np.random.Generator, labels: list[str], attributes: dict[str
     findings = " ".join(s.text for s in sentences if s.section == "findings")
     impression = " ".join(s.text for s in sentences if s.section == "impression")
     return f"FINDINGS: {findings} IMPRESSION: {impression}"
+
+
+# The modifiers of a finding statement: where (side, zone) and how much (severity). `without_modifiers` leaves them out.
+_PLACE = "|".join(sorted({re.escape(p) for places in ZONE_PLACES.values() for p in places}, key=len, reverse=True))
+_MODIFIER_WORDS = sorted({w for words in SEVERITY_WORDS.values() for options in words.values() for w in options}
+                         | {a for adjectives in ZONE_ADJECTIVES.values() for a in adjectives}, key=len, reverse=True)
+MODIFIERS = re.compile(
+    rf"\s+(?:in|at|over) the (?:(?:left|right) )?(?:{_PLACE})\b"  # "in the right upper lung zone"
+    rf"|\b(?:left|right)(?:-sided)?\s+"  # a side
+    rf"|\b(?:{'|'.join(re.escape(w) for w in _MODIFIER_WORDS)})(?:ly)?\s+",  # a severity or zone word
+    re.IGNORECASE)
+_SENTENCE_START = re.compile(r"^[a-z]|(?<=: )[a-z]|(?<=\. )[a-z]")
+
+
+def without_modifiers(text: str) -> str:
+    """A report text with the modifiers of its findings left out ("There is a small left pleural effusion." ->
+    "There is a pleural effusion."; "Dense consolidation in the right upper zone." -> "Consolidation."): still true of
+    the film. Reports qualify nearly every finding they affirm and never the ones they negate ("No pleural
+    effusion."), so without such texts a bare finding term reads as its negation."""
+    return _SENTENCE_START.sub(lambda m: m[0].upper(), MODIFIERS.sub("", text))
 
 
 # Sizes (in the generator's normalised units) to word a statement about a finding the case does not have.

@@ -34,7 +34,7 @@ from xai_core.models.vlm import (
     zero_shot_scores,
 )
 from xai_core.phantom import FINDINGS, PHANTOM_VERSION
-from xai_core.phantom.text import contradiction
+from xai_core.phantom.text import contradiction, without_modifiers
 from xai_core.runtime import pick_device
 from xai_core.training.common import PhantomStream, auroc_per_label, record_model, run_training
 
@@ -66,7 +66,7 @@ class ClipRecipe:
     text_sources: list[str] = field(default_factory=lambda: list(TEXT_SOURCES))
     architecture: dict[str, Any] = field(default_factory=lambda: DEFAULT_CLIP_ARCHITECTURE)
     hard_negatives: bool = True  # each film also scored against a sentence that is false for it
-    drop_sides: float = 0.3  # the share of training texts with their side words left out (`without_sides`)
+    drop_modifiers: float = 0.3  # the share of training texts without their findings' side, zone and severity words
 
 
 def impression_first(report: str) -> str:
@@ -102,24 +102,13 @@ def report_view(report: str, case_id: str = "") -> str:
     return sentences[int(rng.integers(len(sentences)))]
 
 
-SIDE_WORDS = re.compile(r"\b(?:left|right)(?:-sided)?\s+", re.IGNORECASE)
-SENTENCE_START = re.compile(r"^[a-z]|(?<=: )[a-z]")  # a sentence's first letter, or a section header's next one
-
-
-def without_sides(text: str) -> str:
-    """A text with its side words left out ("Small left pleural effusion." -> "Small pleural effusion."): still true
-    of the film, and a statement of a finding that names no side (reports name the side of nearly every finding they
-    affirm, and the phrases without one are their negations)."""
-    sentences = [SIDE_WORDS.sub("", sentence) for sentence in SENTENCE_END.split(text)]
-    return " ".join(SENTENCE_START.sub(lambda m: m[0].upper(), sentence) for sentence in sentences)
-
-
-def training_text(report: str, case_id: str, drop_sides: float = 0.0) -> str:
-    """The training text of one case: a view of its report (`report_view`), its side words left out with
-    probability `drop_sides` (`without_sides`), checked by `check_training_texts`."""
+def training_text(report: str, case_id: str, drop_modifiers: float = 0.0) -> str:
+    """The training text of one case: a view of its report (`report_view`), the modifiers of its findings left out
+    with probability `drop_modifiers` (`xai_core.phantom.text.without_modifiers`), checked by
+    `check_training_texts`."""
     text = report_view(report, case_id)
-    if drop_sides and case_rng("sides", case_id).random() < drop_sides:
-        text = without_sides(text)
+    if drop_modifiers and case_rng("modifiers", case_id).random() < drop_modifiers:
+        text = without_modifiers(text)
     check_training_texts([text])
     return text
 
@@ -241,7 +230,8 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     def step_loss(batch: dict) -> torch.Tensor:
         image = F.normalize(model.encode_image(_pixels(batch).to(dev)), dim=-1)
-        texts = [training_text(r, i, recipe.drop_sides) for r, i in zip(batch["report"], batch["case_id"], strict=True)]
+        texts = [training_text(report, case, recipe.drop_modifiers)
+                 for report, case in zip(batch["report"], batch["case_id"], strict=True)]
         keys = list(batch["finding_key"])
         if recipe.hard_negatives:
             texts += [hard_negative(k, i) for k, i in zip(keys, batch["case_id"], strict=True)]
