@@ -249,3 +249,31 @@ def test_train_mimic_explanation_option_reaches_the_recipe(monkeypatch):
     assert build_parser().parse_args(["train", "mimic"]).explanation == "gradcam"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "mimic", "--explanation", "xrai"])
+
+
+def test_segu_reads_what_drove_a_shortcut_call_from_the_film_without_its_tag(tmp_path, capsys):
+    from xai_core.engine import Engine
+    from xai_core.phantom import SHORTCUT_LABEL, generate_case
+    from xai_core.radiograph import Radiograph
+
+    rows_csv = tmp_path / "rows.csv"
+    code = main(["segu", "--model", "demo-shortcut", "--data", "phantom:test", "--n", "16", "--seed", "11",
+                 "--shortcut", "0", "--method", "gradcam", "--rows", str(rows_csv), "--json", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    figures = json.loads(out.out)["shortcut"]
+    rows = pd.read_csv(rows_csv)
+    called = rows[(rows.label == SHORTCUT_LABEL) & rows.tag]
+    assert len(called) > 0 and called.without_tag.notna().all(), "every tagged call is checked without its tag"
+    assert rows[~((rows.label == SHORTCUT_LABEL) & rows.tag)].get("without_tag", pd.Series(dtype=object)).isna().all()
+    engine = Engine("cpu")
+    row = called.iloc[0]
+    film = generate_case("test", int(row.case), seed=11, size=256, shortcut=0, burn_tag=False).image
+    prediction = engine.predict(Radiograph.from_array(film, source_name="untagged"), "demo-shortcut")
+    labels = list(engine.model("demo-shortcut").card.labels)
+    assert bool(prediction.positive[labels.index(SHORTCUT_LABEL)]) == bool(row.without_tag)
+    pneumothorax = rows[rows.label == SHORTCUT_LABEL]
+    stands = ~pneumothorax.tag | (pneumothorax.without_tag == True)  # noqa: E712 (a column of objects)
+    assert figures["n_lesion_driven"] == int((pneumothorax.correct & stands).sum())
+    assert figures["n_tag_driven"] == int((~pneumothorax.correct & pneumothorax.tag & ~stands).sum())
+    assert figures["by_presence"]["n_true"] == int(pneumothorax.correct.sum())
