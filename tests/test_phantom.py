@@ -124,7 +124,6 @@ def test_shortcut_tag_correlates_with_its_label():
     assert not any(generate_case("train", i, size=96).shortcut for i in range(20)), "off by default"
 
 
-
 def test_a_film_without_its_tag_is_the_same_film_elsewhere():
     from xai_core.phantom.generator import TAG_BOX
 
@@ -132,6 +131,7 @@ def test_a_film_without_its_tag_is_the_same_film_elsewhere():
         tagged = generate_case("test", i, seed=3, size=96, shortcut=0.9)
         untagged = generate_case("test", i, seed=3, size=96, shortcut=0.9, burn_tag=False)
         assert not untagged.shortcut and untagged.meta["tag_withheld"] == tagged.shortcut
+        assert "tag_withheld" not in tagged.meta, "the film as always: its meta unchanged"
         assert untagged.labels == tagged.labels and untagged.report == tagged.report
         box = np.zeros((96, 96), bool)
         box[TAG_BOX[0] * 96 // 100:TAG_BOX[2] * 96 // 100, TAG_BOX[1] * 96 // 100:TAG_BOX[3] * 96 // 100] = True
@@ -141,6 +141,7 @@ def test_a_film_without_its_tag_is_the_same_film_elsewhere():
         else:
             assert np.array_equal(tagged.image, untagged.image)
     assert any(generate_case("test", i, seed=3, size=96, shortcut=0.9).shortcut for i in range(10))
+
 
 def _rim_contrast(case) -> float:
     """Median lung just inside a pneumothorax minus median of its rim (positive: the rim is darker)."""

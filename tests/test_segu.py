@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xai_core import certainty
-from xai_core.errors import MissingWeightsError, ModelError
+from xai_core.errors import InputError, MissingWeightsError, ModelError
 from xai_core.models import bundled
 from xai_core.segx import CalibrationError, region_for, segu, shortcut_figures
 
@@ -342,8 +342,8 @@ def test_lesion_targets_leave_out_a_pneumothorax_too_faint_to_see():
 
 
 def test_shortcut_figures_split_calls_by_what_drove_them():
-    def row(label, correct, tag, without_tag=None, score=0.5):
-        out = {"label": label, "correct": correct, "tag": tag, "ciou": score, "cauitc": score, "inside_mass": score}
+    def row(label, correct, tag, without_tag=None):
+        out = {"label": label, "correct": correct, "tag": tag}
         return out if without_tag is None else {**out, "without_tag": without_tag}
 
     rows = [row("Pneumothorax", True, False),  # untagged true positive: lesion-driven
@@ -353,16 +353,23 @@ def test_shortcut_figures_split_calls_by_what_drove_them():
             row("Pneumothorax", False, True, False),
             row("Pneumothorax", False, True, True),  # a false call that stands without the tag: not tag-driven
             row("Pneumothorax", False, False),  # untagged false positive
-            row("Nodule", True, True, None)]  # another finding: ignored
-    certainty = np.array([0.9, 0.8, 0.1, 0.3, 0.2, 0.95, 0.5, 0.0])
-    scores = np.column_stack([certainty] * 3)
+            row("Nodule", True, True),  # another finding: ignored
+            row("Pneumothorax", False, True, False)]  # tag-driven, but its certainty is undefined
+    certainty = np.array([0.9, 0.8, 0.1, 0.3, 0.2, 0.95, 0.5, 0.0, np.nan])
+    ciou = np.array([0.1, 0.5, 0.0, 0.2, 0.6, 0.0, 0.0, 0.0, 0.9])  # lesion-driven 0.1, 0.5 vs tag-driven 0.2, 0.6, 0.9
+    scores = np.column_stack([ciou, 1 - ciou, certainty])
     out = shortcut_figures(certainty, scores, rows, "Pneumothorax")
-    assert (out["n_lesion_driven"], out["n_tag_driven"], out["n_tag_reliant_true"]) == (2, 2, 1)
-    assert (out["n_false_standing_without_tag"], out["n_false_untagged"]) == (1, 1)
-    assert out["auroc"] == {"certainty": 1.0, "ciou": 1.0, "cauitc": 1.0, "inside_mass": 1.0}
-    assert out["certainty_ci"] == [1.0, 1.0] or out["certainty_ci"][0] <= 1.0 <= out["certainty_ci"][1]
-    presence = out["by_presence"]  # 3 true (0.9, 0.8, 0.1) against 3 tagged false (0.3, 0.2, 0.95)
-    assert (presence["n_true"], presence["n_false_tagged"]) == (3, 3)
+    assert (out["n_lesion_driven"], out["n_lesion_driven_untagged"], out["n_tag_driven"]) == (2, 1, 3)
+    assert (out["n_tag_reliant_true"], out["n_false_standing_without_tag"], out["n_false_untagged"]) == (1, 1, 1)
+    assert out["auroc"]["certainty"] == 1.0, "the undefined certainty is left out"
+    assert out["auroc"]["ciou"] == pytest.approx(1 / 6) and out["auroc"]["cauitc"] == pytest.approx(5 / 6)
+    assert out["auroc"]["inside_mass"] == 1.0
+    low, high = out["certainty_ci"]
+    assert low <= 1.0 <= high
+    presence = out["by_presence"]  # 3 true (0.9, 0.8, 0.1) against 3 tagged false (0.3, 0.2, 0.95) and a NaN
+    assert (presence["n_true"], presence["n_false_tagged"]) == (3, 4)
     assert presence["auroc"]["certainty"] == pytest.approx(4 / 9), "0.9 and 0.8 beat 0.3 and 0.2; 0.1 beats none"
     lone = shortcut_figures(certainty[:3], scores[:3], rows[:3], "Pneumothorax")
     assert np.isnan(lone["auroc"]["certainty"]) and lone["certainty_ci"] is None, "no tag-driven call: undefined"
+    with pytest.raises(InputError, match="without_tag"):
+        shortcut_figures(certainty[:2], scores[:2], [rows[0], row("Pneumothorax", True, True)], "Pneumothorax")

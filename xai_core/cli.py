@@ -465,9 +465,10 @@ def _phantom_split(data: str) -> str:
     return split
 
 
-def _without_tag(engine: Engine, model: str, split: str, index: int, args: argparse.Namespace, label: str) -> bool:
+def _without_tag(engine: Engine, model: str, label: str, split: str, index: int, seed: int,
+                 shortcut: float) -> bool:
     """Whether `model` still calls `label` on the case's film with its tag left out."""
-    case = generate_case(split, index, seed=args.seed, size=256, shortcut=args.shortcut, burn_tag=False)
+    case = generate_case(split, index, seed=seed, size=256, shortcut=shortcut, burn_tag=False)
     prediction = engine.predict(Radiograph.from_array(case.image, source_name=case.case_id), model)
     return bool(prediction.positive[list(engine.model(model).card.labels).index(label)])
 
@@ -491,7 +492,8 @@ def _cmd_segu(args: argparse.Namespace) -> int:
             rows.append({"case": index, **scores, "label": label, "correct": label in case.labels,
                          "tag": case.shortcut, "probability": float(prediction.probabilities[i])})
             if case.shortcut and label == SHORTCUT_LABEL:
-                rows[-1]["without_tag"] = _without_tag(engine, args.model, split, index, args, label)
+                rows[-1]["without_tag"] = _without_tag(engine, args.model, label, split, index, args.seed,
+                                                       args.shortcut)
     if args.rows:
         Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.rows, index=False)

@@ -10,6 +10,7 @@ finding (`xai_core.certainty`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -145,16 +146,23 @@ def calibrate(certainty: np.ndarray, correct: np.ndarray, *, seed: int = 0, n_bo
             "threshold": float(min(thresholds[best], 1.0)), "n_true": int(y.sum()), "n_false": int((~y).sum())}
 
 
-def shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict], shortcut_label: str) -> dict:
-    """SegU on `shortcut_label`'s positives, lesion-driven against tag-driven: AUROC of the certainty (with a
-    bootstrap interval) and of each raw score; NaN where a group is empty. What drove a call is read from the film
-    without its tag (`without_tag`): lesion-driven, the finding is there and the call stands without the tag;
-    tag-driven, the finding is not there and the call goes with the tag. The split by presence alone (every true
-    positive against every tagged false one, whatever drove it) is kept as `by_presence`."""
+def shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict[str, Any]],
+                     shortcut_label: str) -> dict[str, Any]:
+    """SegU on `shortcut_label`'s positives: how well the certainty (with a bootstrap interval) and each raw score
+    separate lesion-driven from tag-driven calls (AUROC; NaN where a group is empty; undefined values left out),
+    with the size of every group. Lesion-driven: the finding is there and the call stands on the film without its
+    tag (`without_tag`, needed for every tagged call); tag-driven: no finding, and the call goes with the tag;
+    tag-reliant true positives are counted but in neither group. `by_presence`: every true positive against every
+    tagged false one, whatever drove it."""
+    missing = [i for i, row in enumerate(rows)
+               if row["label"] == shortcut_label and row["tag"] and row.get("without_tag") is None]
+    if missing:
+        raise InputError(f"{len(missing)} tagged {shortcut_label} call(s) without 'without_tag' (the call on the film "
+                         f"without its tag), e.g. row {missing[0]}")
     label = np.array([row["label"] == shortcut_label for row in rows], bool)
     correct = np.array([row["correct"] for row in rows], bool)
     tag = np.array([row["tag"] for row in rows], bool)
-    stands = np.array([row.get("without_tag", not row["tag"]) for row in rows], bool)
+    stands = np.array([not row["tag"] or bool(row.get("without_tag")) for row in rows], bool)
     lesion_driven, tag_driven = label & correct & stands, label & ~correct & tag & ~stands
     values = {"certainty": certainty, **{name: scores[:, i] for i, name in enumerate(SEGU_SCORES)}}
 
@@ -170,7 +178,7 @@ def shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict]
     interval = (calibrate(certainty[lesion_driven | tag_driven], lesion_driven[lesion_driven | tag_driven])
                 if min((lesion_driven & defined).sum(), (tag_driven & defined).sum()) >= 2 else None)
     return {"label": shortcut_label, "n_lesion_driven": int(lesion_driven.sum()),
-            "n_tag_driven": int(tag_driven.sum()),
+            "n_lesion_driven_untagged": int((lesion_driven & ~tag).sum()), "n_tag_driven": int(tag_driven.sum()),
             "n_tag_reliant_true": int((label & correct & ~stands).sum()),
             "n_false_standing_without_tag": int((label & ~correct & tag & stands).sum()),
             "n_false_untagged": int((label & ~correct & ~tag).sum()),

@@ -219,7 +219,7 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
                   burn_tag: bool = True) -> PhantomCase:
     """One synthetic PA chest radiograph; the same arguments always give the same case, bit for bit.
     `burn_tag=False`: the counterfactual film of the tag world, drawn as always but with its tag left out (the same
-    pixels elsewhere); `shortcut` is then False and `meta["tag_withheld"]` says whether a tag was drawn."""
+    pixels elsewhere); `shortcut` is then False and `meta["tag_withheld"]` (only then) says whether a tag was drawn."""
     rng = case_rng(split, index, seed)
     canvas = _Canvas(size)
     S = size
@@ -479,4 +479,4 @@ def generate_case(split: str = "train", index: int = 0, *, seed: int = 0, size: 
                        attributes={k: attributes[k] for k in labels}, report=report, _gaze_rng=gaze_rng,
                        shortcut=has_tag, meta={"ctr": round(float(ctr), 3), "rotation_deg": round(float(angle), 2),
                                                  "tag_box_percent": TAG_BOX if has_tag else None,
-                                                 "tag_withheld": tag_withheld})
+                                                 **({} if burn_tag else {"tag_withheld": tag_withheld})})

@@ -330,22 +330,28 @@ def report_for(rng: np.random.Generator, labels: list[str], attributes: dict[str
 
 
 # The modifiers of a finding statement: where (side, zone) and how much (severity). `without_modifiers` leaves them out.
-_PLACE = "|".join(sorted({re.escape(p) for places in ZONE_PLACES.values() for p in places}, key=len, reverse=True))
-_MODIFIER_WORDS = sorted({w for words in SEVERITY_WORDS.values() for options in words.values() for w in options}
-                         | {a for adjectives in ZONE_ADJECTIVES.values() for a in adjectives}, key=len, reverse=True)
+def _alternatives(words: set[str]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_PLACE = _alternatives({p for places in ZONE_PLACES.values() for p in places})
+_SEVERITY = _alternatives({w for words in SEVERITY_WORDS.values() for options in words.values() for w in options})
+_ZONE = _alternatives({a for adjectives in ZONE_ADJECTIVES.values() for a in adjectives})
 MODIFIERS = re.compile(
-    rf"\s+(?:in|at|over) the (?:(?:left|right) )?(?:{_PLACE})\b"  # "in the right upper lung zone"
+    rf"\bA (?:{_SEVERITY}) amount of\s+"  # "A small amount of" (pleural fluid)
+    rf"|\s+(?:in|at|of) the (?:(?:left|right) )?(?:{_PLACE})\b"  # "in the right upper lung zone"
     rf"|\b(?:left|right)(?:-sided)?\s+"  # a side
-    rf"|\b(?:{'|'.join(re.escape(w) for w in _MODIFIER_WORDS)})(?:ly)?\s+",  # a severity or zone word
+    rf"|\b(?:{_SEVERITY})(?:ly)?\s+(?!margin|contour)"  # a severity word ("a lobulated margin" is a finding's sign)
+    rf"|\b(?:{_ZONE})\s+",  # a zone adjective ("upper zone atelectasis")
     re.IGNORECASE)
 _SENTENCE_START = re.compile(r"^[a-z]|(?<=: )[a-z]|(?<=\. )[a-z]")
 
 
 def without_modifiers(text: str) -> str:
-    """A report text with the modifiers of its findings left out ("There is a small left pleural effusion." ->
-    "There is a pleural effusion."; "Dense consolidation in the right upper zone." -> "Consolidation."): still true of
-    the film. Reports qualify nearly every finding they affirm and never the ones they negate ("No pleural
-    effusion."), so without such texts a bare finding term reads as its negation."""
+    """A report text with the side, zone and severity of its findings left out ("There is a small left pleural
+    effusion." -> "There is a pleural effusion."; "Dense consolidation in the right upper zone." -> "Consolidation.");
+    sizes and signs stay. Still true of the film. Reports qualify nearly every finding they affirm and never the ones
+    they negate ("No pleural effusion."), so without such texts a bare finding term reads as its negation."""
     return _SENTENCE_START.sub(lambda m: m[0].upper(), MODIFIERS.sub("", text))
 
 

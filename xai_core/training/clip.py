@@ -107,15 +107,20 @@ def training_text(report: str, case_id: str, drop_modifiers: float = 0.0) -> str
     with probability `drop_modifiers` (`xai_core.phantom.text.without_modifiers`), checked by
     `check_training_texts`."""
     text = report_view(report, case_id)
-    if drop_modifiers and case_rng("modifiers", case_id).random() < drop_modifiers:
+    if drops_modifiers(case_id, drop_modifiers):
         text = without_modifiers(text)
     check_training_texts([text])
     return text
 
 
-def case_rng(tag: str, case_id: str) -> np.random.Generator:
+def text_rng(tag: str, case_id: str) -> np.random.Generator:
     """A generator seeded by a case (and what it draws), so resumed runs see the same texts."""
     return np.random.default_rng(int(hashlib.sha256(f"{tag}|{case_id}".encode()).hexdigest()[:12], 16))
+
+
+def drops_modifiers(case_id: str, rate: float) -> bool:
+    """Whether the case's training text is the one without its findings' modifiers (drawn with probability `rate`)."""
+    return bool(rate) and text_rng("modifiers", case_id).random() < rate
 
 
 def key_labels(key: str) -> list[str]:
@@ -126,7 +131,7 @@ def key_labels(key: str) -> list[str]:
 def hard_negative(key: str, case_id: str) -> str:
     """The hard-negative text of one case: a report sentence false for its findings (`contradiction`), checked by
     `check_training_texts`."""
-    text = contradiction(case_rng("contradiction", case_id), key_labels(key))
+    text = contradiction(text_rng("contradiction", case_id), key_labels(key))
     check_training_texts([text])
     return text
 
@@ -150,12 +155,13 @@ def check_training_texts(texts: Iterable[str], templates: Iterable[str] = FORBID
 
 
 def contrastive_loss(image: torch.Tensor, words: torch.Tensor, keys: list[str], scale: torch.Tensor,
-                     false_words: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric soft-target InfoNCE on unit embeddings. With `false_words` (one a film, [B, D]), each film's
-    image-to-text softmax also holds its own false sentence, as a column it must not pick (NegCLIP's hard
-    negatives, restricted to the film it contradicts: a sentence false for one film is true for many others)."""
+                     false_words: torch.Tensor | None = None, sideless: list[bool] | None = None) -> torch.Tensor:
+    """Symmetric soft-target InfoNCE on unit embeddings, targets by `contrastive_targets`. With `false_words` (one a
+    film, [B, D]), each film's image-to-text softmax also holds its own false sentence, as a column it must not pick
+    (NegCLIP's hard negatives, restricted to the film it contradicts: a sentence false for one film is true for many
+    others)."""
     logits = scale * image @ words.T
-    to_text, to_image = contrastive_targets(keys)
+    to_text, to_image = contrastive_targets(keys, sideless)
     to_text, to_image = to_text.to(logits.device), to_image.to(logits.device)
     image_logits = logits
     if false_words is not None:
@@ -164,11 +170,15 @@ def contrastive_loss(image: torch.Tensor, words: torch.Tensor, keys: list[str], 
     return (F.cross_entropy(image_logits, to_text) + F.cross_entropy(logits.T, to_image)) / 2
 
 
-def contrastive_targets(keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_targets(keys: list[str], sideless: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft targets (image -> text, text -> image; rows sum to 1). Image i and text j match when their cases have
     the same findings on the same sides (`xai_core.phantom.text.finding_key`), however the reports word them: all
-    normals are positives of each other, not false negatives."""
-    match = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    normals are positives of each other, not false negatives. A text marked `sideless` (its modifiers left out)
+    matches every image with its findings, on whichever side."""
+    sideless = sideless or [False] * len(keys)
+    findings = [key_labels(key) for key in keys]
+    match = torch.tensor([[findings[i] == findings[j] if sideless[j] else keys[i] == keys[j]
+                           for j in range(len(keys))] for i in range(len(keys))], dtype=torch.float32)
     return match / match.sum(1, keepdim=True), match.T / match.T.sum(1, keepdim=True)
 
 
@@ -230,14 +240,15 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
 
     def step_loss(batch: dict) -> torch.Tensor:
         image = F.normalize(model.encode_image(_pixels(batch).to(dev)), dim=-1)
+        cases, keys = list(batch["case_id"]), list(batch["finding_key"])
         texts = [training_text(report, case, recipe.drop_modifiers)
-                 for report, case in zip(batch["report"], batch["case_id"], strict=True)]
-        keys = list(batch["finding_key"])
+                 for report, case in zip(batch["report"], cases, strict=True)]
         if recipe.hard_negatives:
-            texts += [hard_negative(k, i) for k, i in zip(keys, batch["case_id"], strict=True)]
+            texts += [hard_negative(key, case) for key, case in zip(keys, cases, strict=True)]
         embedded = F.normalize(model.encode_text(tokenize(texts, context).to(dev)), dim=-1)
         words, false_words = embedded[:len(keys)], (embedded[len(keys):] if recipe.hard_negatives else None)
-        return contrastive_loss(image, words, keys, model.logit_scale.exp(), false_words)
+        sideless = [drops_modifiers(case, recipe.drop_modifiers) for case in cases]
+        return contrastive_loss(image, words, keys, model.logit_scale.exp(), false_words, sideless)
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
                            asdict(recipe), checkpoint_dir, progress)
@@ -259,6 +270,7 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch],
                            "text": "report views only", "text_sources": list(recipe.text_sources),
                            "hard_negatives": HARD_NEGATIVE_SOURCE if recipe.hard_negatives else None,
+                           "without_modifiers": recipe.drop_modifiers,
                            "held_out_prompts": list(FORBIDDEN_PROMPTS)},
                  "val": {"split": "val", "indices": [0, recipe.test_n], "use": "prompt choice"},
                  "test": {"split": "test", "indices": [0, recipe.test_n]}},
