@@ -55,7 +55,7 @@ FORBIDDEN_PROMPTS = (CONCEPT_PROMPT, BASE_PROMPT, *HELD_OUT_PROMPTS)
 @dataclass
 class ClipRecipe:
     name: str = "demo-clip"
-    steps: int = 3000  # 61 min on 2 AVX2 CPU cores (PHANTOM_VERSION 2 reports, with concept prompts)
+    steps: int = 3000  # its time on 2 CPU cores: docs/models.md#demo-clip
     batch: int = 32
     lr: float = 3e-4
     seed: int = 0
