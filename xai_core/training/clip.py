@@ -90,7 +90,7 @@ def report_view(report: str, case_id: str = "") -> str:
     """A training text for one report: 40% the whole report (impression first), 30% a random, non-empty subset of
     its sentences, 30% one sentence, so single statements ("No pulmonary nodule.") are learnt on their own and
     long reports are seen past the context length. Seeded by the case, so resumed runs see the same texts."""
-    rng = np.random.default_rng(int(hashlib.sha256(f"{case_id}|{report}".encode()).hexdigest()[:12], 16))
+    rng = text_rng(case_id, report)
     draw = rng.random()
     if draw < 0.4:
         return impression_first(report)
@@ -113,9 +113,9 @@ def training_text(report: str, case_id: str, drop_modifiers: float = 0.0) -> str
     return text
 
 
-def text_rng(tag: str, case_id: str) -> np.random.Generator:
-    """A generator seeded by a case (and what it draws), so resumed runs see the same texts."""
-    return np.random.default_rng(int(hashlib.sha256(f"{tag}|{case_id}".encode()).hexdigest()[:12], 16))
+def text_rng(*parts: str) -> np.random.Generator:
+    """A generator seeded by what a text is drawn for (a case, what it draws), so resumed runs see the same texts."""
+    return np.random.default_rng(int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:12], 16))
 
 
 def drops_modifiers(case_id: str, rate: float) -> bool:
