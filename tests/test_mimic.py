@@ -198,3 +198,28 @@ def test_warm_started_members_share_the_base_features_and_differ_in_their_heads(
     torch.testing.assert_close(first.classifier.weight, base.classifier.weight)
     torch.testing.assert_close(second.features.conv0.weight, base.features.conv0.weight)
     assert not torch.allclose(second.classifier.weight, base.classifier.weight)
+
+
+def test_a_run_from_scratch_defaults_to_the_classifiers_length_and_rate_unless_given():
+    from xai_core.training.classifier import ClassifierRecipe
+
+    scratch = mimic.MimicRecipe.starting(None)
+    assert (scratch.base, scratch.steps, scratch.lr) == (None, ClassifierRecipe.steps, ClassifierRecipe.lr)
+    tune = mimic.MimicRecipe.starting("demo")
+    assert (tune.base, tune.steps, tune.lr) == ("demo", mimic.MimicRecipe.steps, mimic.MimicRecipe.lr)
+    given = mimic.MimicRecipe.starting(None, steps=7, lr=1e-2)
+    assert (given.steps, given.lr) == (7, 1e-2)
+
+
+def test_the_cli_passes_steps_and_learning_rate_to_a_run_from_scratch(monkeypatch):
+    from xai_core import cli
+
+    seen = {}
+
+    def record_recipe(recipe: mimic.MimicRecipe, **_: object) -> dict:
+        seen["recipe"] = recipe
+        return {"file": "x.pt", "sha256": "0", "train_seconds": 0.0, "metrics": {}}
+
+    monkeypatch.setattr(cli, "train_mimic", record_recipe)
+    assert cli.main(["train", "mimic", "--from-scratch", "--lr", "0.001"]) == 0
+    assert (seen["recipe"].base, seen["recipe"].steps, seen["recipe"].lr) == (None, 1800, 0.001)

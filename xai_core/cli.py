@@ -177,12 +177,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.what == "mimic":
         members = args.members or (2 if args.variant == "discriminator" else 1)
         suffix = "mimic" if args.variant == "gaze" else f"mimic-{args.variant}"
-        recipe = MimicRecipe(name=args.name or f"{args.model}-{suffix}", variant=args.variant,
-                             base=None if args.from_scratch else args.model, members=members,
-                             steps=args.steps or MimicRecipe.steps, batch=args.batch, seed=args.seed,
-                             beta=MimicRecipe.beta if args.beta is None else args.beta, shortcut=args.shortcut,
-                             explanation=args.explanation,
-                             **_sizes(args, "val_n", "test_n", "data_seed"))
+        recipe = MimicRecipe.starting(None if args.from_scratch else args.model,
+                                      name=args.name or f"{args.model}-{suffix}", variant=args.variant,
+                                      members=members, batch=args.batch, seed=args.seed,
+                                      beta=MimicRecipe.beta if args.beta is None else args.beta,
+                                      shortcut=args.shortcut, explanation=args.explanation,
+                                      **_sizes(args, "steps", "lr", "val_n", "test_n", "data_seed"))
         record = train_mimic(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
         recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, **_sizes(args, "test_n", "data_seed"))
@@ -856,12 +856,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "at the last feature map; or occlusion (gaze variant only): how much the findings' "
                             "probabilities change when what the reader never came near is removed, on every film")
     train.add_argument("--from-scratch", action="store_true",
-                       help="mimic: random initial members (the reference's setting) instead of --model's weights")
+                       help="mimic: random initial members (the reference's setting) instead of --model's weights; "
+                            "steps and learning rate then default to the bundled classifiers' (1800, 3e-3)")
     train.add_argument("--epochs", type=float, default=None,
                        help="nemt: passes of 4,480 phantom cases (default 600 steps of 32: 4.3); --steps overrides")
     train.add_argument("--name", default=None, help="model name (default: demo, or demo-shortcut with --shortcut; "
                                                      "mimic: MODEL-mimic, MODEL-mimic-VARIANT for other variants)")
-    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--steps", type=int, default=None,
+                       help="training steps (default: the recipe's; mimic: 300, or 1800 with --from-scratch)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="mimic: peak learning rate (default: 3e-4, or 3e-3 with --from-scratch)")
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")
     train.add_argument("--data-seed", type=int, default=None, help="phantom data seed (default: the recipe's)")

@@ -89,6 +89,16 @@ class MimicRecipe:
         "growth_rate": 16, "block_config": [3, 6, 12, 8], "num_init_features": 32})
     removal_augment: dict[str, Any] | None = field(default_factory=lambda: RemovalAugment().as_dict())
 
+    @classmethod
+    def starting(cls, base: str | None, **settings: Any) -> MimicRecipe:
+        """A recipe whose length and learning rate suit its start when not given: a fine-tune's from `base`, or
+        from scratch (None) the bundled classifiers' own (ClassifierRecipe), so a run from scratch is comparable
+        with them."""
+        if base is None:
+            settings.setdefault("steps", ClassifierRecipe.steps)
+            settings.setdefault("lr", ClassifierRecipe.lr)
+        return cls(base=base, **settings)
+
     @property
     def acts_on_input(self) -> bool:
         """Whether the explanation term is the occlusion of what lies off the reader's path (else a map at the last
