@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from xai_core.samples import real_samples_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CXR = ROOT.parent / "shared" / "data" / "real-cxr"
@@ -49,10 +52,12 @@ def monochrome1_dicom(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_cxr() -> Path:
-    """../shared/data/real-cxr; tests that need it skip only when the shared folder is absent."""
-    if not REAL_CXR.is_dir():
-        pytest.skip(f"real samples not available: {REAL_CXR} is absent (CI always has ../shared)")
-    return REAL_CXR
+    """$XAI_REAL_SAMPLES_DIR, else ../shared/data/real-cxr; tests that need it skip only when neither is there."""
+    folder = real_samples_dir()
+    if folder is None:
+        where = os.environ.get("XAI_REAL_SAMPLES_DIR", str(REAL_CXR))
+        pytest.skip(f"real samples not available: {where} is not a folder (CI always has ../shared)")
+    return folder
 
 
 @pytest.fixture(scope="session")
