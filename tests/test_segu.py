@@ -369,6 +369,11 @@ def test_shortcut_figures_split_calls_by_what_drove_them():
     presence = out["by_presence"]  # 3 true (0.9, 0.8, 0.1) against 3 tagged false (0.3, 0.2, 0.95) and a NaN
     assert (presence["n_true"], presence["n_false_tagged"]) == (3, 4)
     assert presence["auroc"]["certainty"] == pytest.approx(4 / 9), "0.9 and 0.8 beat 0.3 and 0.2; 0.1 beats none"
+    assert "probability" not in out["auroc"], "no peer without the rows' probabilities"
+    probability = [0.6, 0.7, 0.9, 0.8, 0.65, 0.5, 0.5, 0.5, 0.99]  # lesion-driven 0.6, 0.7; tag-driven 0.8, 0.65, 0.99
+    with_probability = [{**r, "probability": p} for r, p in zip(rows, probability, strict=True)]
+    peered = shortcut_figures(certainty, scores, with_probability, "Pneumothorax")
+    assert peered["auroc"]["probability"] == pytest.approx(1 / 6), "0.7 beats 0.65 only, of six pairs"
     lone = shortcut_figures(certainty[:3], scores[:3], rows[:3], "Pneumothorax")
     assert np.isnan(lone["auroc"]["certainty"]) and lone["certainty_ci"] is None, "no tag-driven call: undefined"
     with pytest.raises(InputError, match="without_tag"):

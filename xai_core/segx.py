@@ -150,9 +150,10 @@ def shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict[
                      shortcut_label: str) -> dict[str, Any]:
     """SegU on `shortcut_label`'s positives: how well the certainty (with a bootstrap interval) and each raw score
     separate lesion-driven from tag-driven calls (AUROC; NaN where a group is empty; undefined values left out),
-    with the size of every group. Lesion-driven: the finding is there and the call stands on the film without its
-    tag (`without_tag`, needed for every tagged call); tag-driven: no finding, and the call goes with the tag;
-    tag-reliant true positives are counted but in neither group. `by_presence`: every true positive against every
+    and the classifier's `probability` as their peer where every row has one, with the size of every group.
+    Lesion-driven: the finding is there and the call stands on the film without its tag (`without_tag`, needed
+    for every tagged call); tag-driven: no finding, and the call goes with the tag; tag-reliant true positives are
+    counted but in neither group. `by_presence`: every true positive against every
     tagged false one, whatever drove it."""
     missing = [i for i, row in enumerate(rows)
                if row["label"] == shortcut_label and row["tag"] and row.get("without_tag") is None]
@@ -165,6 +166,8 @@ def shortcut_figures(certainty: np.ndarray, scores: np.ndarray, rows: list[dict[
     stands = np.array([not row["tag"] or bool(row.get("without_tag")) for row in rows], bool)
     lesion_driven, tag_driven = label & correct & stands, label & ~correct & tag & ~stands
     values = {"certainty": certainty, **{name: scores[:, i] for i, name in enumerate(SEGU_SCORES)}}
+    if all("probability" in row for row in rows):  # the classifier's own probability: the peer SegU must beat
+        values["probability"] = np.array([row["probability"] for row in rows], np.float64)
 
     def aurocs(positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
         out = {}
