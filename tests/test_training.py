@@ -219,3 +219,28 @@ def test_a_text_without_its_modifiers_matches_the_films_with_its_findings_on_eit
     match = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float32)
     assert torch.allclose(to_text, match / match.sum(1, keepdim=True))
     assert torch.allclose(to_image, match.T / match.T.sum(1, keepdim=True))
+
+
+def test_clip_training_continues_from_bundled_weights_and_records_them(tmp_path, monkeypatch):
+    import shutil
+
+    from xai_core.training.clip import ClipRecipe, train_clip
+
+    manifest = json.loads(bundled.MANIFEST.read_text())
+    shutil.copy(bundled.MANIFEST, tmp_path / "manifest.json")
+    monkeypatch.setattr(bundled, "MANIFEST", tmp_path / "manifest.json")
+    recipe = ClipRecipe(name="toy-clip", init="demo-clip", steps=1, batch=4, test_n=8, lr=0.0)
+    record = train_clip(recipe, device="cpu", checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
+    assert record["init"]["model"] == "demo-clip"
+    assert record["init"]["sha256"] == manifest["models"]["demo-clip"]["sha256"]
+    start = torch.load(bundled.MODELS_DIR / "demo-clip.pt", weights_only=True)
+    after = torch.load(tmp_path / "toy-clip.pt", weights_only=True)
+    learnt = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(start[k], after[k]) for k in learnt), "at learning rate 0 the weights are the bundled ones"
+
+
+def test_clip_training_refuses_to_continue_from_a_classifier():
+    from xai_core.training.clip import ClipRecipe, initial_weights
+
+    with pytest.raises(ValueError, match="not an image-text model"):
+        initial_weights(ClipRecipe(init="demo"))

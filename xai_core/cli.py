@@ -158,6 +158,8 @@ def _sizes(args: argparse.Namespace, *names: str) -> dict[str, int]:
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what != "clip" and (args.init or args.drop_modifiers is not None):
+        raise ValueError("--init and --drop-modifiers are options of 'train clip'")
     if args.what == "classifier":
         recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
                                   steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
@@ -185,7 +187,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                       **_sizes(args, "steps", "lr", "val_n", "test_n", "data_seed"))
         record = train_mimic(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
-        recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, **_sizes(args, "test_n", "data_seed"))
+        recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, init=args.init,
+                            **_sizes(args, "lr", "test_n", "data_seed", "drop_modifiers"))
         record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     print_json({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")})
     return 0
@@ -865,7 +868,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=None,
                        help="training steps (default: the recipe's; mimic: 300, or 1800 with --from-scratch)")
     train.add_argument("--lr", type=float, default=None,
-                       help="mimic: peak learning rate (default: 3e-4, or 3e-3 with --from-scratch)")
+                       help="mimic, clip: peak learning rate (mimic: 3e-4, or 3e-3 with --from-scratch; clip: 3e-4)")
+    train.add_argument("--init", default=None, metavar="MODEL",
+                       help="clip: continue from this bundled image-text model's weights (recorded in the manifest) "
+                            "instead of random ones")
+    train.add_argument("--drop-modifiers", type=float, default=None, metavar="SHARE",
+                       help="clip: the share of training texts without their findings' side, zone and severity "
+                            f"(default {ClipRecipe.drop_modifiers})")
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--seed", type=int, default=0, help="initialisation seed")
     train.add_argument("--data-seed", type=int, default=None, help="phantom data seed (default: the recipe's)")

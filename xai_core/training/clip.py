@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, HELD_OUT_PROMPTS, template_fragments
 from xai_core.models.base import ModelHandle
 from xai_core.models.bundled import MODELS_DIR
+from xai_core.models.registry import load_model
 from xai_core.models.vlm import (
     CLINICAL_TERMS,
     DEFAULT_CLIP_ARCHITECTURE,
@@ -67,6 +68,7 @@ class ClipRecipe:
     architecture: dict[str, Any] = field(default_factory=lambda: DEFAULT_CLIP_ARCHITECTURE)
     hard_negatives: bool = True  # each film also scored against a sentence that is false for it
     drop_modifiers: float = 0.3  # the share of training texts without their findings' side, zone and severity words
+    init: str | None = None  # a bundled image-text model whose weights the run continues from (None: random)
 
 
 def impression_first(report: str) -> str:
@@ -223,11 +225,31 @@ def choose_prompts(model: torch.nn.Module, recipe: ClipRecipe, device: torch.dev
     return {"chosen": chosen, "families": list(candidates[chosen]), "val_macro_auroc": val, "test_auroc": test}
 
 
+def initial_weights(recipe: ClipRecipe) -> dict[str, Any] | None:
+    """The weights `recipe.init` names (state, sha256, the command that made them), read before anything is written
+    (a run may overwrite the very file it continues from); None for a run from random weights. Its architecture
+    must be the recipe's."""
+    if recipe.init is None:
+        return None
+    handle = load_model(recipe.init, "cpu")
+    if handle.card.family != "vlm":
+        raise ValueError(f"--init '{recipe.init}' is a {handle.card.family} model, not an image-text model")
+    architecture = handle.card.provenance.get("architecture")
+    if architecture != recipe.architecture:
+        raise ValueError(f"--init '{recipe.init}' has another architecture than the recipe's")
+    return {"state": {k: v.clone() for k, v in handle.module.state_dict().items()},
+            "sha256": handle.card.provenance.get("weights_sha256"),
+            "command": handle.card.provenance.get("command")}
+
+
 def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str | Path = "runs",
                progress: bool = True, out_dir: Path = MODELS_DIR) -> dict[str, Any]:
     dev = pick_device(device)
     torch.manual_seed(recipe.seed)
+    start = initial_weights(recipe)
     model = build_demo_clip(recipe.architecture).to(dev)
+    if start is not None:
+        model.load_state_dict(start["state"])
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.steps,
                                                    pct_start=0.1)
@@ -267,6 +289,8 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
                     "terms": dict(CLINICAL_TERMS), "selected_on": f"val[0:{recipe.test_n}]",
                     "val_macro_auroc": prompts["val_macro_auroc"]},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
+        "init": None if start is None else {"model": recipe.init, "sha256": start["sha256"],
+                                            "command": start["command"]},
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch],
                            "text": "report views only", "text_sources": list(recipe.text_sources),
                            "hard_negatives": HARD_NEGATIVE_SOURCE if recipe.hard_negatives else None,
