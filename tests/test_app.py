@@ -81,7 +81,8 @@ def test_real_samples_join_the_picker(app, real_cxr):
     samples = app.selectbox(key="sample").options
     assert any("NIH" in s for s in samples)
     app.selectbox(key="sample").set_value(next(s for s in samples if "00000001_000" in s)).run()
-    assert not app.exception and not app.error and app.session_state["prediction"] is not None
+    assert not app.exception and not app.error, [e.value for e in [*app.exception, *app.error]]
+    assert app.session_state["prediction"] is not None
 
 
 def test_sample_pick_and_upload_change_predictions(app, monochrome1_dicom):
