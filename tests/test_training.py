@@ -233,6 +233,8 @@ def test_clip_training_continues_from_bundled_weights_and_records_them(tmp_path,
     record = train_clip(recipe, device="cpu", checkpoint_dir=tmp_path, progress=False, out_dir=tmp_path)
     assert record["init"]["model"] == "demo-clip"
     assert record["init"]["sha256"] == manifest["models"]["demo-clip"]["sha256"]
+    assert record["init"]["command"] == manifest["models"]["demo-clip"]["command"]
+    assert record["init"]["init"] == manifest["models"]["demo-clip"].get("init"), "the chain of starting weights"
     start = torch.load(bundled.MODELS_DIR / "demo-clip.pt", weights_only=True)
     after = torch.load(tmp_path / "toy-clip.pt", weights_only=True)
     learnt = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]

@@ -226,9 +226,9 @@ def choose_prompts(model: torch.nn.Module, recipe: ClipRecipe, device: torch.dev
 
 
 def initial_weights(recipe: ClipRecipe) -> dict[str, Any] | None:
-    """The weights `recipe.init` names (state, sha256, the command that made them), read before anything is written
-    (a run may overwrite the very file it continues from); None for a run from random weights. Its architecture
-    must be the recipe's."""
+    """The weights `recipe.init` names (state, sha256, the command that made them and what that run started from),
+    read before anything is written (a run may overwrite the very file it continues from); None for a run from
+    random weights. Its architecture must be the recipe's."""
     if recipe.init is None:
         return None
     handle = load_model(recipe.init, "cpu")
@@ -239,7 +239,7 @@ def initial_weights(recipe: ClipRecipe) -> dict[str, Any] | None:
         raise ValueError(f"--init '{recipe.init}' has another architecture than the recipe's")
     return {"state": {k: v.clone() for k, v in handle.module.state_dict().items()},
             "sha256": handle.card.provenance.get("weights_sha256"),
-            "command": handle.card.provenance.get("command")}
+            "command": handle.card.provenance.get("command"), "init": handle.card.provenance.get("init")}
 
 
 def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str | Path = "runs",
@@ -289,8 +289,8 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
                     "terms": dict(CLINICAL_TERMS), "selected_on": f"val[0:{recipe.test_n}]",
                     "val_macro_auroc": prompts["val_macro_auroc"]},
         "seeds": {"init": recipe.seed, "data": recipe.data_seed},
-        "init": None if start is None else {"model": recipe.init, "sha256": start["sha256"],
-                                            "command": start["command"]},
+        "init": None if start is None else {"model": recipe.init,
+                                            **{key: start[key] for key in ("sha256", "command", "init")}},
         "data": {"train": {"split": "train", "indices": [0, recipe.steps * recipe.batch],
                            "text": "report views only", "text_sources": list(recipe.text_sources),
                            "hard_negatives": HARD_NEGATIVE_SOURCE if recipe.hard_negatives else None,
