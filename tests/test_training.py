@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from xai_core.errors import InputError
 from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, HELD_OUT_PROMPTS
 from xai_core.models import bundled
 from xai_core.training import common
@@ -239,10 +240,25 @@ def test_clip_training_continues_from_bundled_weights_and_records_them(tmp_path,
     after = torch.load(tmp_path / "toy-clip.pt", weights_only=True)
     learnt = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert all(torch.equal(start[k], after[k]) for k in learnt), "at learning rate 0 the weights are the bundled ones"
+    counters = [k for k in start if k.endswith("num_batches_tracked")]
+    assert counters and all(after[k] == start[k] + 1 for k in counters), "BatchNorm state continues too (one step)"
+    assert record["data"]["test"]["seed"] == record["data"]["val"]["seed"] == 0, "scored on the usual films"
 
 
 def test_clip_training_refuses_to_continue_from_a_classifier():
     from xai_core.training.clip import ClipRecipe, initial_weights
 
-    with pytest.raises(ValueError, match="not an image-text model"):
+    with pytest.raises(InputError, match="not an image-text model"):
         initial_weights(ClipRecipe(init="demo"))
+
+
+@pytest.mark.parametrize("argv", [["train", "classifier", "--init", "demo-clip"],
+                                  ["train", "segmenter", "--drop-modifiers", "0.5"],
+                                  ["train", "nemt", "--lr", "0.1"],
+                                  ["train", "clip", "--drop-modifiers", "1.5"],
+                                  ["train", "clip", "--init", "demo"]])
+def test_train_refuses_clip_options_it_cannot_use_with_an_error_line(argv, capsys):
+    from xai_core.cli import main
+
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -150,8 +150,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sizes(args: argparse.Namespace, *names: str) -> dict[str, int]:
-    """The evaluation sizes given on the command line (the recipe's defaults otherwise)."""
+def _sizes(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The recipe settings given on the command line (the recipe's defaults otherwise)."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -159,7 +159,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what != "clip" and (args.init or args.drop_modifiers is not None):
-        raise ValueError("--init and --drop-modifiers are options of 'train clip'")
+        raise InputError("--init and --drop-modifiers are options of 'train clip'")
+    if args.lr is not None and args.what not in ("clip", "mimic"):
+        raise InputError("--lr is an option of 'train clip' and 'train mimic'")
     if args.what == "classifier":
         recipe = ClassifierRecipe(name=args.name or ("demo" if args.shortcut is None else "demo-shortcut"),
                                   steps=args.steps or ClassifierRecipe.steps, batch=args.batch,
@@ -187,7 +189,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                       **_sizes(args, "steps", "lr", "val_n", "test_n", "data_seed"))
         record = train_mimic(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     else:
-        recipe = ClipRecipe(steps=args.steps or ClipRecipe.steps, seed=args.seed, init=args.init,
+        recipe = ClipRecipe(name=args.name or ClipRecipe.name, steps=args.steps or ClipRecipe.steps, batch=args.batch,
+                            seed=args.seed, init=args.init,
                             **_sizes(args, "lr", "test_n", "data_seed", "drop_modifiers"))
         record = train_clip(recipe, device=args.device or "auto", checkpoint_dir=args.checkpoint_dir)
     print_json({k: record[k] for k in ("file", "sha256", "train_seconds", "metrics")})

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from xai_core.errors import InputError
 from xai_core.mammi.match import BASE_PROMPT, CONCEPT_PROMPT, HELD_OUT_PROMPTS, template_fragments
 from xai_core.models.base import ModelHandle
 from xai_core.models.bundled import MODELS_DIR
-from xai_core.models.registry import load_model
+from xai_core.models.registry import get_card, load_model
 from xai_core.models.vlm import (
     CLINICAL_TERMS,
     DEFAULT_CLIP_ARCHITECTURE,
@@ -49,6 +50,9 @@ TEXT_SOURCES = (
 # With `hard_negatives`, the one other text a case gets (also checked by `check_training_texts`).
 HARD_NEGATIVE_SOURCE = ("one report sentence false for the case, scored against its film only "
                         "(xai_core.phantom.text.contradiction)")
+# Prompt choice and test figures are always on the cases of data seed 0, whatever seed the training stream uses, so
+# that every run (a continuation on new films included) is scored on the same films.
+EVAL_DATA_SEED = 0
 # No training text may contain these: MAMMI's concept and base prompts and the held-out paraphrases it is validated on.
 FORBIDDEN_PROMPTS = (CONCEPT_PROMPT, BASE_PROMPT, *HELD_OUT_PROMPTS)
 
@@ -69,6 +73,16 @@ class ClipRecipe:
     hard_negatives: bool = True  # each film also scored against a sentence that is false for it
     drop_modifiers: float = 0.3  # the share of training texts without their findings' side, zone and severity words
     init: str | None = None  # a bundled image-text model whose weights the run continues from (None: random)
+
+    def checked(self) -> ClipRecipe:
+        """The recipe, or an InputError saying what cannot be used."""
+        if self.steps < 1 or self.batch < 2:
+            raise InputError("a clip run needs at least 1 step and a batch of at least 2")
+        if not 0.0 <= self.drop_modifiers <= 1.0:
+            raise InputError(f"--drop-modifiers is a share of the texts (0..1), got {self.drop_modifiers}")
+        if not self.lr >= 0.0:
+            raise InputError(f"the learning rate must be >= 0, got {self.lr}")
+        return self
 
 
 def impression_first(report: str) -> str:
@@ -199,7 +213,7 @@ def zero_shot_aurocs(model: torch.nn.Module, recipe: ClipRecipe, device: torch.d
     """Per prompt candidate, the zero-shot AUROC of each finding on `recipe.test_n` cases of `split`."""
     handle = ModelHandle(card=clip_card(recipe.name, {"architecture": recipe.architecture}), module=model,
                          device=device)
-    loader = DataLoader(PhantomStream(split, 0, recipe.test_n, seed=recipe.data_seed, size=recipe.size),
+    loader = DataLoader(PhantomStream(split, 0, recipe.test_n, seed=EVAL_DATA_SEED, size=recipe.size),
                         batch_size=64, num_workers=1)
     ys, embeddings = [], []
     model.eval()
@@ -231,25 +245,26 @@ def initial_weights(recipe: ClipRecipe) -> dict[str, Any] | None:
     random weights. Its architecture must be the recipe's."""
     if recipe.init is None:
         return None
+    card = get_card(recipe.init)
+    if card.family != "vlm":
+        raise InputError(f"--init '{recipe.init}' is a {card.family} model, not an image-text model")
+    if card.provenance.get("architecture") != recipe.architecture:
+        raise InputError(f"--init '{recipe.init}' has another architecture than the recipe's")
     handle = load_model(recipe.init, "cpu")
-    if handle.card.family != "vlm":
-        raise ValueError(f"--init '{recipe.init}' is a {handle.card.family} model, not an image-text model")
-    architecture = handle.card.provenance.get("architecture")
-    if architecture != recipe.architecture:
-        raise ValueError(f"--init '{recipe.init}' has another architecture than the recipe's")
-    return {"state": {k: v.clone() for k, v in handle.module.state_dict().items()},
+    return {"state": handle.module.state_dict(),
             "sha256": handle.card.provenance.get("weights_sha256"),
             "command": handle.card.provenance.get("command"), "init": handle.card.provenance.get("init")}
 
 
 def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str | Path = "runs",
                progress: bool = True, out_dir: Path = MODELS_DIR) -> dict[str, Any]:
+    recipe.checked()
     dev = pick_device(device)
     torch.manual_seed(recipe.seed)
     start = initial_weights(recipe)
     model = build_demo_clip(recipe.architecture).to(dev)
     if start is not None:
-        model.load_state_dict(start["state"])
+        model.load_state_dict(start.pop("state"))
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.steps,
                                                    pct_start=0.1)
@@ -273,7 +288,7 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
         return contrastive_loss(image, words, keys, model.logit_scale.exp(), false_words, sideless)
 
     seconds = run_training(recipe.name, model, optimiser, schedule, loader_from, step_loss, recipe.steps,
-                           asdict(recipe), checkpoint_dir, progress)
+                           {**asdict(recipe), "init_sha256": start and start["sha256"]}, checkpoint_dir, progress)
     prompts = choose_prompts(model, recipe, dev)
     weights = out_dir / f"{recipe.name}.pt"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -296,8 +311,9 @@ def train_clip(recipe: ClipRecipe, *, device: str = "auto", checkpoint_dir: str 
                            "hard_negatives": HARD_NEGATIVE_SOURCE if recipe.hard_negatives else None,
                            "without_modifiers": recipe.drop_modifiers,
                            "held_out_prompts": list(FORBIDDEN_PROMPTS)},
-                 "val": {"split": "val", "indices": [0, recipe.test_n], "use": "prompt choice"},
-                 "test": {"split": "test", "indices": [0, recipe.test_n]}},
+                 "val": {"split": "val", "indices": [0, recipe.test_n], "seed": EVAL_DATA_SEED,
+                         "use": "prompt choice"},
+                 "test": {"split": "test", "indices": [0, recipe.test_n], "seed": EVAL_DATA_SEED}},
         "recipe": asdict(recipe),
         "device": str(dev),
         "train_seconds": round(seconds, 1),
