@@ -27,6 +27,21 @@ def bind(address: str) -> Iterator[None]:
         config.set_option("server.address", previous)
 
 
+def bind_with_own_engine(monkeypatch: pytest.MonkeyPatch, address: str) -> Iterator[None]:
+    """`bind`, with an engine and resource cache of the test's own: the process-wide engine is made with the
+    random-weights flag of the first page run, so one made by another test would carry that test's flag."""
+    import streamlit as st
+
+    import xai_core.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_ENGINE", None)
+    st.cache_resource.clear()
+    try:
+        yield from bind(address)
+    finally:
+        st.cache_resource.clear()
+
+
 @pytest.fixture(autouse=True)
 def shipped_settings(monkeypatch, tmp_path) -> Iterator[None]:
     """The app as `make run` serves it: the address from .streamlit/config.toml (whatever the test's working

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
-from tests.test_app import SHIPPED_ADDRESS, bind
+from tests.test_app import SHIPPED_ADDRESS, bind_with_own_engine
 from xai_core import engine as engine_module
 from xai_core.engine import get_engine
 from xai_core.models import bundled, get_card, registry
@@ -48,12 +47,7 @@ def models_dir(monkeypatch, tmp_path) -> Iterator[None]:
                    provenance={**demo.provenance, "weights_sha256": None})
     monkeypatch.setitem(registry._REGISTRY, "demo-shortcut", replace(registry._REGISTRY["demo-shortcut"], card=card))
     monkeypatch.setattr(bundled, "MODELS_DIR", folder)
-    monkeypatch.setattr(engine_module, "_ENGINE", None)
-    st.cache_resource.clear()
-    try:
-        yield from bind(SHIPPED_ADDRESS)
-    finally:
-        st.cache_resource.clear()
+    yield from bind_with_own_engine(monkeypatch, SHIPPED_ADDRESS)
 
 
 def _explain_page() -> AppTest:

@@ -15,7 +15,7 @@ from sklearn.covariance import LedoitWolf
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REAL_CXR, ROOT, SAMPLES
-from tests.test_app import SHIPPED_ADDRESS, bind
+from tests.test_app import SHIPPED_ADDRESS, bind_with_own_engine
 from xai_core.cli import main
 from xai_core.display import export_tile, scale_map
 from xai_core.engine import Engine
@@ -244,22 +244,12 @@ def test_exports_and_the_case_report_carry_the_note(tmp_path):
 
 @pytest.fixture
 def shipped_app(monkeypatch, tmp_path) -> Iterator[None]:
-    """The app as shipped (demo model with its weights, loopback address, no login), a store of the test's own, and
-    an engine of its own: the process-wide one is made with the random-weights flag of the first page run, so one
-    made here without it would refuse other tests' random weights (and one made before would allow them here)."""
-    import streamlit as st
-
-    import xai_core.engine as engine_module
-
+    """The app as shipped (demo model with its weights, loopback address, no login), a store and an engine of the
+    test's own (an engine made here without the random-weights flag would refuse other tests' random weights)."""
     for name in ("XAI_USERS_FILE", "XAI_OIDC_DOMAINS", "XAI_EVAL_FOLDERS", "XAI_ALLOW_RANDOM_WEIGHTS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XAI_STORE_PATH", str(tmp_path / "cases.sqlite"))
-    monkeypatch.setattr(engine_module, "_ENGINE", None)
-    st.cache_resource.clear()
-    try:
-        yield from bind(SHIPPED_ADDRESS)
-    finally:
-        st.cache_resource.clear()
+    yield from bind_with_own_engine(monkeypatch, SHIPPED_ADDRESS)
 
 
 def _open(title_part: str) -> AppTest:
